@@ -1,0 +1,413 @@
+"""Readers that turn each supported input into catalog rows.
+
+A source has two halves so that Ray can parallelise it:
+
+* ``plan()`` runs on the driver. It checks the input (missing, empty, wrong layout -> a clear
+  ``SourceError``) and returns small work items: file paths with their labels, or byte ranges
+  of a CSV. Nothing large is read here.
+* ``read_batch(items)`` turns a batch of work items into rows. It is a plain function of its
+  input, run by Ray Data ``map_batches`` in parallel (or called directly in tests).
+
+Every input unit ends as exactly one row (or, for a CSV chunk, one row per line): either an
+image, or a rejection whose ``error`` column says why. Nothing is dropped silently.
+
+Inside the pipeline "no error" and "no subject" are empty strings, not None: Ray Data turns
+an all-None numpy column into float NaN between stages, which would read as an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer_ray.data.faces import FaceDetector, find_faces
+from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
+from fer_ray.data.synthetic import GENERATOR_VERSION, balanced_labels, synthetic_faces
+from fer_ray.emotions import KDEF_CODES, EMOTIONS, label_from_index, label_from_name
+
+SOURCES = ("fer2013-csv", "folders", "kdef", "synthetic")
+SPLIT_NAMES = ("train", "val", "test")
+FER_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
+FOLDER_SPLITS = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "publictest": "val",
+    "test": "test", "testing": "test", "privatetest": "test",
+}
+KDEF_PATTERN = re.compile(
+    r"^(?P<session>[AB])(?P<sex>[FM])(?P<num>\d\d)(?P<code>AF|AN|DI|HA|NE|SA|SU)(?P<angle>FL|HL|S|HR|FR)\.JPE?G$",
+    re.IGNORECASE,
+)
+KDEF_ANGLES = ("FL", "HL", "S", "HR", "FR")
+CSV_CHUNK_BYTES = 4 << 20
+
+
+class SourceError(ValueError):
+    """The input as a whole cannot be read (missing, empty, wrong layout)."""
+
+
+class RowBuilder:
+    """Collects rows (or rejections) of one batch and emits Ray Data's column dict."""
+
+    def __init__(self, size: int, source: str):
+        self.size, self.source = size, source
+        self.cols: dict[str, list] = {k: [] for k in (
+            "image", "label", "split", "source", "subject", "id", "error", "raw_sha1")}
+
+    def add(self, image, label, split, row_id, subject="", raw=b""):
+        self._append(image, label, split, row_id, subject, "", raw)
+
+    def reject(self, row_id, reason, split="", subject="", raw=b""):
+        blank = np.zeros((self.size, self.size), np.uint8)
+        self._append(blank, -1, split, row_id, subject, reason, raw)
+
+    def _append(self, image, label, split, row_id, subject, error, raw):
+        c = self.cols
+        c["image"].append(image)
+        c["label"].append(label)
+        c["split"].append(split)
+        c["source"].append(self.source)
+        c["subject"].append(subject)
+        c["id"].append(row_id)
+        c["error"].append(error)
+        c["raw_sha1"].append(hashlib.sha1(raw).hexdigest())
+
+    def batch(self) -> dict[str, np.ndarray]:
+        images = np.stack(self.cols["image"]) if self.cols["image"] else np.zeros(
+            (0, self.size, self.size), np.uint8)
+        out = {k: np.array(v, dtype=object) for k, v in self.cols.items() if k != "image"}
+        out["image"] = images
+        out["label"] = np.array(self.cols["label"], dtype=np.int64)
+        return out
+
+
+def _require_dir(path: str) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise SourceError(f"input folder not found: {root}")
+    if not root.is_dir():
+        raise SourceError(f"input must be a folder: {root}")
+    return root
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _items(**columns) -> list[dict]:
+    keys = list(columns)
+    return [dict(zip(keys, values)) for values in zip(*columns.values())]
+
+
+@dataclass
+class FolderSource:
+    """``<root>/<split>/<emotion>/*.jpg`` (the Kaggle FER2013 layout) or ``<root>/<emotion>/``.
+
+    Split folders: train/training, val/valid/validation/publictest, test/testing/privatetest.
+    Emotion folders are matched case-insensitively with the usual synonyms.
+    """
+
+    input: str
+    size: int = 48
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    name: str = "folders"
+
+    def plan(self) -> list[dict]:
+        root = _require_dir(self.input)
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+        if not subdirs:
+            raise SourceError(f"no split or emotion folders under {root}")
+        if all(_is_emotion(p.name) for p in subdirs):
+            layout = [(root, "train")]  # no split level: everything is one pool
+        else:
+            layout = []
+            for p in subdirs:
+                split = FOLDER_SPLITS.get(p.name.lower())
+                if split is None:
+                    raise SourceError(
+                        f"unknown split folder {p.name!r} in {root}; expected one of "
+                        f"{sorted(FOLDER_SPLITS)} (or emotion folders directly)")
+                layout.append((p, split))
+        items = []
+        for split_dir, split in layout:
+            for entry in sorted(split_dir.iterdir()):
+                if entry.is_dir():
+                    try:
+                        label, error = label_from_name(entry.name), ""
+                    except ValueError:
+                        label, error = -1, f"unknown emotion folder {entry.name!r}"
+                    files = sorted(f for f in entry.rglob("*") if f.is_file())
+                else:
+                    label, error, files = -1, "file is not inside an emotion folder", [entry]
+                for f in files:
+                    reason = error or ("" if has_image_extension(f.name) else "not an image file extension")
+                    items.append({"path": str(f), "id": str(f.relative_to(root)), "label": label,
+                                  "split": split, "error": reason})
+        if not items:
+            raise SourceError(f"no files found under {root}")
+        return items
+
+    def describe(self) -> dict:
+        return {"kind": self.name, "input": str(Path(self.input).resolve()), "layout": "<split>/<emotion>/*"}
+
+    def read_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = RowBuilder(self.size, self.name)
+        for path, row_id, label, split, error in zip(
+                batch["path"], batch["id"], batch["label"], batch["split"], batch["error"]):
+            if error:
+                rows.reject(row_id, error, split)
+                continue
+            try:
+                raw = _read_file(path)
+                rows.add(resize(decode_grey(raw, self.max_pixels), self.size), int(label), split, row_id, raw=raw)
+            except (ImageError, OSError) as exc:
+                rows.reject(row_id, str(exc), split)
+        return rows.batch()
+
+
+def _is_emotion(name: str) -> bool:
+    try:
+        label_from_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class Fer2013CsvSource:
+    """The challenge's ``emotion,pixels,Usage`` CSV, read in parallel byte-range chunks.
+
+    The driver only scans the file for line breaks (streaming, to give every row its line
+    number); workers parse the chunks. Usage Training/PublicTest/PrivateTest -> train/val/test.
+    """
+
+    input: str
+    size: int = 48
+    chunk_bytes: int = CSV_CHUNK_BYTES
+    name: str = "fer2013-csv"
+    columns: dict = field(default_factory=dict)
+
+    def plan(self) -> list[dict]:
+        path = Path(self.input)
+        if not path.exists():
+            raise SourceError(f"input CSV not found: {path}")
+        if not path.is_file():
+            raise SourceError(f"input must be a CSV file: {path}")
+        total = path.stat().st_size
+        if total == 0:
+            raise SourceError(f"input CSV is empty: {path}")
+        items = []
+        with open(path, "rb") as fh:
+            header = fh.readline()
+            self.columns = _csv_header(header.decode("utf-8", "replace"), path)
+            start, line = fh.tell(), 2
+            while start < total:
+                fh.seek(min(total, start + self.chunk_bytes))
+                fh.readline()
+                end = fh.tell() if start + self.chunk_bytes < total else total
+                fh.seek(start)
+                lines = _count_lines(fh, end - start)
+                items.append({"path": str(path), "start": start, "end": end, "first_line": line})
+                start, line = end, line + lines
+        if not items:
+            raise SourceError(f"CSV has a header but no rows: {path}")
+        return items
+
+    def describe(self) -> dict:
+        return {"kind": self.name, "input": str(Path(self.input).resolve()), "columns": self.columns}
+
+    def read_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = RowBuilder(self.size, self.name)
+        ci = self.columns
+        for path, start, end, first in zip(batch["path"], batch["start"], batch["end"], batch["first_line"]):
+            with open(path, "rb") as fh:
+                fh.seek(int(start))
+                chunk = fh.read(int(end) - int(start))
+            for offset, raw in enumerate(chunk.split(b"\n")):
+                if not raw.strip():
+                    continue  # blank line (e.g. the final newline): not a row
+                row_id = f"line:{int(first) + offset}"
+                try:
+                    label, values, split = _parse_fer_row(raw, ci)
+                except ValueError as exc:
+                    rows.reject(row_id, str(exc), raw=raw)
+                    continue
+                image = resize(values.astype(np.uint8).reshape(48, 48), self.size)
+                rows.add(image, label, split, row_id, raw=raw)
+        return rows.batch()
+
+
+def _parse_fer_row(raw: bytes, ci: dict) -> tuple[int, np.ndarray, str]:
+    """Parse one CSV line; ValueError messages start with the rejection category."""
+    try:
+        fields = next(csv.reader([raw.decode("utf-8").rstrip("\r")]))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"unreadable CSV line: {exc}") from None
+    if len(fields) != ci["n"]:
+        raise ValueError(f"wrong field count: expected {ci['n']}, got {len(fields)}")
+    try:
+        label = label_from_index(int(fields[ci["emotion"]]))
+    except ValueError:
+        raise ValueError(f"unknown emotion: {fields[ci['emotion']]!r} (expected 0..6)") from None
+    try:
+        values = np.array(fields[ci["pixels"]].split(), dtype=np.int64)
+    except ValueError:
+        raise ValueError("non-numeric pixels: the pixels field must be space-separated integers") from None
+    if values.size != 48 * 48:
+        raise ValueError(f"wrong pixel count: expected {48 * 48}, got {values.size}")
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError("pixel values outside 0..255")
+    try:
+        split = "train" if ci["usage"] is None else _usage(fields[ci["usage"]])
+    except ValueError as exc:
+        raise ValueError(f"unknown Usage: {exc}") from None
+    return label, values, split
+
+
+def _csv_header(line: str, path: Path) -> dict:
+    names = [n.strip().lower() for n in next(csv.reader([line.strip()]))]
+    missing = {"emotion", "pixels"} - set(names)
+    if missing:
+        raise SourceError(
+            f"{path} is not a FER2013 CSV: header {names} lacks {sorted(missing)} "
+            "(expected 'emotion,pixels,Usage')")
+    return {"n": len(names), "emotion": names.index("emotion"), "pixels": names.index("pixels"),
+            "usage": names.index("usage") if "usage" in names else None}
+
+
+def _count_lines(fh, length: int) -> int:
+    count, left = 0, length
+    while left > 0:
+        block = fh.read(min(left, 1 << 22))
+        if not block:
+            break
+        count, left = count + block.count(b"\n"), left - len(block)
+    return count
+
+
+def _usage(value: str) -> str:
+    split = FER_USAGE.get(value.strip().lower())
+    if split is None:
+        raise ValueError(f"{value!r} (expected Training, PublicTest or PrivateTest)")
+    return split
+
+
+@dataclass
+class KdefSource:
+    """KDEF: ``KDEF/AF01/AF01AFS.JPG`` = session A/B, sex F/M, subject 01-35, expression, angle.
+
+    Colour photos become luminance grey; ``face_crop`` crops the largest detected face (a
+    photo with none is rejected, saying so), otherwise the central square is used. The
+    subject (sex + number, e.g. ``F01``) is kept for identity-disjoint splits.
+    """
+
+    input: str
+    size: int = 48
+    angles: tuple[str, ...] = KDEF_ANGLES
+    face_crop: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    name: str = "kdef"
+    excluded: int = 0
+
+    def plan(self) -> list[dict]:
+        root = _require_dir(self.input)
+        unknown = set(self.angles) - set(KDEF_ANGLES)
+        if unknown:
+            raise SourceError(f"unknown KDEF angle(s) {sorted(unknown)}; expected {KDEF_ANGLES}")
+        items, self.excluded = [], 0
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            m = KDEF_PATTERN.match(f.name)
+            item = {"path": str(f), "id": str(f.relative_to(root)), "label": -1, "subject": "", "error": ""}
+            if m is None:
+                item["error"] = "file name does not follow the KDEF pattern (e.g. AF01AFS.JPG)"
+            else:
+                if m["angle"].upper() not in self.angles:
+                    self.excluded += 1
+                    continue
+                item["label"] = EMOTIONS.index(KDEF_CODES[m["code"].upper()])
+                item["subject"] = (m["sex"] + m["num"]).upper()
+            items.append(item)
+        if not items:
+            raise SourceError(f"no KDEF images found under {root} (angles {list(self.angles)})")
+        return items
+
+    def describe(self) -> dict:
+        return {"kind": self.name, "input": str(Path(self.input).resolve()), "angles": list(self.angles),
+                "face_crop": self.face_crop, "excluded_by_angle_filter": self.excluded}
+
+    def read_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = RowBuilder(self.size, self.name)
+        detector = FaceDetector() if self.face_crop else None
+        for path, row_id, label, subject, error in zip(
+                batch["path"], batch["id"], batch["label"], batch["subject"], batch["error"]):
+            if error:
+                rows.reject(row_id, error, subject=subject)
+                continue
+            try:
+                raw = _read_file(path)
+                grey = decode_grey(raw, self.max_pixels)
+            except (ImageError, OSError) as exc:
+                rows.reject(row_id, str(exc), subject=subject)
+                continue
+            if detector is not None:
+                faces = find_faces(grey, "largest", detector)
+                if not faces:
+                    rows.reject(row_id, "no face detected (prepare without --face-crop to keep it)",
+                                subject=subject, raw=raw)
+                    continue
+                grey = faces[0][1]
+            rows.add(resize(grey, self.size), int(label), "train", row_id, subject=subject, raw=raw)
+        return rows.batch()
+
+
+@dataclass
+class SyntheticSource:
+    """Seeded synthetic faces (see ``fer_ray.data.synthetic``), split 80/10/10 by index."""
+
+    count: int = 3500
+    size: int = 48
+    seed: int = 0
+    chunk: int = 250
+    name: str = "synthetic"
+
+    def plan(self) -> list[dict]:
+        if self.count < 7:
+            raise SourceError("synthetic source needs a count of at least 7 (one face per emotion)")
+        starts = list(range(0, self.count, self.chunk))
+        return _items(start=starts, count=[min(self.chunk, self.count - s) for s in starts])
+
+    def describe(self) -> dict:
+        return {"kind": self.name, "count": self.count, "seed": self.seed,
+                "generator_version": GENERATOR_VERSION}
+
+    def read_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = RowBuilder(self.size, self.name)
+        all_labels = balanced_labels(self.count, self.seed)
+        n_train, n_val = int(self.count * 0.8), int(self.count * 0.1)
+        for start, count in zip(batch["start"], batch["count"]):
+            start, count = int(start), int(count)
+            labels = all_labels[start : start + count]
+            faces = synthetic_faces(labels, self.size, self.seed, start)
+            for i, (face, label) in enumerate(zip(faces, labels)):
+                index = start + i
+                split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
+                rows.add(face, int(label), split, f"synthetic:{index}", raw=face.tobytes())
+        return rows.batch()
+
+
+def make_source(kind: str, input: str | None, size: int = 48, **options):
+    """Build a source by name; ``options`` are the source-specific settings."""
+    if kind not in SOURCES:
+        raise SourceError(f"unknown source {kind!r}; expected one of {SOURCES}")
+    if kind == "synthetic":
+        return SyntheticSource(size=size, **options)
+    if not input:
+        raise SourceError(f"source {kind!r} needs --input")
+    cls = {"fer2013-csv": Fer2013CsvSource, "folders": FolderSource, "kdef": KdefSource}[kind]
+    return cls(input=input, size=size, **options)

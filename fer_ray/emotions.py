@@ -1,0 +1,49 @@
+"""The seven emotion labels, in FER2013 order, and the names other datasets use for them.
+
+Every label in fer-ray is an index into ``EMOTIONS``: the FER2013 CSV's own integers, so a
+catalog built from any source can be mixed with FER2013 and compared against the paper.
+"""
+
+from __future__ import annotations
+
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_CLASSES = len(EMOTIONS)
+UNKNOWN = -1  # label of a row whose emotion is not known (e.g. a scoring input)
+
+# Folder names seen in the wild (Kaggle FER2013, AffectNet exports, RAF-DB dumps, ...).
+_SYNONYMS = {
+    "angry": "angry", "anger": "angry", "mad": "angry",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "happy": "happy", "happiness": "happy", "joy": "happy",
+    "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise",
+    "neutral": "neutral", "calm": "neutral",
+}
+
+# KDEF file names carry a two-letter expression code (e.g. AF01AFS.JPG -> "AF").
+KDEF_CODES = {
+    "AF": "fear", "AN": "angry", "DI": "disgust", "HA": "happy",
+    "NE": "neutral", "SA": "sad", "SU": "surprise",
+}
+
+
+def label_from_name(name: str) -> int:
+    """Return the FER2013 index of an emotion name or synonym (case-insensitive).
+
+    Raises ValueError naming the accepted names, so a mistyped folder is never silently
+    dropped or mislabelled.
+    """
+    key = name.strip().lower()
+    if key not in _SYNONYMS:
+        raise ValueError(
+            f"unknown emotion {name!r}; expected one of {sorted(_SYNONYMS)}"
+        )
+    return EMOTIONS.index(_SYNONYMS[key])
+
+
+def label_from_index(value: int) -> int:
+    """Validate an integer label (FER2013 CSV ``emotion`` column)."""
+    if not 0 <= value < NUM_CLASSES:
+        raise ValueError(f"unknown emotion index {value}; expected 0..{NUM_CLASSES - 1}")
+    return value
