@@ -12,6 +12,9 @@ import sys
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.sources import SOURCES, SourceError
 from fer_ray.data.splits import SPLIT_MODES
+from fer_ray.models import MODELS
+from fer_ray.models.forward import TTA_MODES
+from fer_ray.training.loop import OPTIMIZERS, SCHEDULES
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
 
@@ -35,6 +38,62 @@ def _prepare(args) -> None:
     print(f"catalog written to {args.output} in {manifest['prepare_seconds']} s")
 
 
+def _recipe(args):
+    from fer_ray.training.augment import Augment
+    from fer_ray.training.loop import Recipe
+
+    augment = Augment(flip=not args.no_flip, rotate_deg=args.rotate, scale=args.scale,
+                      translate_px=args.translate, erase_p=args.erase_p)
+    if args.no_augment:
+        augment = Augment(flip=False, rotate_deg=0, scale=0, translate_px=0, erase_p=0)
+    return Recipe(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                  momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                  warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                  augment=augment, amp=not args.no_amp, seed=args.seed)
+
+
+def _train(args) -> None:
+    from fer_ray.training.trainer import TrainConfig, train
+
+    cfg = TrainConfig(catalog=args.catalog, run_dir=args.run_dir, model=args.model, input_size=args.input_size,
+                      recipe=_recipe(args), workers=args.workers, gpu=args.gpu,
+                      cpus_per_worker=args.cpus_per_worker, name=args.name,
+                      checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
+                      init_from=args.init_from, freeze=args.freeze, weights=args.weights, eval_tta=args.tta)
+    summary = train(cfg)
+    print(f"artifact: {summary['artifact']}")
+
+
+def _evaluate(args) -> None:
+    from fer_ray.evaluation.evaluate import evaluate_artifact
+
+    metrics = evaluate_artifact(args.artifact, args.catalog, args.split, args.output, tta=args.tta,
+                                device=args.device)
+    print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
+          f"({metrics['count']} images, TTA {args.tta}); report in {args.output}/report.md")
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=128, help="per worker")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd = SGD with Nesterov momentum")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine schedule only")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    g.add_argument("--rotate", type=float, default=10.0, help="max rotation, degrees")
+    g.add_argument("--scale", type=float, default=0.10, help="max zoom in/out, fraction")
+    g.add_argument("--translate", type=float, default=4.0, help="max shift, pixels at 48 px")
+    g.add_argument("--erase-p", type=float, default=0.0, help="random-erasing probability")
+    g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fer-ray", description=__doc__.splitlines()[0])
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -55,11 +114,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_prepare)
+
+    p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
+    p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    p.add_argument("--run-dir", required=True, help="checkpoints, artifact, metrics and reports go here")
+    p.add_argument("--name", default="train", help="run name; rerunning the same run dir and name resumes")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input side (default: the catalog's; e.g. 192 to upscale for resnet50)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16, channels_last)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint")
+    p.add_argument("--init-from", help="artifact to fine-tune (transfer learning); sets model, input size, normalisation")
+    p.add_argument("--freeze", type=int, default=0,
+                   help="with --init-from: freeze the first N stages, or all but the last K with -K")
+    p.add_argument("--weights", help="local weights file to start from (safetensors or a state dict)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation for the final evaluation")
+    _add_recipe_args(p)
+    p.set_defaults(func=_train)
+
+    p = stages.add_parser("evaluate", help="evaluate an artifact on a catalog split")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--output", required=True, help="directory for metrics.json, report.md and plots")
+    p.add_argument("--tta", choices=TTA_MODES, default="none")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_evaluate)
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; ``--config FILE.yaml`` supplies defaults that explicit flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        import yaml
+
+        with open(args.config) as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise SystemExit(f"fer-ray: error: {args.config} must hold a mapping of flag names to values")
+        sub = parser._subparsers._group_actions[0].choices[args.stage]
+        known = {a.dest for a in sub._actions}
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"fer-ray: error: unknown keys in {args.config}: {unknown}")
+        sub.set_defaults(**values)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         args.func(args)
     except USER_ERRORS as exc:

@@ -1,1 +1,50 @@
+"""Model registry: ``build_model(name, num_classes, input_size, in_channels)``.
 
+Architectures are built from code with random weights: nothing is ever downloaded. A local
+weights file (safetensors, or a ``torch.save`` state dict loaded with ``weights_only=True``)
+may be given to start from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fer_ray.models.base import FERNet
+from fer_ray.models.resnet import resnet50
+from fer_ray.models.small import small_cnn
+from fer_ray.models.vgg import vgg16, vgg16_bn
+
+MODELS = {"vgg16": vgg16, "vgg16_bn": vgg16_bn, "resnet50": resnet50, "small_cnn": small_cnn}
+
+
+def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channels: int = 1,
+                weights: str | None = None) -> FERNet:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    model = MODELS[name](num_classes=num_classes, input_size=input_size, in_channels=in_channels)
+    if weights:
+        model.load_state_dict(load_state_dict(weights))
+    return model
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load weights without ever unpickling code."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+__all__ = ["FERNet", "MODELS", "build_model", "load_state_dict", "parameter_counts"]

@@ -1,0 +1,116 @@
+"""One artifact format for every model kind (CNN, SVM, ensemble).
+
+An artifact is a directory::
+
+    model.json          kind, architecture, input/image size, channels, normalisation,
+                        labels, the catalog's hash, the metrics it earned, how it was made
+    model.safetensors   every array the model needs (network weights, SVM coefficients,
+                        ensemble head), checksummed in model.json
+
+Loading reads JSON and safetensors only: nothing is unpickled, so an artifact from anywhere
+cannot run code. A checksum mismatch (a truncated copy, a swapped file) is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from fer_ray.emotions import EMOTIONS
+
+FORMAT = "fer-ray-artifact/1"
+KINDS = ("cnn", "svm", "ensemble")
+META_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ArtifactError(ValueError):
+    """A directory that is not a usable fer-ray artifact."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_artifact(path: str, kind: str, arrays: dict, meta: dict) -> Path:
+    """Write ``arrays`` (tensors or numpy) and ``meta`` as an artifact directory."""
+    if kind not in KINDS:
+        raise ArtifactError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+               .detach().cpu().contiguous().clone() for k, v in arrays.items()}
+    save_file(tensors, str(out / WEIGHTS_FILE))
+    full = {"format": FORMAT, "kind": kind, "labels": list(EMOTIONS),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **meta, "weights": WEIGHTS_FILE, "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
+    full.setdefault("metrics", {})
+    write_meta(out, full)
+    return out
+
+
+def write_meta(path: str | Path, meta: dict) -> None:
+    (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False))
+
+
+def read_meta(path: str | Path) -> dict:
+    p = Path(path)
+    if not (p / META_FILE).is_file():
+        raise ArtifactError(f"not a fer-ray artifact (no {META_FILE}): {p}")
+    try:
+        meta = json.loads((p / META_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{p / META_FILE} is not valid JSON: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"{p} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("kind") not in KINDS:
+        raise ArtifactError(f"{p} has unknown kind {meta.get('kind')!r}")
+    return meta
+
+
+def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Return (metadata, arrays) after checking the weights' checksum."""
+    p = Path(path)
+    meta = read_meta(p)
+    weights = p / meta.get("weights", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ArtifactError(f"artifact {p} is missing its weights file {weights.name}")
+    if file_sha256(weights) != meta.get("weights_sha256"):
+        raise ArtifactError(f"artifact {p}: {weights.name} does not match the checksum in {META_FILE}")
+    return meta, load_file(str(weights))
+
+
+def update_metrics(path: str | Path, metrics: dict) -> dict:
+    """Merge ``metrics`` into the artifact's recorded metrics (keyed by split/protocol)."""
+    meta = read_meta(path)
+    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    write_meta(path, meta)
+    return meta
+
+
+def save_cnn(path: str, model: torch.nn.Module, meta: dict) -> Path:
+    """Save a FERNet's state dict (unwrapped from DDP if needed) as a CNN artifact."""
+    model = getattr(model, "module", model)
+    return save_artifact(path, "cnn", dict(model.state_dict()), meta)
+
+
+def load_cnn(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild a CNN artifact's network; returns (model in eval mode, metadata)."""
+    from fer_ray.models import build_model
+
+    meta, state = load_artifact(path)
+    if meta["kind"] != "cnn":
+        raise ArtifactError(f"{path} is a {meta['kind']} artifact, not a CNN")
+    model = build_model(meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

@@ -1,0 +1,36 @@
+"""``fer-ray evaluate``: an artifact on one catalog split -> metrics.json, report.md, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fer_ray.artifacts import update_metrics
+from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.evaluation.metrics import classification_metrics
+from fer_ray.evaluation.report import write_report
+from fer_ray.inference.predictor import Predictor
+
+
+def protocol(catalog: str, split: str, tta: str) -> str:
+    manifest = read_manifest(catalog)
+    source = manifest["source"]
+    where = source.get("input") or f"{source['kind']} (seed {source.get('seed')})"
+    return (f"split '{split}' of catalog {Path(catalog).name} ({source['kind']}: {where}; "
+            f"split mode {manifest['split_mode']}), {manifest['counts'][split]['total']} images, "
+            f"test-time augmentation: {tta}")
+
+
+def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta: str = "none",
+                      device: str = "auto", predictor: Predictor | None = None) -> dict:
+    """Evaluate and write the report; also records the result in the artifact's model.json."""
+    predictor = predictor or Predictor(artifact, device=device)
+    data = load_split(catalog, split)
+    probs = predictor.predict_proba(data["image"], tta=tta)
+    metrics = classification_metrics(data["label"], probs.argmax(axis=1))
+    proto = protocol(catalog, split, tta)
+    write_report(metrics, output, f"{predictor.kind} {predictor.meta.get('architecture', '')} on {split}".strip(),
+                 proto)
+    key = f"{split}" if tta == "none" else f"{split}+tta-{tta}"
+    update_metrics(artifact, {key: {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"],
+                                    "count": metrics["count"], "protocol": proto}})
+    return metrics

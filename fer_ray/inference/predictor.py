@@ -1,0 +1,105 @@
+"""Predictor: the single way from an artifact to emotion probabilities.
+
+Evaluate, ensemble, score and serve all call ``Predictor``, so the preprocessing a model was
+trained with (resize to the catalog's image size, normalisation, upscaling to the network's
+input) is applied identically everywhere. It is plain Python: Ray wraps it, never the reverse.
+
+Kinds plug in through a small backend interface: ``predict_proba(images, tta)`` on uint8
+faces already at the artifact's image size, and, for networks, ``features(images)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_ray.artifacts import load_cnn, read_meta
+from fer_ray.data.preprocess import resize
+from fer_ray.emotions import EMOTIONS
+from fer_ray.models.forward import TTA_MODES, run_batches
+from fer_ray.models.inputs import Normalization
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CnnBackend:
+    """A trained FERNet on a device."""
+
+    def __init__(self, path: str, device: torch.device, batch_size: int = 256):
+        self.model, self.meta = load_cnn(path, device)
+        self.device = device
+        self.batch_size = batch_size
+        self.norm = Normalization(**self.meta["normalization"])
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.feature_dim
+
+    def _run(self, images: np.ndarray, output: str, tta: str = "none") -> np.ndarray:
+        return run_batches(self.model, images, self.meta["input_size"], self.norm, self.device,
+                           self.batch_size, amp=True, channels_last=self.device.type == "cuda",
+                           tta=tta, output=output).numpy()
+
+    def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
+        return self._run(images, "probs", tta)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self._run(images, "features")
+
+
+def _backend(path: str, kind: str, device: torch.device, batch_size: int):
+    if kind == "cnn":
+        return CnnBackend(path, device, batch_size)
+    if kind == "svm":
+        from fer_ray.baseline.svm import SvmBackend
+
+        return SvmBackend(path)
+    from fer_ray.ensemble.stack import EnsembleBackend
+
+    return EnsembleBackend(path, device, batch_size)
+
+
+class Predictor:
+    """Load once, then ``predict_proba`` on any number of grey faces of any size."""
+
+    def __init__(self, path: str | Path, device: str = "auto", batch_size: int = 256):
+        self.path = str(path)
+        self.meta = read_meta(path)
+        self.kind = self.meta["kind"]
+        self.image_size = int(self.meta["image_size"])
+        self.labels = tuple(self.meta.get("labels", EMOTIONS))
+        self.device = pick_device(device)
+        self.backend = _backend(self.path, self.kind, self.device, batch_size)
+
+    def prepare(self, faces) -> np.ndarray:
+        """Grey uint8 faces (a list of (H, W) arrays, or one (N, H, W) array) -> (N, S, S)."""
+        if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (self.image_size,) * 2:
+            return faces.astype(np.uint8, copy=False)
+        out = np.empty((len(faces), self.image_size, self.image_size), dtype=np.uint8)
+        for i, face in enumerate(faces):
+            face = np.asarray(face)
+            if face.ndim != 2 or face.dtype != np.uint8:
+                raise ValueError(f"face {i}: expected a grey uint8 (H, W) array, got {face.dtype} {face.shape}")
+            out[i] = resize(face, self.image_size)
+        return out
+
+    def predict_proba(self, faces, tta: str = "none") -> np.ndarray:
+        """(N, 7) float32 probabilities in EMOTIONS order."""
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
+        return np.asarray(self.backend.predict_proba(self.prepare(faces), tta), dtype=np.float32)
+
+    def predict(self, faces, tta: str = "none") -> np.ndarray:
+        return self.predict_proba(faces, tta).argmax(axis=1)
+
+    def features(self, faces) -> np.ndarray:
+        """Penultimate-layer features (CNN artifacts only), (N, D) float32."""
+        if not hasattr(self.backend, "features"):
+            raise ValueError(f"{self.kind} artifacts have no penultimate features; use a CNN artifact")
+        return np.asarray(self.backend.features(self.prepare(faces)), dtype=np.float32)

@@ -1,0 +1,51 @@
+"""Shared fixtures: one local Ray per test session, paths to the real data, tiny catalogs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FER_RAY_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 CPUs, started once for the whole test run (a cold start is ~5 s)."""
+    import ray
+
+    from fer_ray.runtime import init_ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fer_folders() -> Path:
+    path = SHARED_DATA / "fer2013"
+    if not (path / "train").is_dir():
+        pytest.skip(f"real FER2013 folders not found at {path} (see shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fer_csv_sample() -> Path:
+    path = SHARED_DATA / "fer2013-sample.csv"
+    if not path.is_file():
+        pytest.skip(f"FER2013 CSV sample not found at {path} (see shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_catalog(tmp_path_factory, ray_session) -> Path:
+    """A small synthetic catalog (1400 faces, 48 px) shared by the tests that need one."""
+    from fer_ray.data.catalog import build_catalog
+    from fer_ray.data.sources import make_source
+
+    out = tmp_path_factory.mktemp("catalogs") / "synthetic"
+    build_catalog(make_source("synthetic", None, count=1400, seed=0), str(out), log=lambda *_: None)
+    return out
