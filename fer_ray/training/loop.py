@@ -149,6 +149,84 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return {"loss_sum": float(nll), "correct": int((probs.argmax(1) == y).sum()), "count": len(y)}
 
 
+def all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Sum (or min) numbers across a torch.distributed group; identity without one."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(values)
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN if op == "min" else torch.distributed.ReduceOp.SUM)
+    return t.tolist()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's batch-norm statistics, so validation scores one model."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
+class Run:
+    """One process's training state and its epochs: model, optimiser, schedule, data, RNG.
+
+    Used as is for single-process training (``fit_local``, the GPU recipe, benchmarks) and
+    by each Ray Train worker, where ``net`` is the DDP-wrapped model and sums are reduced
+    across workers. ``state_dict``/``load_state_dict`` make a checkpoint resume exactly.
+    """
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, input_size: int, norm: Normalization,
+                 train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                 frozen: tuple[torch.nn.Module, ...] = (), net: torch.nn.Module | None = None, rank: int = 0):
+        self.model, self.net = model, net or model
+        self.recipe, self.input_size, self.norm = recipe, input_size, norm
+        self.train, self.val, self.frozen = train, val, frozen
+        self.device = train[0].device
+        self.steps = int(all_reduce([steps_per_epoch(len(train[0]), recipe.batch_size)], "min")[0])
+        self.opt = make_optimizer(model.parameters(), recipe)
+        self.scheduler = make_scheduler(self.opt, recipe, self.steps)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(recipe.seed * 1000 + rank)
+        self.history: list[dict] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= self.recipe.epochs
+
+    def epoch(self) -> dict:
+        """Train one epoch, validate, reduce across processes; append and return the row."""
+        stats = train_epoch(self.net, *self.train, self.opt, self.scheduler, self.recipe, self.input_size,
+                            self.norm, self.generator, self.steps, self.frozen)
+        sync_buffers(self.model)
+        val = evaluate(self.model, *self.val, self.recipe, self.input_size, self.norm)
+        loss_sum, n_img, v_loss, v_correct, v_count = all_reduce(
+            [stats["train_loss"] * stats["train_images"], stats["train_images"],
+             val["loss_sum"], val["correct"], val["count"]])
+        seconds = -all_reduce([-stats["train_seconds"]], "min")[0]  # the slowest process
+        row = {"epoch": len(self.history) + 1, "train_loss": loss_sum / n_img,
+               "val_loss": v_loss / max(1, v_count), "val_acc": v_correct / max(1, v_count),
+               "lr": self.opt.param_groups[0]["lr"], "images_per_s": n_img / max(seconds, 1e-9),
+               "epoch_seconds": seconds}
+        self.history.append(row)
+        return row
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu())
+        self.history = list(state["history"])
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    return (f"[train] epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"val_acc {row['val_acc']:.4f} {row['images_per_s']:.0f} img/s")
+
+
 def to_device(images, labels, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Numpy (N,H,W) uint8 + (N,) labels -> tensors resident on ``device``."""
     return (torch.tensor(images, dtype=torch.uint8, device=device),

@@ -25,7 +25,8 @@ from fer_ray.data.catalog import read_manifest, split_dir
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
-from fer_ray.training.loop import Recipe, evaluate, make_optimizer, make_scheduler, steps_per_epoch, to_device, train_epoch
+from fer_ray.training.local import artifact_meta
+from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages
 
 STATE_FILE = "state.pt"
@@ -110,17 +111,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model = build_model(resolved["architecture"], NUM_CLASSES, resolved["input_size"])
     model.load_state_dict(state["model"])
     history = state["history"]
-    meta = {
-        "architecture": resolved["architecture"], "num_classes": NUM_CLASSES,
-        "input_size": resolved["input_size"], "image_size": manifest["image_size"], "in_channels": 1,
-        "normalization": resolved["normalization"],
-        "catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": manifest["catalog_sha256"]},
-        "recipe": cfg.recipe.to_dict(), "workers": cfg.workers, "gpu": cfg.gpu,
-        "parameters": state["parameters"],
-        "transfer": {"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
-        if cfg.init_from else None,
-        "epochs_trained": len(history),
-    }
+    meta = artifact_meta(
+        resolved["architecture"], resolved["input_size"], manifest, cfg.catalog, resolved["normalization"],
+        cfg.recipe, state["parameters"], workers=cfg.workers, gpu=cfg.gpu, epochs_trained=len(history),
+        transfer={"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
+        if cfg.init_from else None)
     artifact = save_cnn(str(run_dir / "artifact"), model, meta)
     (run_dir / "metrics.json").write_text(json.dumps({"history": history}, indent=2))
     log(f"train: {len(history)} epochs in {time.time() - t0:.1f} s; artifact {artifact}")
@@ -173,24 +168,8 @@ def _shard_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
-    """Sum (or min) numbers across workers; identity on a single worker."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN if op == "min" else torch.distributed.ReduceOp.SUM)
-    return t.tolist()
-
-
-def _sync_buffers(model: torch.nn.Module) -> None:
-    """Give every worker rank 0's batch-norm statistics, so validation scores one model."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for buffer in model.buffers():
-            torch.distributed.broadcast(buffer, 0)
-
-
 def train_loop_per_worker(cfg: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: the plain ``Run`` plus checkpoints and reports."""
     import ray.train
     import ray.train.torch
 
@@ -198,14 +177,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
     recipe = Recipe.from_dict(cfg["recipe"])
-    norm = Normalization(**cfg["normalization"])
-    input_size = cfg["input_size"]
     torch.manual_seed(recipe.seed)
 
-    images, labels = to_device(*_shard_arrays("train"), device)
-    val_images, val_labels = to_device(*_shard_arrays("val"), device)
-
-    model = build_model(cfg["architecture"], NUM_CLASSES, input_size, weights=cfg.get("weights"))
+    model = build_model(cfg["architecture"], NUM_CLASSES, cfg["input_size"], weights=cfg.get("weights"))
     frozen: tuple = ()
     if cfg.get("init_from"):
         _, state = load_artifact(cfg["init_from"])
@@ -214,63 +188,40 @@ def train_loop_per_worker(cfg: dict) -> None:
     if device.type == "cuda" and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = ray.train.torch.prepare_model(model)  # moves to device; DDP when there are 2+ workers
-
-    steps = int(_reduce([steps_per_epoch(len(images), recipe.batch_size)], device, "min")[0])
-    opt = make_optimizer(model.parameters(), recipe)
-    scheduler = make_scheduler(opt, recipe, steps)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(recipe.seed * 1000 + rank)
-    history: list[dict] = []
+    run = Run(model, recipe, cfg["input_size"], Normalization(**cfg["normalization"]),
+              to_device(*_shard_arrays("train"), device), to_device(*_shard_arrays("val"), device),
+              frozen=frozen, net=net, rank=rank)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"][rank % len(state["generator"])].cpu())
-        history = list(state["history"])
+        run.load_state_dict(state | {"generator": state["generators"][rank % len(state["generators"])]})
 
     counts = parameter_counts(model)
     frozen_names = [n for n in model.stage_names() if any(model.stage(n) is m for m in frozen)]
-    if rank == 0 and not history:
+    if rank == 0 and not run.history:
         print(f"[train] {cfg['architecture']} {counts['total']:,} parameters "
               f"({counts['trainable']:,} trainable, {counts['frozen']:,} frozen {frozen_names}); "
-              f"{ctx.get_world_size()} worker(s) on {device.type}; {steps} steps/epoch", flush=True)
+              f"{ctx.get_world_size()} worker(s) on {device.type}; {run.steps} steps/epoch", flush=True)
 
-    for epoch in range(len(history), recipe.epochs):
+    while not run.done:
+        epoch = len(run.history)
         if cfg.get("fault_epoch") == epoch and rank == 0 and not Path(cfg["fault_marker"]).exists():
             Path(cfg["fault_marker"]).touch()
             raise RuntimeError(f"injected failure at epoch {epoch} (testing recovery)")
-        stats = train_epoch(net, images, labels, opt, scheduler, recipe, input_size, norm, generator, steps, frozen)
-        _sync_buffers(model)
-        val = evaluate(model, val_images, val_labels, recipe, input_size, norm)
-        loss_sum, n_img, t_max = stats["train_loss"] * stats["train_images"], stats["train_images"], stats["train_seconds"]
-        loss_sum, n_img, v_loss, v_correct, v_count = _reduce(
-            [loss_sum, n_img, val["loss_sum"], val["correct"], val["count"]], device)
-        t_max = -_reduce([-t_max], device, "min")[0]
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / n_img, "val_loss": v_loss / max(1, v_count),
-               "val_acc": v_correct / max(1, v_count), "lr": opt.param_groups[0]["lr"],
-               "images_per_s": n_img / max(t_max, 1e-9), "epoch_seconds": t_max}
-        history.append(row)
+        row = run.epoch()
         if rank == 0:
-            print(f"[train] epoch {epoch + 1}/{recipe.epochs} loss {row['train_loss']:.4f} "
-                  f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
-                  f"{row['images_per_s']:.0f} img/s", flush=True)
-        last = epoch + 1 == recipe.epochs
-        if (epoch + 1) % cfg["checkpoint_every"] == 0 or last:
-            gens = [generator.get_state()]  # every rank's RNG, gathered for an exact resume
-            if torch.distributed.is_initialized():
-                gathered = [None] * ctx.get_world_size()
-                torch.distributed.all_gather_object(gathered, gens[0])
-                gens = gathered
-            _report(row, rank, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": gens, "history": history, "parameters": counts, "frozen_stages": frozen_names,
-            })
-        else:
+            print(epoch_line(row, recipe.epochs), flush=True)
+        if row["epoch"] % cfg["checkpoint_every"] and not run.done:
             ray.train.report(row)
+            continue
+        state = run.state_dict()
+        generators = [state.pop("generator")]  # every rank's RNG, gathered for an exact resume
+        if torch.distributed.is_initialized():
+            generators = [None] * ctx.get_world_size()
+            torch.distributed.all_gather_object(generators, run.generator.get_state())
+        _report(row, rank, state | {"generators": generators, "parameters": counts, "frozen_stages": frozen_names})
 
 
 def _report(row: dict, rank: int, state: dict) -> None:
