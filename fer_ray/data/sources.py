@@ -123,10 +123,14 @@ class FolderSource:
         subdirs = sorted(p for p in root.iterdir() if p.is_dir())
         if not subdirs:
             raise SourceError(f"no split or emotion folders under {root}")
+        items = []
         if all(_is_emotion(p.name) for p in subdirs):
             layout = [(root, "train")]  # no split level: everything is one pool
         else:
             layout = []
+            for f in sorted(p for p in root.iterdir() if not p.is_dir()):
+                items.append({"path": str(f), "id": f.name, "label": -1, "split": "",
+                              "error": "file is not inside a split folder"})
             for p in subdirs:
                 split = FOLDER_SPLITS.get(p.name.lower())
                 if split is None:
@@ -134,7 +138,6 @@ class FolderSource:
                         f"unknown split folder {p.name!r} in {root}; expected one of "
                         f"{sorted(FOLDER_SPLITS)} (or emotion folders directly)")
                 layout.append((p, split))
-        items = []
         for split_dir, split in layout:
             for entry in sorted(split_dir.iterdir()):
                 if entry.is_dir():
@@ -163,11 +166,12 @@ class FolderSource:
             if error:
                 rows.reject(row_id, error, split)
                 continue
+            raw = b""
             try:
                 raw = _read_file(path)
                 rows.add(resize(decode_grey(raw, self.max_pixels), self.size), int(label), split, row_id, raw=raw)
             except (ImageError, OSError) as exc:
-                rows.reject(row_id, str(exc), split)
+                rows.reject(row_id, str(exc), split, raw=raw)  # raw keeps the source hash honest
         return rows.batch()
 
 
@@ -205,7 +209,7 @@ class Fer2013CsvSource:
         items = []
         with open(path, "rb") as fh:
             header = fh.readline()
-            self.columns = _csv_header(header.decode("utf-8", "replace"), path)
+            self.columns = _csv_header(header.decode("utf-8-sig", "replace"), path)  # Excel adds a BOM
             start, line = fh.tell(), 2
             while start < total:
                 fh.seek(min(total, start + self.chunk_bytes))
@@ -349,11 +353,12 @@ class KdefSource:
             if error:
                 rows.reject(row_id, error, subject=subject)
                 continue
+            raw = b""
             try:
                 raw = _read_file(path)
                 grey = decode_grey(raw, self.max_pixels)
             except (ImageError, OSError) as exc:
-                rows.reject(row_id, str(exc), subject=subject)
+                rows.reject(row_id, str(exc), subject=subject, raw=raw)
                 continue
             if detector is not None:
                 faces = find_faces(grey, "largest", detector)

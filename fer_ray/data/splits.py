@@ -47,8 +47,12 @@ def by_subject(subjects: np.ndarray, fractions=PAPER_FRACTIONS, seed: int = 0) -
     rng = np.random.default_rng(seed)
     rng.shuffle(unique)
     n = len(unique)
-    n_train = max(1, int(round(n * fractions[0])))
-    n_val = int(round(n * fractions[1])) if n >= 3 else 0
+    n_train, n_val = int(round(n * fractions[0])), int(round(n * fractions[1]))
+    if n >= 3:  # every split gets at least one subject (5 subjects: 3/1/1, not 4/0/1)
+        n_val = max(1, n_val)
+        n_train = min(n_train, n - n_val - 1)
+    else:
+        n_train, n_val = n, 0
     split_of = {s: "train" for s in unique[:n_train]}
     split_of.update({s: "val" for s in unique[n_train : n_train + n_val]})
     split_of.update({s: "test" for s in unique[n_train + n_val :]})
