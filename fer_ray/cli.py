@@ -73,6 +73,24 @@ def _evaluate(args) -> None:
           f"({metrics['count']} images, TTA {args.tta}); report in {args.output}/report.md")
 
 
+def _score(args) -> None:
+    from fer_ray.inference.batch import score_folder
+
+    score_folder(args.artifact, args.input, args.output, faces=args.faces, batch_size=args.batch_size,
+                 gpu=args.gpu, margin=args.margin, max_pixels=args.max_pixels, part_files=args.part_files,
+                 actors=args.actors, num_cpus=args.num_cpus, overwrite=args.overwrite)
+
+
+def _serve(args) -> None:
+    from fer_ray.inference.serve import ServeConfig, run_server
+
+    config = ServeConfig(artifact=args.artifact, replicas=args.replicas, max_batch_size=args.max_batch_size,
+                         batch_wait_timeout_s=args.batch_wait_ms / 1000, num_cpus=args.replica_cpus,
+                         num_gpus=1 if args.gpu else 0, max_body_bytes=args.max_body_bytes,
+                         max_pixels=args.max_pixels, max_files=args.max_files)
+    run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, default=30)
@@ -144,6 +162,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_MODES, default="none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_evaluate)
+
+    p = stages.add_parser("score", help="score every image in a folder or glob with Ray Data (resumable)")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--input", required=True, help="folder (searched recursively), image file or glob")
+    p.add_argument("--output", required=True, help="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
+    p.add_argument("--faces", choices=("all", "largest", "none"), default="all",
+                   help="all/largest: detect faces in photos; none: images are already face crops")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per model call")
+    p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
+    p.add_argument("--actors", type=int, default=None, help="model actors (default: GPUs, or CPUs / 2)")
+    p.add_argument("--margin", type=float, default=0.2, help="face box enlargement on each side")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="images above this are error rows")
+    p.add_argument("--part-files", type=int, default=1000, help="write a resumable part once this many files are complete")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results for this output")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
+    p.set_defaults(func=_score)
+
+    p = stages.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (batched)")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica")
+    p.add_argument("--gpu", action="store_true", help="one GPU per replica")
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    p.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
+    p.add_argument("--max-pixels", type=int, default=25_000_000)
+    p.add_argument("--max-files", type=int, default=32, help="images per /predict/batch request")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
+    p.set_defaults(func=_serve)
     return parser
 
 

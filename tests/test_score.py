@@ -1,0 +1,190 @@
+"""Bulk scoring: exact rows for a messy folder, and an interrupted job resumed exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from datagen import encode, truncated_jpeg
+from fer_ray.emotions import EMOTIONS
+from fer_ray.inference.batch import (NO_FACE, SCHEMA, DetectConfig, FileAssembler, PartStore, ScoreError,
+                                     detect_batch, parts_folder, rows_table, score_folder)
+from photos import background, one_face_photo, two_face_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def messy_folder(root: Path) -> dict[str, str]:
+    """Nested photos and bad files; returns relative path -> what its rows must say."""
+    two, _ = two_face_photo()
+    files = {
+        "party/2024/two_faces.png": (encode(two, "PNG"), "2 faces"),
+        "party/2024/deep/er/one_face.jpg": (encode(one_face_photo(), "JPEG"), "1 face"),
+        "landscape.png": (encode(background(320, 240, seed=3), "PNG"), NO_FACE),
+        "party/corrupt.jpg": (truncated_jpeg(two), "truncated or corrupt image"),
+        "party/notes.jpg": (b"a text file wearing a .jpg name\n" * 10, "not a decodable image"),
+        "empty.png": (b"", "empty file"),
+    }
+    for rel, (data, _) in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "party" / "README.txt").write_text("not an image: ignored, but counted")
+    return {rel: expect for rel, (_, expect) in files.items()}
+
+
+# ------------------------------------------------------------------ plain pieces, no Ray
+
+
+def test_detect_batch_modes_and_bad_files(tmp_path):
+    expect = messy_folder(tmp_path)
+    paths = np.array([str(tmp_path / rel) for rel in expect], dtype=object)
+
+    rows = detect_batch({"path": paths}, DetectConfig(mode="all"))
+    by_path = {}
+    for i, p in enumerate(rows["path"]):
+        by_path.setdefault(Path(p).relative_to(tmp_path).as_posix(), []).append(i)
+    assert rows["image"].shape == (len(rows["path"]), 48, 48)
+    assert len(by_path["party/2024/two_faces.png"]) == 2
+    assert all(rows["n_faces"][i] == len(idx) for idx in by_path.values() for i in idx)
+    for rel, want in expect.items():
+        if "face" not in want or want == NO_FACE:
+            (i,) = by_path[rel]
+            assert rows["error"][i].startswith(want) and rows["face"][i] == -1
+
+    largest = detect_batch({"path": paths[:1]}, DetectConfig(mode="largest"))
+    assert list(largest["face"]) == [0]
+    whole = detect_batch({"path": paths[:1]}, DetectConfig(mode="none"))
+    assert (whole["w"][0], whole["h"][0]) == (640, 480) and whole["error"][0] == ""
+
+
+def test_assembler_holds_a_file_until_all_its_faces_arrive():
+    def rows(path, faces, n):
+        base = {k: np.array([0] * len(faces), np.int32) for k in ("x", "y", "w", "h")}
+        probs = {e: np.full(len(faces), 1 / 7, np.float32) for e in EMOTIONS}
+        return {"path": np.array([path] * len(faces), object), "face": np.array(faces, np.int32),
+                "n_faces": np.array([n] * len(faces), np.int32), "emotion": np.array(["happy"] * len(faces), object),
+                "error": np.array([""] * len(faces), object), **base, **probs}
+
+    asm = FileAssembler()
+    asm.add(rows("a.jpg", [1], 2))            # Ray Data cut a.jpg's faces across two batches
+    assert asm.ready_files == 0 and asm.pending_files == 1
+    asm.add(rows("a.jpg", [0], 2))
+    ready, files = asm.take()
+    assert files == 1 and ready["face"] == [0, 1]
+    assert rows_table(ready).schema == SCHEMA
+
+
+def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
+    store = PartStore(tmp_path / "out.csv.parts")
+    ok = {"path": ["b.jpg", "a.jpg"], "face": [0, -1], "x": [1, -1], "y": [2, -1], "w": [3, -1], "h": [4, -1],
+          "emotion": ["sad", ""], **{e: [0.5, float("nan")] for e in EMOTIONS}, "error": ["", NO_FACE]}
+    with store.locked():
+        store.write(rows_table(ok))
+        store.consolidate(tmp_path / "out.csv")
+        with pytest.raises(ScoreError, match="another scoring job"):
+            with PartStore(store.folder).locked():
+                pass
+    csv = pd.read_csv(tmp_path / "out.csv")
+    assert list(csv.columns) == SCHEMA.names
+    assert list(csv["path"]) == ["a.jpg", "b.jpg"] and csv["error"].isna().tolist() == [False, True]
+    assert not list(store.folder.glob(".*.tmp"))
+    store.write(rows_table(ok))                  # the same files again: a resume bug
+    with pytest.raises(RuntimeError, match="duplicate"):
+        store.consolidate(tmp_path / "out.parquet")
+
+
+def test_bad_output_name_is_a_user_error(tmp_path, capsys):
+    from fer_ray.cli import main
+
+    assert main(["score", "--artifact", str(tmp_path), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "out.json")]) == 2
+    assert "must end in .parquet or .csv" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ on Ray
+
+
+def _check_exact(out: Path, root: Path, expect: dict[str, str]) -> pd.DataFrame:
+    df = pq.read_table(out).to_pandas()
+    assert list(df.columns) == SCHEMA.names
+    df["rel"] = [Path(p).relative_to(root).as_posix() for p in df["path"]]
+    assert sorted(df["rel"].unique()) == sorted(expect)           # nothing dropped, nothing extra
+    for rel, want in expect.items():
+        rows = df[df["rel"] == rel]
+        if want.endswith("face") or want.endswith("faces"):
+            n = int(want.split()[0])
+            assert len(rows) == n and rows["error"].isna().all() and list(rows["face"]) == list(range(n))
+            probs = rows[list(EMOTIONS)].to_numpy()
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+            assert list(rows["emotion"]) == [EMOTIONS[i] for i in probs.argmax(axis=1)]
+        else:
+            assert len(rows) == 1 and rows["error"].iloc[0].startswith(want), (rel, rows["error"].tolist())
+            assert rows[["face", "x", "emotion", *EMOTIONS]].isna().all(axis=None)
+    return df
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, small_artifact):
+    root = tmp_path / "photos"
+    expect = messy_folder(root)
+    out = tmp_path / "scores.parquet"
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", part_files=2, log=print)
+
+    df = _check_exact(out, root, expect)
+    two = df[df["rel"] == "party/2024/two_faces.png"].sort_values("face")
+    _, spots = two_face_photo()
+    for (_, row), (x, y, side) in zip(two.iterrows(), spots):   # boxes land on the pasted faces
+        assert abs(row["x"] + row["w"] / 2 - (x + side / 2)) < side / 4
+        assert abs(row["y"] + row["h"] / 2 - (y + side / 2)) < side / 4
+    assert (summary.files, summary.faces, summary.no_face, summary.errors) == (6, 3, 1, 3)
+    assert summary.skipped_non_images == 1 and list(parts_folder(out).glob("part-*.parquet"))
+
+    again = score_folder(str(small_artifact), str(root), str(out), faces="all", log=print)
+    assert (again.scored_now, again.already_scored) == (0, 6)
+    with pytest.raises(ScoreError, match="other settings"):
+        score_folder(str(small_artifact), str(root), str(out), faces="largest", log=print)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_killed_job_resumes_and_scores_every_file_exactly_once(tmp_path, ray_session, small_artifact):
+    root = tmp_path / "photos"
+    for i in range(160):   # detection-heavy, so the job is still running when the first part lands
+        (root / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 4}" / f"bg{i:03d}.png").write_bytes(encode(background(320, 240, seed=i), "PNG"))
+    out = tmp_path / "scores.csv"
+    parts = parts_folder(out)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    cmd = [sys.executable, "-m", "fer_ray.cli", "score", "--artifact", str(small_artifact), "--input", str(root),
+           "--output", str(out), "--faces", "all", "--part-files", "8", "--batch-size", "16", "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not list(parts.glob("part-*.parquet")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)   # our own child's process group (driver + its Ray)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be interrupted"
+    assert not out.exists()
+    done_before = PartStore(parts).scored_paths()
+    assert 0 < len(done_before) < 160
+
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", part_files=50, log=print)
+    assert summary.already_scored == len(done_before) and summary.scored_now == 160 - len(done_before)
+    df = pd.read_csv(out)
+    assert len(df) == 160 and df["path"].is_unique and (df["error"] == NO_FACE).all()
+    assert sorted(df["path"]) == sorted(str(p) for p in root.rglob("*.png"))
