@@ -1,0 +1,416 @@
+"""Ray Serve app: facial-expression prediction over HTTP, batched into one forward pass.
+
+Endpoints (FastAPI; OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
+
+    POST /predict          one image, as a multipart upload (any file field) or as the raw
+                           request body (Content-Type image/* or application/octet-stream)
+    POST /predict/batch    several images in one multipart request (each file its own result)
+    GET  /healthz          liveness: the model is loaded
+    GET  /model            artifact metadata and metrics, limits, and batching counters
+
+``?faces=all|largest|none`` picks faces as in ``fer-ray score``: ``all`` (default) detects
+every face in a photo, ``largest`` keeps one, ``none`` takes the image as an already cropped
+face (FER2013-style 48x48 crops have too little context for the detector: use ``none``).
+
+Concurrent requests are merged by ``@serve.batch`` into one ``Predictor`` call; each
+response says in ``batch_size`` how many requests shared its forward pass, and ``/model``
+counts batches per size. Client mistakes (no image, an empty, oversize, corrupt or non-image
+body, a wrong content type, too many pixels or files) are answered 4xx with a JSON
+``{"error": ..., "status": ...}``; a 500 only ever means a bug.
+
+The compute is plain (``PhotoScorer``); this module only adds HTTP and Serve around it.
+Deploy with ``fer-ray serve``, ``serve run fer_ray.inference.serve:app_builder artifact=DIR``
+or a RayService whose ``import_path`` is ``fer_ray.inference.serve:app_builder``.
+"""
+
+import asyncio
+import collections
+import dataclasses
+import threading
+from typing import Literal, Optional
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from fer_ray.data.faces import FaceDetector
+from fer_ray.data.preprocess import ImageError, decode_grey
+from fer_ray.emotions import EMOTIONS
+from fer_ray.inference.batch import DetectConfig, crop_faces
+
+FaceMode = Literal["all", "largest", "none"]
+RAW_TYPES = ("application/octet-stream",)  # besides image/*; no Content-Type is sniffed too
+
+
+class ServeConfig(BaseModel):
+    """Everything a deployment is built from (``serve run ... key=value`` sets these)."""
+
+    artifact: str
+    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
+    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="per replica; >= max_batch_size")
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    device: str = "auto"
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(25_000_000, ge=1)
+    max_files: int = Field(32, ge=1, description="files per /predict/batch request")
+    margin: float = Field(0.2, ge=0)
+
+    def ongoing(self) -> int:
+        """Serve must let at least a full batch of requests into a replica, or batches never fill."""
+        return max(self.max_ongoing_requests or 0, 4 * self.max_batch_size, 32)
+
+
+class ApiError(Exception):
+    """A request the client got wrong: answered with ``status`` and a JSON error."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def image_error_status(exc: ImageError) -> int:
+    """HTTP status for a rejected image: 415 for a format we do not take, 413 for too many
+    pixels, 400 for everything else (empty, undecodable, truncated)."""
+    reason = str(exc)
+    if reason.startswith("unsupported image format"):
+        return 415
+    if reason.startswith("image too large"):
+        return 413
+    return 400
+
+
+# ---------------------------------------------------------------------------------------
+# Plain core
+# ---------------------------------------------------------------------------------------
+
+class PhotoScorer:
+    """Image bytes -> face boxes and crops -> probabilities, without Ray or HTTP.
+
+    Detection runs in a thread pool (so the event loop keeps taking requests); OpenCV's
+    cascade is not safe to share between threads, hence one detector per thread.
+    """
+
+    def __init__(self, artifact: str, device: str = "auto", margin: float = 0.2,
+                 max_pixels: int = 25_000_000, threads: int | None = None):
+        import torch
+
+        from fer_ray.inference.predictor import Predictor
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.predictor = Predictor(artifact, device=device)
+        self.config = DetectConfig(image_size=self.predictor.image_size, margin=margin, max_pixels=max_pixels)
+        self._local = threading.local()
+
+    def _detector(self) -> FaceDetector:
+        if not hasattr(self._local, "detector"):
+            self._local.detector = FaceDetector(self.config.detect_side, self.config.min_face_fraction)
+        return self._local.detector
+
+    def faces(self, data: bytes, mode: str) -> tuple[tuple[int, int], list, np.ndarray]:
+        """((width, height), boxes, crops (k, S, S) uint8); raises ImageError."""
+        grey = decode_grey(data, self.config.max_pixels)
+        config = dataclasses.replace(self.config, mode=mode)
+        found = crop_faces(grey, config, None if mode == "none" else self._detector())
+        size = self.predictor.image_size
+        crops = np.stack([c for _, c in found]) if found else np.zeros((0, size, size), np.uint8)
+        return (grey.shape[1], grey.shape[0]), [b for b, _ in found], crops
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        return self.predictor.predict_proba(crops)
+
+
+def face_results(boxes: list, probs: np.ndarray) -> list[dict]:
+    return [{"face": i, "box": dataclasses.asdict(box), "emotion": EMOTIONS[int(p.argmax())],
+             "probabilities": {name: round(float(v), 6) for name, v in zip(EMOTIONS, p)}}
+            for i, (box, p) in enumerate(zip(boxes, probs))]
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP schema (for the OpenAPI docs)
+# ---------------------------------------------------------------------------------------
+
+class BoxModel(BaseModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class FaceModel(BaseModel):
+    face: int = Field(description="index, largest face first")
+    box: BoxModel = Field(description="in the uploaded image's pixels")
+    emotion: str
+    probabilities: dict[str, float] = Field(description="one per emotion, summing to 1")
+
+
+class PredictResponse(BaseModel):
+    width: int
+    height: int
+    faces: list[FaceModel]
+    message: Optional[str] = Field(None, description="e.g. 'no face detected'")
+    batch_size: int = Field(description="requests that shared this forward pass (0: no face to run)")
+
+
+class BatchItem(BaseModel):
+    filename: Optional[str]
+    status: int = Field(description="200, or the 4xx this image alone would have got")
+    error: Optional[str] = None
+    result: Optional[PredictResponse] = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    status: int
+
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
+    }
+}
+
+api = FastAPI(
+    title="fer-ray",
+    description=__doc__.split("\n\n")[0] + "\n\n" + "Face modes: `all` (default), `largest`, `none` "
+    "(the image is already a face crop).",
+    version="1",
+)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, "status": status})
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_request, exc: ApiError):
+    return _error(exc.status, exc.message)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request, exc: StarletteHTTPException):
+    return _error(exc.status_code, str(exc.detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request, exc: RequestValidationError):
+    detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+    return _error(422, detail or "invalid request")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, f"invalid Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";")[0].strip().lower()
+
+
+def _accepted_type(media_type: str) -> bool:
+    return media_type in ("", *RAW_TYPES) or media_type.startswith("image/")
+
+
+async def uploaded_files(request: Request, body: bytes, max_files: int) -> list[tuple[str | None, bytes, str]]:
+    """(filename, bytes, declared type) of every file part of a multipart body."""
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        # Without "app" in the scope Starlette raises its own MultiPartException (instead of
+        # a generic HTTPException), so the reply can say what was wrong with the body.
+        scope = {k: v for k, v in request.scope.items() if k != "app"}
+        form = await Request(scope, replay).form(max_files=max_files, max_fields=max_files)
+    except MultiPartException as exc:
+        raise ApiError(400, f"malformed multipart body: {exc.message}") from None
+    files = []
+    for _, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append((value.filename, await value.read(), _media_type(value.content_type)))
+    await form.close()
+    return files
+
+
+# ---------------------------------------------------------------------------------------
+# The deployment
+# ---------------------------------------------------------------------------------------
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class FerService:
+    """One replica: a PhotoScorer, a batch queue, and counters of the batches it ran."""
+
+    def __init__(self, config: dict):
+        self.cfg = ServeConfig(**config)
+        self.scorer = PhotoScorer(self.cfg.artifact, self.cfg.device, self.cfg.margin, self.cfg.max_pixels,
+                                  threads=max(1, int(self.cfg.num_cpus)))
+        self._forward.set_max_batch_size(self.cfg.max_batch_size)
+        self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.batches = collections.Counter()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _forward(self, stacks: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        """All queued requests' faces in one Predictor call, split back per request. The
+        forward runs in a thread so the event loop keeps accepting (and queueing) requests."""
+        sizes = [len(s) for s in stacks]
+        probs = await asyncio.to_thread(self.scorer.predict, np.concatenate(stacks))
+        self.batches[len(stacks)] += 1
+        return [(p, len(stacks)) for p in np.split(probs, np.cumsum(sizes)[:-1])]
+
+    async def _score(self, data: bytes, mode: str) -> dict:
+        try:
+            (width, height), boxes, crops = await asyncio.to_thread(self.scorer.faces, data, mode)
+        except ImageError as exc:
+            raise ApiError(image_error_status(exc), str(exc)) from None
+        if not boxes:
+            return {"width": width, "height": height, "faces": [], "message": "no face detected", "batch_size": 0}
+        probs, batch_size = await self._forward(crops)
+        return {"width": width, "height": height, "faces": face_results(boxes, probs), "message": None,
+                "batch_size": batch_size}
+
+    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
+              summary="Faces, boxes and emotion probabilities of one image")
+    async def predict(self, request: Request, faces: FaceMode = Query("all", description="all, largest or none")):
+        body = await read_body(request, self.cfg.max_body_bytes)
+        media = _media_type(request.headers.get("content-type"))
+        if media == "multipart/form-data":
+            files = await uploaded_files(request, body, self.cfg.max_files)
+            if len(files) != 1:
+                raise ApiError(400, f"send exactly one image file to /predict (got {len(files)}); "
+                                    "use /predict/batch for several")
+            _, data, media = files[0]
+        elif _accepted_type(media):
+            data = body
+        else:
+            raise ApiError(415, f"unsupported content type {media!r}: send an image/* body, "
+                                "application/octet-stream, or a multipart upload")
+        if not _accepted_type(media):
+            raise ApiError(415, f"unsupported file type {media!r}: expected an image")
+        return await self._score(data, faces)
+
+    @api.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY,
+              summary="Several images in one multipart request; each gets its own result or error")
+    async def predict_batch(self, request: Request, faces: FaceMode = Query("all", description="all, largest or none")):
+        body = await read_body(request, self.cfg.max_body_bytes)
+        if _media_type(request.headers.get("content-type")) != "multipart/form-data":
+            raise ApiError(415, "send the images as multipart/form-data (one file part per image)")
+        files = await uploaded_files(request, body, self.cfg.max_files)
+        if not files:
+            raise ApiError(400, "no image files in the request")
+        results = await asyncio.gather(*(self._item(name, data, media, faces) for name, data, media in files))
+        return {"results": results}
+
+    async def _item(self, name: str | None, data: bytes, media: str, mode: str) -> dict:
+        """One file of a batch request: its result, or the error it alone would have got."""
+        if not _accepted_type(media):
+            return {"filename": name, "status": 415, "error": f"unsupported file type {media!r}: expected an image"}
+        try:
+            return {"filename": name, "status": 200, "result": await self._score(data, mode)}
+        except ApiError as exc:
+            return {"filename": name, "status": exc.status, "error": exc.message}
+
+    @api.get("/healthz", summary="Liveness: the model is loaded")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "kind": self.scorer.predictor.kind}
+
+    @api.get("/model", summary="Artifact metadata and metrics, limits and batching counters")
+    async def model(self) -> dict:
+        meta = self.scorer.predictor.meta
+        sizes = dict(sorted(self.batches.items()))
+        return {
+            "artifact": self.cfg.artifact,
+            "kind": meta["kind"],
+            "architecture": meta.get("architecture"),
+            "image_size": self.scorer.predictor.image_size,
+            "labels": list(self.scorer.predictor.labels),
+            "metrics": meta.get("metrics", {}),
+            "created": meta.get("created"),
+            "device": str(self.scorer.predictor.device),
+            "limits": {"max_body_bytes": self.cfg.max_body_bytes, "max_pixels": self.cfg.max_pixels,
+                       "max_files": self.cfg.max_files, "content_types": ["image/*", *RAW_TYPES, "multipart/form-data"]},
+            "batching": {"max_batch_size": self.cfg.max_batch_size,
+                         "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s,
+                         "batches": sum(sizes.values()), "largest_batch": max(sizes, default=0),
+                         "batches_by_size": {str(k): v for k, v in sizes.items()},
+                         "note": "counters of the replica that answered"},
+        }
+
+
+def build_app(config: ServeConfig):
+    """The Serve application for ``config`` (replicas, resources, batching, limits)."""
+    return FerService.options(
+        num_replicas=config.replicas,
+        max_ongoing_requests=config.ongoing(),
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+    ).bind(config.model_dump())
+
+
+def app_builder(args: ServeConfig):
+    """Application builder for ``serve run fer_ray.inference.serve:app_builder artifact=DIR ...``
+    and a RayService's ``import_path``; Serve validates ``args`` against ServeConfig."""
+    return build_app(args)
+
+
+def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
+               log=print) -> None:
+    """``fer-ray serve``: start (or join) Ray, serve on host:port until Ctrl-C, then shut down.
+
+    Loopback is the default on purpose: the service has no authentication, so exposing it
+    (``--host 0.0.0.0``) is a decision to take explicitly, behind whatever guards the network.
+    """
+    import time
+
+    from fer_ray.runtime import init_ray
+
+    init_ray(num_cpus)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config), name="fer-ray", route_prefix="/")
+    log(f"serving {config.artifact} at http://{host}:{port} (docs: /docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log("stopping")
+    finally:
+        serve.shutdown()

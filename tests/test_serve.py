@@ -1,0 +1,181 @@
+"""The Serve app over real HTTP on loopback: uploads, raw bodies, batches, every client
+mistake answered 4xx with a JSON error, and concurrent requests merged into one forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import numpy as np
+import pytest
+
+from datagen import encode, truncated_jpeg
+from fer_ray.data.preprocess import ImageError
+from fer_ray.emotions import EMOTIONS
+from fer_ray.inference.serve import PhotoScorer, ServeConfig, app_builder, build_app, image_error_status
+from photos import background, detectable_faces, two_face_photo
+
+LIMIT_BYTES = 300_000
+LIMIT_PIXELS = 1_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, small_artifact):
+    """The app on a free loopback port; batches wait 50 ms so concurrent requests meet."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = ServeConfig(artifact=str(small_artifact), max_batch_size=8, batch_wait_timeout_s=0.05,
+                         max_body_bytes=LIMIT_BYTES, max_pixels=LIMIT_PIXELS, max_files=4)
+    serve.run(build_app(config), name="fer-test", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        yield client
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images():
+    two, spots = two_face_photo()
+    face = detectable_faces(1)[0]
+    crop = face[::4, ::4].copy()  # 48 px: an already-cropped face, for ?faces=none
+    return {"two": encode(two, "JPEG"), "spots": spots, "crop": encode(crop, "PNG"),
+            "gif": encode(crop, "GIF"), "corrupt": truncated_jpeg(two),
+            "huge": encode(np.full((1000, 1200), 128, np.uint8), "PNG"),
+            "landscape": encode(background(320, 240, seed=3), "PNG")}
+
+
+def _is_error(r: httpx.Response, status: int, text: str = "") -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert body["status"] == status and text.lower() in body["error"].lower(), body
+
+
+# ------------------------------------------------------------------ plain pieces, no Ray
+
+
+def test_photo_scorer_without_ray(small_artifact, images):
+    scorer = PhotoScorer(str(small_artifact))
+    (w, h), boxes, crops = scorer.faces(images["two"], "all")
+    assert (w, h) == (640, 480) and len(boxes) == 2 and crops.shape == (2, 48, 48)
+    np.testing.assert_allclose(scorer.predict(crops).sum(axis=1), 1.0, atol=1e-5)
+    assert image_error_status(ImageError("unsupported image format GIF")) == 415
+    assert image_error_status(ImageError("image too large: 2x2")) == 413
+    assert image_error_status(ImageError("empty file (0 bytes)")) == 400
+
+
+def test_app_builder_validates_string_args(small_artifact):
+    config = ServeConfig.model_validate({"artifact": str(small_artifact), "max_batch_size": "4"})
+    assert config.max_batch_size == 4 and config.ongoing() >= 4
+    assert app_builder(config) is not None
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_health_model_and_docs(service):
+    assert service.get("/healthz").json()["status"] == "ok"
+    model = service.get("/model").json()
+    assert model["kind"] == "cnn" and model["labels"] == list(EMOTIONS) and model["image_size"] == 48
+    assert model["limits"]["max_body_bytes"] == LIMIT_BYTES and "batching" in model
+    paths = service.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/healthz", "/model"} <= set(paths)
+    assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
+    assert service.get("/docs").status_code == 200
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_multipart_upload_finds_both_faces(service, images):
+    r = service.post("/predict", files={"file": ("party.jpg", images["two"], "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (640, 480) and len(body["faces"]) == 2
+    for face, (x, y, side) in zip(body["faces"], images["spots"]):
+        box = face["box"]
+        assert abs(box["x"] + box["w"] / 2 - (x + side / 2)) < side / 4
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+        assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
+    largest = service.post("/predict?faces=largest", files={"file": ("p.jpg", images["two"])}).json()
+    assert len(largest["faces"]) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_raw_body_with_and_without_content_type(service, images):
+    for headers in ({"content-type": "image/png"}, {"content-type": "application/octet-stream"}, {}):
+        r = service.post("/predict?faces=none", content=images["crop"], headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["faces"][0]["box"] == {"x": 0, "y": 0, "w": 48, "h": 48}
+    no_face = service.post("/predict", content=images["landscape"], headers={"content-type": "image/png"}).json()
+    assert no_face["faces"] == [] and no_face["message"] == "no face detected"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_batch_endpoint_reports_each_file(service, images):
+    files = [("files", ("a.png", images["crop"], "image/png")), ("files", ("b.jpg", images["corrupt"], "image/jpeg")),
+             ("files", ("c.txt", b"hello", "text/plain")), ("files", ("d.gif", images["gif"], "image/gif"))]
+    r = service.post("/predict/batch?faces=none", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["filename"] for x in results] == ["a.png", "b.jpg", "c.txt", "d.gif"]
+    assert [x["status"] for x in results] == [200, 400, 415, 415]
+    assert len(results[0]["result"]["faces"]) == 1 and "truncated" in results[1]["error"]
+    _is_error(service.post("/predict/batch", files=[("files", ("a.png", images["crop"]))] * 5), 400, "too many files")
+    _is_error(service.post("/predict/batch", content=images["crop"], headers={"content-type": "image/png"}), 415)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_client_mistakes_are_4xx_json_never_500(service, images):
+    _is_error(service.post("/predict", content=b""), 400, "empty")
+    _is_error(service.post("/predict", content=images["corrupt"], headers={"content-type": "image/jpeg"}), 400,
+              "truncated")
+    _is_error(service.post("/predict", content=b"just text", headers={"content-type": "image/png"}), 400,
+              "not a decodable image")
+    # malformed multipart: no boundary, garbage parts, a form without a file
+    _is_error(service.post("/predict", content=b"--x\r\nbad", headers={"content-type": "multipart/form-data"}), 400,
+              "multipart")
+    _is_error(service.post("/predict", content=b"--xx\r\ngarbage",
+                           headers={"content-type": "multipart/form-data; boundary=xx"}), 400)
+    _is_error(service.post("/predict", data={"note": "no file here"}, files={"x": ("", b"", "")}), 400)
+    _is_error(service.post("/predict", files=[("file", ("a.png", images["crop"]))] * 2), 400, "exactly one")
+    # oversize: the body, then the pixels behind a small body
+    _is_error(service.post("/predict", content=b"\xff" * (2 * LIMIT_BYTES), headers={"content-type": "image/jpeg"}),
+              413, "limit")
+    assert len(images["huge"]) < LIMIT_BYTES
+    _is_error(service.post("/predict", files={"file": ("big.png", images["huge"], "image/png")}), 413, "too large")
+    # wrong types
+    _is_error(service.post("/predict", content=b"hello", headers={"content-type": "text/plain"}), 415)
+    _is_error(service.post("/predict", json={"image": "base64?"}), 415)
+    _is_error(service.post("/predict", files={"file": ("a.txt", b"hello", "text/plain")}), 415)
+    _is_error(service.post("/predict", content=images["gif"], headers={"content-type": "image/gif"}), 415, "GIF")
+    _is_error(service.post("/predict?faces=sideways", content=images["crop"]), 422, "faces")
+    _is_error(service.get("/predict"), 405)
+    _is_error(service.get("/nowhere"), 404)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_concurrent_requests_share_a_forward_pass(service, images):
+    async def burst(n: int) -> list[int]:
+        async with httpx.AsyncClient(base_url=str(service.base_url), timeout=60) as client:
+            rs = await asyncio.gather(*(client.post("/predict?faces=none", content=images["crop"],
+                                                    headers={"content-type": "image/png"}) for _ in range(n)))
+        assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
+        return [r.json()["batch_size"] for r in rs]
+
+    sizes = asyncio.run(burst(16))
+    assert max(sizes) > 1 and max(sizes) <= 8, sizes
+    batching = service.get("/model").json()["batching"]
+    assert batching["largest_batch"] > 1 and batching["max_batch_size"] == 8
