@@ -70,8 +70,12 @@ def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
             "normalization": {"mean": manifest["pixel_mean"], "std": manifest["pixel_std"]}}
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Train on Ray, write ``run_dir/artifact`` and evaluation reports; return a summary."""
+def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
+    """Train on Ray, write ``run_dir/artifact`` and evaluation reports; return a summary.
+
+    ``callbacks`` go to the run's ``RunConfig`` (a Tune sweep passes ``TuneReportCallback`` so
+    each epoch's report reaches its scheduler).
+    """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -99,6 +103,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             name=cfg.name, storage_path=str(run_dir / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
