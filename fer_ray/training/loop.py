@@ -117,9 +117,11 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     start = time.perf_counter()
     for step in range(steps):
         idx = perm[step * bs : (step + 1) * bs]
-        x = to_model_input(images[idx], input_size, norm, channels_last)
+        x = to_model_input(images[idx], input_size, norm)
         if recipe.augment.active:
             x = augment_batch(x, recipe.augment, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]
         with autocast(device, recipe.amp):
             logits = model(x)
@@ -181,6 +183,8 @@ class Run:
         self.recipe, self.input_size, self.norm = recipe, input_size, norm
         self.train, self.val, self.frozen = train, val, frozen
         self.device = train[0].device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         self.steps = int(all_reduce([steps_per_epoch(len(train[0]), recipe.batch_size)], "min")[0])
         self.opt = make_optimizer(model.parameters(), recipe)
         self.scheduler = make_scheduler(self.opt, recipe, self.steps)
