@@ -294,11 +294,16 @@ class PartStore:
             yield self
 
     def check_job(self, job: dict) -> None:
-        """Record the job's settings, or refuse to mix results made with other settings."""
+        """Record the job's settings, or refuse to mix results made with other settings.
+
+        The model is identified by its weights' checksum, not its path, so a moved or copied
+        artifact resumes; a retrained one (or other face settings) does not.
+        """
         path = self.folder / JOB_FILE
         if path.is_file():
             previous = json.loads(path.read_text())
-            changed = {k: (previous.get(k), v) for k, v in job.items() if previous.get(k) != v}
+            changed = {k: (previous.get(k), v) for k, v in job.items()
+                       if k != "artifact" and previous.get(k) != v}
             if changed:
                 detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 raise ScoreError(f"{self.folder} holds results scored with other settings ({detail}); "

@@ -63,6 +63,7 @@ class ServeConfig(BaseModel):
     max_pixels: int = Field(25_000_000, ge=1)
     max_files: int = Field(32, ge=1, description="files per /predict/batch request")
     margin: float = Field(0.2, ge=0)
+    access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
 
     def ongoing(self) -> int:
         """Serve must let at least a full batch of requests into a replica, or batches never fill."""
@@ -383,6 +384,7 @@ def build_app(config: ServeConfig):
         num_replicas=config.replicas,
         max_ongoing_requests=config.ongoing(),
         ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+        logging_config={"enable_access_log": config.access_log},
     ).bind(config.model_dump())
 
 
@@ -399,9 +401,14 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     Loopback is the default on purpose: the service has no authentication, so exposing it
     (``--host 0.0.0.0``) is a decision to take explicitly, behind whatever guards the network.
     """
+    import signal
+    import sys
     import time
 
     from fer_ray.runtime import init_ray
+
+    # A container or job runner stops us with SIGTERM: shut Serve down as for Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     init_ray(num_cpus)
     serve.start(http_options={"host": host, "port": port})
@@ -410,7 +417,7 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         log("stopping")
     finally:
         serve.shutdown()
