@@ -17,7 +17,7 @@ import pytest
 from datagen import encode, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.batch import (NO_FACE, SCHEMA, DetectConfig, FileAssembler, PartStore, ScoreError,
-                                     detect_batch, parts_folder, rows_table, score_folder)
+                                     detect_batch, parts_folder, plan_resources, rows_table, score_folder)
 from photos import background, one_face_photo, two_face_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +102,18 @@ def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
         store.consolidate(tmp_path / "out.parquet")
 
 
+@pytest.mark.parametrize("mode", ["none", "all"])
+@pytest.mark.parametrize("cpus,gpus,gpu", [(1, 0, False), (2, 0, False), (3, 0, False), (16, 0, False),
+                                           (2, 1, True), (8, 4, True)])
+def test_resource_plan_always_fits_actors_and_a_task(cpus, gpus, gpu, mode):
+    plan = plan_resources(cpus, gpus, mode, gpu)
+    assert plan.actors >= 1 and plan.task_cpus > 0
+    assert plan.actors * plan.actor_cpus + plan.task_cpus <= cpus + 1e-9   # else Ray Data waits forever
+    assert plan.device == ("cuda" if gpu else "cpu") and plan.actor_gpus == int(gpu)
+    if gpu:
+        assert plan.actors == gpus
+
+
 def test_bad_output_name_is_a_user_error(tmp_path, capsys):
     from fer_ray.cli import main
 
@@ -133,7 +145,7 @@ def _check_exact(out: Path, root: Path, expect: dict[str, str]) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
 def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, small_artifact):
     root = tmp_path / "photos"
     expect = messy_folder(root)
@@ -156,7 +168,7 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
 def test_killed_job_resumes_and_scores_every_file_exactly_once(tmp_path, ray_session, small_artifact):
     root = tmp_path / "photos"
     for i in range(160):   # detection-heavy, so the job is still running when the first part lands

@@ -81,7 +81,7 @@ def test_app_builder_validates_string_args(small_artifact):
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
 def test_health_model_and_docs(service):
     assert service.get("/healthz").json()["status"] == "ok"
     model = service.get("/model").json()

@@ -373,6 +373,45 @@ def parts_folder(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
+@dataclass(frozen=True)
+class ResourcePlan:
+    actors: int
+    actor_cpus: float
+    actor_gpus: int
+    device: str
+    threads: int          # torch threads per actor
+    task_cpus: float
+    files_per_task: int
+
+
+def plan_resources(cpus: int, gpus: int, mode: str, gpu: bool = False, actors: int | None = None) -> ResourcePlan:
+    """How to share the cluster between detection tasks and model actors.
+
+    Everything must fit at once, or Ray Data waits forever for CPUs that an actor holds:
+    actors' CPUs plus at least one task's CPUs never exceed the cluster's. Which side gets
+    the CPUs depends on where the work is: a pre-cropped face (``none``) costs ~0.1 ms to
+    decode and ~1 ms in a small CNN on one core, so the model gets most of each CPU; a photo
+    costs 100+ ms of face detection and a few ms of model, so detection gets the CPUs and
+    one model actor per four CPUs keeps up. Tasks are sized to a fraction of a second.
+    """
+    cpus = max(1, cpus)
+    if gpu:
+        if gpus < 1:
+            raise ScoreError("--gpu was given but the Ray cluster has no GPU")
+        n, actor_cpus, actor_gpus, device = actors or gpus, min(1.0, cpus / 2), 1, "cuda"
+    elif mode == "none":
+        n, actor_gpus, device = actors or cpus, 0, "cpu"
+        actor_cpus = min(0.75, (cpus - 0.25) / n)
+    else:
+        n, actor_gpus, device = actors or max(1, cpus // 4), 0, "cpu"
+        actor_cpus = min(0.5, (cpus - 0.5) / n)
+    actor_cpus = math.floor(actor_cpus * 1000) / 1000
+    free = cpus - n * actor_cpus
+    task_cpus = math.floor(free / math.ceil(free) * 1000) / 1000  # as many tasks as free cores
+    return ResourcePlan(n, actor_cpus, actor_gpus, device, max(1, int(actor_cpus)), task_cpus,
+                        256 if mode == "none" else 16)
+
+
 def score_folder(artifact: str, input: str, output: str, faces: str = "all", batch_size: int = 256,
                  gpu: bool = False, margin: float = 0.2, max_pixels: int = DEFAULT_MAX_PIXELS,
                  part_files: int = 1000, actors: int | None = None, num_cpus: int | None = None,
@@ -430,26 +469,18 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
 
     init_ray(num_cpus)
     resources = ray.cluster_resources()
-    cpus = max(1, int(resources.get("CPU", 1)))
-    if gpu and resources.get("GPU", 0) < 1:
-        raise ScoreError("--gpu was given but the Ray cluster has no GPU")
-    if gpu:
-        pool, actor_cpus, actor_gpus, device = actors or int(resources["GPU"]), 1, 1, "cuda"
-    else:
-        pool, actor_cpus, actor_gpus, device = actors or max(1, cpus // 2), 1, 0, "cpu"
-    # Detection is cheap for pre-cropped faces and ~10-30 ms for a photo: size the CPU
-    # tasks so each takes a fraction of a second, and cut the input into enough blocks for
-    # progress and parts to flow while the job runs.
-    per_task = 256 if config.mode == "none" else 16
-    blocks = max(1, min(math.ceil(len(todo) / per_task), 1000))
+    plan = plan_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), config.mode, gpu, actors)
+    log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
+        f"each), detection tasks of {plan.files_per_task} files at {plan.task_cpus} CPU")
+    blocks = max(1, min(math.ceil(len(todo) / plan.files_per_task), 1000))
     ds = (
         ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-        .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=per_task,
-                     num_cpus=0.5)  # half a CPU: detection tasks and model actors share cores
-        .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": device,
-                                                        "batch_size": batch_size, "threads": actor_cpus},
-                     batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool),
-                     num_cpus=actor_cpus, num_gpus=actor_gpus)
+        .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=plan.files_per_task,
+                     num_cpus=plan.task_cpus)
+        .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": plan.device,
+                                                        "batch_size": batch_size, "threads": plan.threads},
+                     batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                     num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
     )
     assembler = FileAssembler()
     last_log = time.time()
