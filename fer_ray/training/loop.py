@@ -213,16 +213,29 @@ class Run:
         self.history.append(row)
         return row
 
+    def rng_state(self) -> dict:
+        """Every random stream an epoch draws from: ours (shuffle, augment) and torch's (dropout)."""
+        state = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch"].cpu())
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"].cpu(), self.device)
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng_state(),
                 "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"].cpu())
+        self.set_rng_state(state["rng"])
         self.history = list(state["history"])
 
 

@@ -152,7 +152,7 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     if not (previous.exists() and (run_dir / "ray" / cfg.name).exists()):
         return
     old = json.loads(previous.read_text())
-    new = asdict(cfg)
+    new = json.loads(json.dumps(asdict(cfg)))  # as stored: tuples become lists
     changed = [k for k in TRAJECTORY if old.get(k) != new.get(k)]
     if old.get("name") == cfg.name and changed:
         raise ValueError(
@@ -201,7 +201,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-        run.load_state_dict(state | {"generator": state["generators"][rank % len(state["generators"])]})
+        run.load_state_dict(state | {"rng": state["rngs"][rank % len(state["rngs"])]})
 
     counts = parameter_counts(model)
     frozen_names = [n for n in model.stage_names() if any(model.stage(n) is m for m in frozen)]
@@ -222,11 +222,11 @@ def train_loop_per_worker(cfg: dict) -> None:
             ray.train.report(row)
             continue
         state = run.state_dict()
-        generators = [state.pop("generator")]  # every rank's RNG, gathered for an exact resume
+        rngs = [state.pop("rng")]  # every rank's random streams, gathered for an exact resume
         if torch.distributed.is_initialized():
-            generators = [None] * ctx.get_world_size()
-            torch.distributed.all_gather_object(generators, run.generator.get_state())
-        _report(row, rank, state | {"generators": generators, "parameters": counts, "frozen_stages": frozen_names})
+            rngs = [None] * ctx.get_world_size()
+            torch.distributed.all_gather_object(rngs, run.rng_state())
+        _report(row, rank, state | {"rngs": rngs, "parameters": counts, "frozen_stages": frozen_names})
 
 
 def _report(row: dict, rank: int, state: dict) -> None:

@@ -1,0 +1,87 @@
+"""Artifacts round-trip exactly, refuse tampering, and Predictor is their only reader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fer_ray.artifacts import ArtifactError, load_artifact, load_cnn, read_meta, save_cnn, update_metrics
+from fer_ray.data.catalog import load_split
+from fer_ray.inference.predictor import Predictor
+from fer_ray.models import build_model
+
+
+def _meta():
+    return {"architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48,
+            "in_channels": 1, "normalization": {"mean": 0.5, "std": 0.25}}
+
+
+def test_cnn_artifact_round_trips_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("small_cnn")
+    with torch.no_grad():  # give BN buffers non-default values too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+    save_cnn(str(tmp_path / "a"), model, _meta())
+    loaded, meta = load_cnn(tmp_path / "a")
+    assert meta["kind"] == "cnn" and meta["labels"][0] == "angry"
+    original = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, original[k]), k
+    images = np.random.default_rng(0).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    a = Predictor(tmp_path / "a", device="cpu").predict_proba(images)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = Predictor(tmp_path / "b", device="cpu").predict_proba(images)
+    assert np.array_equal(a, b)
+
+
+def test_tampered_or_broken_artifacts_are_refused(tmp_path):
+    save_cnn(str(tmp_path / "a"), build_model("small_cnn"), _meta())
+    weights = tmp_path / "a" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_artifact(tmp_path / "a")
+    with pytest.raises(ArtifactError, match="no model.json"):
+        read_meta(tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "model.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ArtifactError, match="format"):
+        Predictor(tmp_path / "c")
+    (tmp_path / "c" / "model.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_meta(tmp_path / "c")
+
+
+def test_metrics_updates_keep_weights_valid(tmp_path):
+    save_cnn(str(tmp_path / "a"), build_model("small_cnn"), _meta())
+    update_metrics(tmp_path / "a", {"test": {"accuracy": 0.5}})
+    update_metrics(tmp_path / "a", {"val": {"accuracy": 0.6}})
+    meta, _ = load_artifact(tmp_path / "a")
+    assert meta["metrics"] == {"test": {"accuracy": 0.5}, "val": {"accuracy": 0.6}}
+
+
+def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
+    predictor = Predictor(small_artifact, device="cpu")
+    data = load_split(str(synthetic_catalog), "val")
+    probs = predictor.predict_proba(data["image"])
+    assert probs.shape == (len(data["image"]), 7)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == data["label"]).mean() > 0.5  # it learned something
+    # Larger crops of the same faces are resized to the artifact's image size first.
+    big = [np.kron(face, np.ones((3, 3), np.uint8)) for face in data["image"][:8]]
+    big_probs = predictor.predict_proba(big)
+    assert (big_probs.argmax(1) == probs[:8].argmax(1)).mean() >= 0.75
+    flipped = predictor.predict_proba(data["image"][:8], tta="flip")
+    assert flipped.shape == (8, 7)
+    assert predictor.features(data["image"][:3]).shape == (3, 128)
+    with pytest.raises(ValueError, match="grey uint8"):
+        predictor.predict_proba([np.zeros((48, 48, 3), np.uint8)])
+    with pytest.raises(ValueError, match="test-time"):
+        predictor.predict_proba(data["image"][:2], tta="rotate")

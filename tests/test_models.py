@@ -1,0 +1,120 @@
+"""Model registry, weights loading (never unpickling code), input transform, augmentation."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fer_ray.models import MODELS, build_model, load_state_dict, parameter_counts
+from fer_ray.models.forward import run_batches, tta_views
+from fer_ray.models.inputs import Normalization, to_model_input
+from fer_ray.training.augment import Augment, augment_batch
+
+
+@pytest.mark.parametrize("name,size,width", [("small_cnn", 48, 128), ("vgg16", 48, 4096),
+                                             ("vgg16_bn", 48, 4096), ("resnet50", 48, 2048),
+                                             ("resnet50", 128, 2048)])
+def test_registry_builds_grey_models(name, size, width):
+    model = build_model(name, num_classes=7, input_size=size, in_channels=1).eval()
+    x = torch.randn(2, 1, size, size)
+    assert model(x).shape == (2, 7)
+    assert model.features(x).shape == (2, width)
+    assert model.stage_names()[-1] == "classifier"
+
+
+def test_vgg16_matches_the_paper_shape():
+    model = build_model("vgg16")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) == 13 and all(c.kernel_size == (3, 3) for c in convs)
+    assert [lin.out_features for lin in linears] == [4096, 4096, 7]
+    assert linears[0].in_features == 512  # no 25,088-wide layer at 48 px
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model("vgg16_bn").modules())
+
+
+def test_resnet_stem_depends_on_input_size():
+    small, large = build_model("resnet50", input_size=48), build_model("resnet50", input_size=192)
+    assert small.backbone.stem[0].stride == (1, 1) and small.backbone.stem[0].in_channels == 1
+    assert large.backbone.stem[0].stride == (2, 2)
+
+
+def test_unknown_model_and_too_small_vgg():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("alexnet")
+    with pytest.raises(ValueError, match="at least 32"):
+        build_model("vgg16", input_size=24)
+
+
+def test_local_weights_safetensors_and_state_dict(tmp_path):
+    source = build_model("small_cnn")
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pt")
+    for path in ("w.safetensors", "w.pt"):
+        loaded = build_model("small_cnn", weights=str(tmp_path / path))
+        for k, v in loaded.state_dict().items():
+            assert torch.equal(v, state[k])
+    assert parameter_counts(source)["frozen"] == 0
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_weights_loading_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"w": _Exploit()}, fh)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict(str(path))
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(str(tmp_path / "missing.safetensors"))
+
+
+def test_to_model_input_normalises_and_upscales():
+    images = torch.full((3, 48, 48), 128, dtype=torch.uint8)
+    x = to_model_input(images, 48, Normalization(0.5, 0.25))
+    assert x.shape == (3, 1, 48, 48) and x.dtype == torch.float32
+    assert torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.25), atol=1e-6)
+    assert to_model_input(images, 96, Normalization(0.5, 0.25)).shape == (3, 1, 96, 96)
+
+
+def test_augmentation_is_seeded_and_shape_preserving():
+    x = torch.randn(16, 1, 48, 48)
+    aug = Augment(erase_p=1.0)
+    a = augment_batch(x, aug, torch.Generator().manual_seed(3))
+    b = augment_batch(x, aug, torch.Generator().manual_seed(3))
+    c = augment_batch(x, aug, torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, x)
+    assert (a == 0).any()  # random erasing zeroed some pixels
+    flip_only = Augment(flip=True, rotate_deg=0, scale=0, translate_px=0)
+    y = augment_batch(x, flip_only, torch.Generator().manual_seed(0))
+    for i in range(len(x)):  # every image is either itself or its mirror
+        assert torch.equal(y[i], x[i]) or torch.equal(y[i], x[i].flip(-1))
+
+
+def test_tta_views_and_batched_probabilities():
+    x = torch.randn(2, 1, 48, 48)
+    assert len(tta_views(x, "none")) == 1 and len(tta_views(x, "flip")) == 2
+    crops = tta_views(x, "tencrop")
+    assert len(crops) == 10 and all(c.shape == x.shape for c in crops)
+    model = build_model("small_cnn")
+    images = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    for tta in ("none", "flip", "tencrop"):
+        probs = run_batches(model, images, 48, Normalization(0.5, 0.25), torch.device("cpu"), batch_size=2, tta=tta)
+        assert probs.shape == (5, 7) and torch.allclose(probs.sum(1), torch.ones(5), atol=1e-5)
+    feats = run_batches(model, images, 48, Normalization(0.5, 0.25), torch.device("cpu"), output="features")
+    assert feats.shape == (5, 128)
+    with pytest.raises(ValueError, match="probabilities only"):
+        run_batches(model, images, 48, Normalization(0.5, 0.25), torch.device("cpu"), tta="flip", output="features")
+
+
+def test_registry_lists_the_issue_models():
+    assert {"vgg16", "vgg16_bn", "resnet50", "small_cnn"} <= set(MODELS)

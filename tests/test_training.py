@@ -1,0 +1,158 @@
+"""Training through Ray Train: learning on 1 and 2 CPU workers, recovery, resume, transfer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fer_ray.artifacts import load_artifact, read_meta
+from fer_ray.cli import main
+from fer_ray.models import build_model
+from fer_ray.models.inputs import Normalization
+from fer_ray.training.loop import Recipe, Run, to_device
+from fer_ray.training.trainer import TrainConfig, train
+from fer_ray.training.transfer import freeze_stages, resolve_freeze
+
+pytestmark = pytest.mark.ray
+FAST = dict(batch_size=32, lr=0.05)
+
+
+def _history_epochs(summary):
+    return [row["epoch"] for row in summary["history"]]
+
+
+@pytest.mark.timeout(300)
+def test_cli_train_one_worker_learns_and_evaluates(synthetic_catalog, tmp_path, ray_session, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--catalog", str(synthetic_catalog), "--model", "small_cnn", "--epochs", "6",
+                 "--batch-size", "32", "--workers", "1", "--run-dir", str(run_dir)]) == 0
+    meta = read_meta(run_dir / "artifact")
+    assert meta["architecture"] == "small_cnn" and meta["epochs_trained"] == 6
+    assert meta["metrics"]["val"]["accuracy"] > 0.6  # chance is 1/7
+    assert meta["catalog"]["sha256"] == json.loads((synthetic_catalog / "manifest.json").read_text())["catalog_sha256"]
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["val_acc"] > history[0]["val_acc"]
+    report = (run_dir / "eval-test" / "report.md").read_text()
+    assert "split 'test'" in report and "macro" in report
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--artifact", str(run_dir / "artifact"), "--catalog", str(synthetic_catalog),
+                 "--split", "val", "--output", str(out), "--tta", "flip", "--device", "cpu"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] > 0.6
+    assert "val+tta-flip" in read_meta(run_dir / "artifact")["metrics"]
+
+
+@pytest.mark.timeout(300)
+def test_two_cpu_workers_learn(synthetic_catalog, tmp_path, ray_session):
+    summary = train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), workers=2,
+                                cpus_per_worker=0.5, recipe=Recipe(epochs=6, **FAST)), log=lambda *_: None)
+    assert summary["evaluations"]["val"]["accuracy"] > 0.5
+    assert read_meta(summary["artifact"])["workers"] == 2
+
+
+@pytest.mark.timeout(300)
+def test_worker_failure_is_recovered_from_checkpoint(synthetic_catalog, tmp_path, ray_session):
+    cfg = TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), workers=2,
+                      cpus_per_worker=0.5, recipe=Recipe(epochs=3, **FAST), fault_epoch=2, max_failures=1)
+    summary = train(cfg, log=lambda *_: None)
+    assert (tmp_path / "run" / ".fault-injected").exists()  # the failure really happened
+    assert _history_epochs(summary) == [1, 2, 3]  # each epoch counted once
+
+
+@pytest.mark.timeout(400)
+def test_rerun_resumes_instead_of_restarting(synthetic_catalog, tmp_path, ray_session):
+    cfg = TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), recipe=Recipe(epochs=3, **FAST),
+                      fault_epoch=2, max_failures=0)
+    with pytest.raises(Exception, match="injected failure"):
+        train(cfg, log=lambda *_: None)  # "killed" during epoch 3, after checkpointing epoch 2
+    first_two = [row for row in _checkpointed_history(tmp_path / "run")]
+    assert [row["epoch"] for row in first_two] == [1, 2]
+    summary = train(cfg, log=lambda *_: None)  # the same command again
+    assert _history_epochs(summary) == [1, 2, 3]
+    assert summary["history"][:2] == first_two  # epochs 1-2 were not recomputed
+
+    changed = TrainConfig(**{**cfg.__dict__, "recipe": Recipe(epochs=5, **FAST)})
+    with pytest.raises(ValueError, match="different recipe"):
+        train(changed, log=lambda *_: None)
+
+
+def _checkpointed_history(run_dir):
+    checkpoints = sorted(p for p in (run_dir / "ray" / "train").glob("checkpoint_*") if p.is_dir())
+    state = torch.load(checkpoints[-1] / "state.pt", weights_only=True)
+    return state["history"]
+
+
+@pytest.mark.timeout(300)
+def test_transfer_learning_freezes_early_stages(small_artifact, synthetic_catalog, tmp_path, ray_session):
+    summary = train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"),
+                                init_from=str(small_artifact), freeze=-1, recipe=Recipe(epochs=2, **FAST)),
+                    log=lambda *_: None)
+    meta, new = load_artifact(summary["artifact"])
+    _, old = load_artifact(small_artifact)
+    assert meta["transfer"]["frozen_stages"] == ["block1", "block2", "block3", "block4", "head"]
+    assert meta["parameters"]["trainable"] == 128 * 7 + 7
+    assert meta["parameters"]["frozen"] == meta["parameters"]["total"] - meta["parameters"]["trainable"]
+    for name, value in new.items():
+        if name.startswith("backbone."):
+            assert torch.equal(value, old[name]), f"frozen {name} changed"
+    assert not torch.equal(new["classifier.weight"], old["classifier.weight"])
+
+
+def test_freeze_rules():
+    model = build_model("small_cnn")
+    assert resolve_freeze(model, 2) == 2 and resolve_freeze(model, -1) == len(model.stage_names()) - 1
+    for bad in (len(model.stage_names()), -len(model.stage_names()) - 1):
+        with pytest.raises(ValueError, match="out of range"):
+            resolve_freeze(model, bad)
+    frozen = freeze_stages(model, 2)
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())
+
+
+def test_run_state_resumes_exactly():
+    """Two epochs straight == one epoch, checkpoint, restore into a new Run, one more epoch."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (96, 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, 7, 96)
+    data = to_device(images, labels, torch.device("cpu"))
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.05)
+    norm = Normalization(0.5, 0.25)
+
+    def fresh():
+        torch.manual_seed(0)
+        return Run(build_model("small_cnn"), recipe, 48, norm, data, data)
+
+    straight = fresh()
+    straight.epoch()
+    straight.epoch()
+    first = fresh()
+    first.epoch()
+    state = {k: (v.copy() if isinstance(v, list) else v) for k, v in first.state_dict().items()}
+    state = torch.load(_roundtrip(state), weights_only=True)
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    resumed.epoch()
+    assert resumed.done and [r["epoch"] for r in resumed.history] == [1, 2]
+    for k, v in straight.model.state_dict().items():
+        assert torch.allclose(v.float(), resumed.model.state_dict()[k].float(), atol=1e-6), k
+
+
+def _roundtrip(obj):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_recipe_validation():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        Recipe(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        Recipe.from_dict({"epochs": 2, "learning_rate": 1})
+    assert Recipe.from_dict(Recipe(epochs=3).to_dict()) == Recipe(epochs=3)
