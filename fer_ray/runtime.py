@@ -17,5 +17,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+    # address="local": without it Ray 2.60 joins any cluster someone started with `ray start`
+    # on this machine (and then refuses num_cpus), instead of the local Ray promised above.
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus}
     ray.init(include_dashboard=False, logging_level=logging.WARNING, **kwargs)
