@@ -33,6 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -101,8 +102,6 @@ def _detector(detect_side: int, min_face_fraction: float) -> FaceDetector:
     OpenCV's own thread pool is turned off here: Ray already runs one detection task per CPU
     share, and nested threads on top only contend (measured slower on 2 busy cores).
     """
-    import cv2
-
     cv2.setNumThreads(1)
     return FaceDetector(detect_side=detect_side, min_face_fraction=min_face_fraction)
 
@@ -164,6 +163,9 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
             faces = crop_faces(read_image(path, config.max_pixels), config, detector)
         except ImageError as exc:
             add(path, -1, 1, None, None, str(exc))
+            continue
+        except cv2.error as exc:  # one odd image must not fail the task (and every rerun with it)
+            add(path, -1, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
             continue
         if not faces:
             add(path, -1, 1, None, None, NO_FACE)
