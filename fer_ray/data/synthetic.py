@@ -17,8 +17,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fer_ray.emotions import EMOTIONS
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SUPER = 4  # supersampling factor
+# Difficulty: how much pose, framing and expression vary. Tuned so that a linear model on
+# pixels is far from perfect (faces move and turn) while a small CNN still learns >= 90%.
+SHAPE_JITTER = 0.02  # std of each expression parameter, face-width units
+SHIFT = (0.10, 0.08)  # max face-centre offset (x, y), fraction of the image
+HALF_WIDTH = (0.28, 0.44)  # face ellipse half-width range, fraction of the image
+ROTATE_DEG = 20.0
 
 # Per-expression shape parameters (face-relative units); each is jittered per sample.
 #   brow_raise: + is higher; brow_tilt: + lifts the inner ends; eye_open: eye height;
@@ -58,7 +64,7 @@ def balanced_labels(count: int, seed: int = 0) -> np.ndarray:
 
 def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     s = size * _SUPER
-    shape = {k: v + rng.normal(0, 0.012) for k, v in _SHAPES[EMOTIONS[label]].items()}
+    shape = {k: v + rng.normal(0, SHAPE_JITTER) for k, v in _SHAPES[EMOTIONS[label]].items()}
 
     # Background: a random-direction gradient.
     yy, xx = np.mgrid[0:s, 0:s] / s
@@ -68,10 +74,10 @@ def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     draw = ImageDraw.Draw(img)
 
     # Face geometry in supersampled pixels.
-    fw = s * rng.uniform(0.34, 0.42)  # half-width of the face ellipse
+    fw = s * rng.uniform(*HALF_WIDTH)  # half-width of the face ellipse
     fh = fw * rng.uniform(1.22, 1.35)
-    cx = s / 2 + rng.uniform(-0.05, 0.05) * s
-    cy = s / 2 + rng.uniform(-0.04, 0.06) * s
+    cx = s / 2 + rng.uniform(-SHIFT[0], SHIFT[0]) * s
+    cy = s / 2 + rng.uniform(-SHIFT[1], SHIFT[1]) * s
     skin = rng.uniform(120, 225)
     draw.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=int(skin))
 
@@ -119,7 +125,7 @@ def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     draw.line(points, fill=feature, width=line, joint="curve")
 
     # Pose, lighting and camera: rotate, shade across the face, blur, downsample, add noise.
-    img = img.rotate(rng.uniform(-12, 12), resample=Image.Resampling.BICUBIC, center=(cx, cy),
+    img = img.rotate(rng.uniform(-ROTATE_DEG, ROTATE_DEG), resample=Image.Resampling.BICUBIC, center=(cx, cy),
                      fillcolor=int(np.clip(bg.mean(), 0, 255)))
     shade_angle = rng.uniform(0, 2 * math.pi)
     shade = 1 + rng.uniform(0, 0.35) * (np.cos(shade_angle) * (xx - 0.5) + np.sin(shade_angle) * (yy - 0.5))
