@@ -14,6 +14,7 @@ from fer_ray.data.sources import SOURCES, SourceError
 from fer_ray.data.splits import SPLIT_MODES
 from fer_ray.models import MODELS
 from fer_ray.models.forward import TTA_MODES
+from fer_ray.baseline.svm import DEFAULT_LAMBDA, LOSSES as SVM_LOSSES, SOLVERS as SVM_SOLVERS
 from fer_ray.training.loop import OPTIMIZERS, SCHEDULES
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
@@ -89,6 +90,52 @@ def _serve(args) -> None:
                          num_gpus=1 if args.gpu else 0, max_body_bytes=args.max_body_bytes,
                          max_pixels=args.max_pixels, max_files=args.max_files)
     run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
+
+
+def _baseline(args) -> None:
+    from fer_ray.baseline.svm import run_baseline
+
+    summary = run_baseline(args.catalog, args.run_dir, lam=args.lam, solver=args.solver, max_iter=args.max_iter,
+                           loss=args.loss)
+    print(f"artifact: {summary['artifact']}")
+
+
+def _sweep(args) -> None:
+    from fer_ray.tuning.sweeps import CnnSweep, SvmSweep, SweepInterrupted, sweep_cnn, sweep_svm
+
+    if args.kind == "svm":
+        cfg = SvmSweep(catalog=args.catalog, run_dir=args.run_dir, samples=args.samples, lambda_min=args.lambda_min,
+                       lambda_max=args.lambda_max, solver=args.solver, loss=args.loss, max_iter=args.max_iter,
+                       concurrency=args.concurrency, seed=args.seed)
+        run = sweep_svm
+    else:
+        fixed = {"batch_size": args.batch_size, "optimizer": args.optimizer, "schedule": args.schedule}
+        if args.no_augment:
+            fixed["augment"] = {"flip": False, "rotate_deg": 0, "scale": 0, "translate_px": 0, "erase_p": 0}
+        cfg = CnnSweep(catalog=args.catalog, run_dir=args.run_dir, model=args.model, samples=args.samples,
+                       epochs=args.epochs, lr_min=args.lr_min, lr_max=args.lr_max, wd_min=args.wd_min,
+                       wd_max=args.wd_max, batch_sizes=tuple(args.batch_sizes), label_smoothing=args.label_smoothing,
+                       recipe=fixed, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                       concurrency=args.concurrency, grace_period=args.grace_period, seed=args.seed)
+        run = sweep_cnn
+    try:
+        summary = run(cfg)
+    except SweepInterrupted as exc:
+        print(f"fer-ray sweep: {exc}", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"best artifact: {summary['artifact']}")
+
+
+def _ensemble(args) -> None:
+    from fer_ray.ensemble.stack import C_GRID, run_ensemble
+
+    summary = run_ensemble(args.members, args.catalog, args.run_dir, grid=tuple(args.c_grid or C_GRID),
+                           batch_size=args.batch_size, actors=args.actors, gpu=True if args.gpu else None)
+    print(f"artifact: {summary['artifact']}; report: {args.run_dir}/report.md")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -193,6 +240,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-files", type=int, default=32, help="images per /predict/batch request")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_serve)
+
+    p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on centred pixels")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--run-dir", required=True, help="artifact, metrics.json and val/test reports go here")
+    p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
+                   help="L2 weight in (1/N) sum hinge + lambda ||W||^2 (default %(default)s)")
+    p.add_argument("--solver", choices=SVM_SOLVERS, default="liblinear",
+                   help="liblinear: exact LinearSVC (default); sgd: SGDClassifier, faster, less accurate")
+    p.add_argument("--loss", choices=SVM_LOSSES, default="hinge",
+                   help="hinge: the paper's (default); squared_hinge: LinearSVC's default, primal solver")
+    p.add_argument("--max-iter", type=int, default=1000)
+    p.set_defaults(func=_baseline)
+
+    p = stages.add_parser("sweep", help="Ray Tune sweeps: svm (lambda) or cnn (lr, weight decay; ASHA); resumable")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, text in (("svm", "SVM lambda, log-uniform, chosen by val accuracy"),
+                       ("cnn", "CNN learning rate and weight decay, ASHA early stopping")):
+        k = kinds.add_parser(kind, help=text)
+        k.add_argument("--catalog", required=True)
+        k.add_argument("--run-dir", required=True, help="rerunning with the same run dir resumes the sweep")
+        k.add_argument("--samples", type=int, default=6 if kind == "svm" else 4, help="trials")
+        k.add_argument("--concurrency", type=int, default=None, help="trials at a time (default: what the cluster fits)")
+        k.add_argument("--seed", type=int, default=0, help="seed of the random search")
+        k.set_defaults(func=_sweep)
+        if kind == "svm":
+            k.add_argument("--lambda-min", type=float, default=0.3)
+            k.add_argument("--lambda-max", type=float, default=3.0)
+            k.add_argument("--solver", choices=SVM_SOLVERS, default="liblinear")
+            k.add_argument("--loss", choices=SVM_LOSSES, default="hinge")
+            k.add_argument("--max-iter", type=int, default=1000)
+            continue
+        k.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+        k.add_argument("--epochs", type=int, default=6, help="epochs per trial (ASHA's max_t)")
+        k.add_argument("--gpu", action="store_true", help="one GPU per trial")
+        k.add_argument("--cpus-per-worker", type=float, default=1.0)
+        k.add_argument("--lr-min", type=float, default=0.005)
+        k.add_argument("--lr-max", type=float, default=0.2)
+        k.add_argument("--wd-min", type=float, default=1e-5)
+        k.add_argument("--wd-max", type=float, default=1e-3)
+        k.add_argument("--batch-sizes", type=lambda t: [int(v) for v in _floats(t)], default=[],
+                       help="also tune the batch size over these, e.g. 64,128,256")
+        k.add_argument("--label-smoothing", type=_floats, default=None, metavar="MIN,MAX",
+                       help="also tune label smoothing uniformly in this range, e.g. 0,0.2")
+        k.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+        k.add_argument("--batch-size", type=int, default=128, help="fixed batch size (when not tuned)")
+        k.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+        k.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
+        k.add_argument("--no-augment", action="store_true")
+
+    p = stages.add_parser("ensemble", help="the paper's stacked ensemble of CNN artifacts (plus soft voting)")
+    p.add_argument("--members", nargs="+", required=True, help="two or more CNN artifact directories")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--run-dir", required=True, help="features, artifact, report.md and reports go here")
+    p.add_argument("--c-grid", type=_floats, default=None,
+                   help="inverse penalties tried on val, comma-separated (default 0.001,0.01,0.1,1,10)")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per featurizer batch")
+    p.add_argument("--actors", type=int, default=None, help="featurizer actors (default: GPUs, or CPUs)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per featurizer actor (default: when the cluster has GPUs)")
+    p.set_defaults(func=_ensemble)
     return parser
 
 

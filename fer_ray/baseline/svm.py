@@ -1,0 +1,222 @@
+"""The paper's linear baseline: multiclass hinge loss with an L2 penalty, on mean-centred pixels.
+
+The objective, written the paper's way (a per-image average plus lambda times the squared
+weights), is::
+
+    (1/N) * sum_i hinge(W x_i + b, y_i)  +  lambda * ||W||^2
+
+with scikit-learn's one-vs-rest hinge (one binary hinge per emotion; ``loss="squared_hinge"``
+swaps in its square, which is not the paper's loss). The two solvers minimise
+the same objective up to a constant factor, so one ``lambda`` means the same model for both:
+
+- ``liblinear`` (``LinearSVC(loss="hinge")``, exact dual coordinate descent):
+  ``1/2 ||w||^2 + C sum_i hinge`` divided by ``C N`` gives ``C = 1 / (2 lambda N)``.
+- ``sgd`` (``SGDClassifier(loss="hinge")``): ``(1/N) sum_i hinge + alpha/2 ||w||^2`` gives
+  ``alpha = 2 lambda``. Faster, a few points less accurate (see benchmarks/RESULTS.md).
+
+Inputs: pixels on the 0..1 scale minus the train split's mean image, divided by the train
+pixels' standard deviation (one scalar, so every pixel keeps the same weight in the
+penalty). The fitted model is plain arrays (coefficients, intercepts, mean image, scale)
+saved as a kind "svm" artifact, so loading it unpickles nothing. A hinge-loss model has no
+probabilities: ``predict_proba`` is the softmax of the seven decision scores. It keeps the
+argmax (accuracy and every metric are exact) but is not calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_ray.artifacts import ArtifactError, load_artifact, save_artifact
+from fer_ray.emotions import NUM_CLASSES
+
+SOLVERS = ("liblinear", "sgd")
+LOSSES = ("hinge", "squared_hinge")
+# Chosen by `fer-ray sweep svm` on FER2013 (benchmarks/RESULTS.md); a good start elsewhere.
+DEFAULT_LAMBDA = 0.5
+
+
+def flatten(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 -> (N, S*S) float32 on the 0..1 scale."""
+    images = np.asarray(images)
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class LinearSvm:
+    """A fitted linear classifier as plain arrays; the artifact stores exactly these."""
+
+    coef: np.ndarray  # (7, D) float32
+    intercept: np.ndarray  # (7,) float32
+    mean: np.ndarray  # (D,) float32, train mean image on the 0..1 scale
+    scale: float  # train pixel standard deviation on the 0..1 scale
+
+    def inputs(self, flat: np.ndarray) -> np.ndarray:
+        """Flattened 0..1 pixels -> the centred, scaled vectors the model was fitted on."""
+        return (flat - self.mean) / np.float32(self.scale)
+
+    def decision(self, images: np.ndarray) -> np.ndarray:
+        """(N, 7) hinge scores for uint8 (N, S, S) faces."""
+        return self.inputs(flatten(images)) @ self.coef.T + self.intercept
+
+    def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
+        """Softmax of the scores, averaged over the test-time views (same views as the CNNs)."""
+        from fer_ray.models.forward import tta_views
+
+        if tta == "none":
+            return softmax(self.decision(images)).astype(np.float32)
+        x = torch.tensor(np.asarray(images, np.uint8)).unsqueeze(1).float() / 255.0
+        views = tta_views(x, tta)
+        probs = sum(softmax(self.inputs(v.reshape(len(v), -1).numpy()) @ self.coef.T + self.intercept)
+                    for v in views)
+        return (probs / len(views)).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept, "mean": self.mean,
+                "scale": np.array([self.scale], np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "LinearSvm":
+        a = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)).astype(np.float32) for k, v in arrays.items()}
+        return cls(a["coef"], a["intercept"], a["mean"], float(a["scale"][0]))
+
+
+def solver_parameter(solver: str, lam: float, n: int) -> dict:
+    """scikit-learn's regularisation parameter for ``lambda`` (see the module docstring)."""
+    if lam <= 0:
+        raise ValueError(f"lambda must be positive, got {lam}")
+    if solver == "liblinear":
+        return {"C": 1.0 / (2.0 * lam * n)}
+    if solver == "sgd":
+        return {"alpha": 2.0 * lam}
+    raise ValueError(f"unknown SVM solver {solver!r}; expected one of {SOLVERS}")
+
+
+def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
+            max_iter: int = 1000, tol: float = 1e-4, seed: int = 0, loss: str = "hinge") -> tuple[LinearSvm, dict]:
+    """Fit on uint8 faces; returns the model and what the fit did (solver, C/alpha, seconds).
+
+    ``loss="squared_hinge"`` (scikit-learn's LinearSVC default, solved in the primal) is not
+    the paper's loss; it is offered because it scores about a point higher on FER2013.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown SVM loss {loss!r}; expected one of {LOSSES}")
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.svm import LinearSVC
+
+    labels = np.asarray(labels, np.int64)
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError(f"the SVM needs at least two emotions in its training data, got {present.tolist()}")
+    flat = flatten(images)
+    mean = flat.mean(axis=0)
+    scale = float(flat.std()) or 1.0
+    model = LinearSvm(np.zeros((NUM_CLASSES, flat.shape[1]), np.float32), np.zeros(NUM_CLASSES, np.float32),
+                      mean.astype(np.float32), scale)
+    x = model.inputs(flat)
+    param = solver_parameter(solver, lam, len(labels))
+    if solver == "liblinear":
+        # The hinge loss has only the dual solver; the squared hinge's primal is faster when N >> D.
+        clf = LinearSVC(loss=loss, dual=loss == "hinge", max_iter=max_iter, tol=tol, random_state=seed, **param)
+    else:
+        clf = SGDClassifier(loss=loss, penalty="l2", max_iter=max_iter, tol=tol, random_state=seed, **param)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(x, labels)
+    seconds = time.perf_counter() - t0
+    coef, intercept = np.asarray(clf.coef_, np.float32), np.asarray(clf.intercept_, np.float32)
+    if len(present) == 2:  # scikit-learn keeps one row for two classes: +w for the second, -w for the first
+        coef, intercept = np.concatenate([-coef, coef]), np.concatenate([-intercept, intercept])
+    # An emotion absent from training can never be predicted: score it far below the others.
+    model.intercept[:] = -1e4
+    model.coef[present], model.intercept[present] = coef, intercept
+    info = {"solver": solver, "loss": loss, "lambda": lam, **param, "max_iter": max_iter, "tol": tol,
+            "iterations": int(np.max(clf.n_iter_)), "converged": not any(issubclass(w.category, ConvergenceWarning)
+                                                                       for w in caught),
+            "train_count": int(len(labels)), "fit_seconds": round(seconds, 2)}
+    return model, info
+
+
+class SvmBackend:
+    """Predictor backend for kind "svm" artifacts (plain numpy; no device needed)."""
+
+    def __init__(self, path: str):
+        self.meta, arrays = load_artifact(path)
+        if self.meta["kind"] != "svm":
+            raise ArtifactError(f"{path} is a {self.meta['kind']} artifact, not an SVM")
+        self.model = LinearSvm.from_arrays(arrays)
+
+    def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
+        return self.model.predict_proba(images, tta)
+
+
+def save_svm(path: str, model: LinearSvm, info: dict, manifest: dict, catalog: str) -> Path:
+    meta = {"architecture": "linear_svm", "num_classes": NUM_CLASSES, "image_size": manifest["image_size"],
+            "in_channels": 1,
+            "objective": f"(1/N) sum one-vs-rest {info['loss']} + lambda ||W||^2 on centred pixels",
+            "probabilities": "softmax of the hinge scores (argmax exact, not calibrated)",
+            "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]},
+            "fit": info}
+    return save_artifact(path, "svm", model.arrays(), meta)
+
+
+def train_svm(catalog: str, output: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
+              max_iter: int = 1000, loss: str = "hinge", train: dict | None = None) -> tuple[Path, dict]:
+    """Fit on the catalog's train split and save the artifact to ``output``.
+
+    ``train`` may hand in the split already loaded (a sweep shares it between trials).
+    """
+    from fer_ray.data.catalog import load_split, read_manifest
+
+    manifest = read_manifest(catalog)
+    train = train if train is not None else load_split(catalog, "train")
+    model, info = fit_svm(train["image"], train["label"], lam, solver, max_iter, loss=loss)
+    return save_svm(output, model, info, manifest, catalog), info
+
+
+def evaluate_splits(artifact: str, catalog: str, run_dir: Path, log=print) -> dict:
+    """Evaluate an artifact on the catalog's val and test splits (those present) into run_dir."""
+    from fer_ray.data.catalog import read_manifest
+    from fer_ray.evaluation.evaluate import evaluate_artifact
+
+    shards = read_manifest(catalog)["shards"]
+    evals = {}
+    for split in ("val", "test"):
+        if split in shards:
+            evals[split] = evaluate_artifact(str(artifact), catalog, split, str(run_dir / f"eval-{split}"))
+            log(f"{split} accuracy {evals[split]['accuracy']:.4f} (macro F1 {evals[split]['macro']['f1']:.4f})")
+    return evals
+
+
+def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
+                 max_iter: int = 1000, loss: str = "hinge", log=print) -> dict:
+    """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"catalog": str(Path(catalog).resolve()), "lambda": lam, "solver": solver, "loss": loss,
+              "max_iter": max_iter}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    t0 = time.perf_counter()
+    artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
+    log(f"baseline: {solver} {loss} lambda {lam:g} ({', '.join(f'{k} {info[k]:.3g}' for k in ('C', 'alpha') if k in info)}) "
+        f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"
+        + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
+    evals = evaluate_splits(str(artifact), catalog, out, log=lambda line: log(f"baseline: {line}"))
+    summary = {"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
+               "evaluations": {s: {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]} for s, m in evals.items()}}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary

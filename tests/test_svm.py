@@ -1,0 +1,106 @@
+"""The linear SVM baseline: it learns, its artifact round-trips through Predictor, the CLI reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fer_ray.baseline.svm import SvmBackend, fit_svm, save_svm, solver_parameter
+from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.emotions import NUM_CLASSES
+from fer_ray.inference.predictor import Predictor
+
+CHANCE = 1 / NUM_CLASSES
+# Synthetic faces v2 move and turn, so a linear model on pixels reaches only ~25-30% on 1,120 of
+# them (the CNNs ~95%+): that is the paper's gap. Data and fits are seeded, so these are exact.
+MARGIN = 0.07
+
+
+def accuracy(model, split) -> float:
+    return float((model.decision(split["image"]).argmax(axis=1) == split["label"]).mean())
+
+
+@pytest.fixture(scope="module")
+def synthetic_svm(synthetic_catalog):
+    train = load_split(str(synthetic_catalog), "train")
+    model, info = fit_svm(train["image"], train["label"], lam=1.0)
+    return model, info
+
+
+def test_lambda_maps_to_each_solver_the_same_objective():
+    # LinearSVC: 1/2 |w|^2 + C sum hinge, divided by C N, is (1/N) sum hinge + lambda |w|^2.
+    n, lam = 1000, 0.5
+    C = solver_parameter("liblinear", lam, n)["C"]
+    assert 1 / (2 * C * n) == pytest.approx(lam)
+    # SGDClassifier: (1/N) sum hinge + alpha/2 |w|^2.
+    assert solver_parameter("sgd", lam, n)["alpha"] / 2 == pytest.approx(lam)
+    with pytest.raises(ValueError):
+        solver_parameter("liblinear", 0.0, n)
+
+
+def test_svm_beats_chance_on_synthetic(synthetic_svm, synthetic_catalog):
+    model, info = synthetic_svm
+    val = load_split(str(synthetic_catalog), "val")
+    assert info["converged"]
+    assert accuracy(model, val) > CHANCE + MARGIN
+    assert model.coef.shape == (NUM_CLASSES, 48 * 48)
+
+
+def test_sgd_solver_also_learns(synthetic_catalog):
+    train, val = (load_split(str(synthetic_catalog), s) for s in ("train", "val"))
+    model, info = fit_svm(train["image"], train["label"], lam=0.01, solver="sgd", max_iter=30)
+    assert info["solver"] == "sgd" and "alpha" in info
+    assert accuracy(model, val) > CHANCE + MARGIN
+
+
+def test_svm_artifact_round_trips_through_predictor(synthetic_svm, synthetic_catalog, tmp_path):
+    model, info = synthetic_svm
+    catalog = str(synthetic_catalog)
+    path = save_svm(str(tmp_path / "svm"), model, info, read_manifest(catalog), catalog)
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["kind"] == "svm" and meta["fit"]["lambda"] == 1.0
+    assert set(load_file(str(path / "model.safetensors"))) == {"coef", "intercept", "mean", "scale"}
+
+    val = load_split(catalog, "val")
+    predictor = Predictor(path, device="cpu")
+    probs = predictor.predict_proba(val["image"])
+    assert probs.shape == (len(val["label"]), NUM_CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(axis=1), model.decision(val["image"]).argmax(axis=1))
+    np.testing.assert_allclose(SvmBackend(str(path)).predict_proba(val["image"]), probs, atol=1e-6)
+    flipped = predictor.predict_proba(val["image"], tta="flip")
+    assert flipped.shape == probs.shape and not np.allclose(flipped, probs)
+    # Faces of another size are resized by the Predictor, like for every other kind.
+    assert predictor.predict(np.zeros((2, 96, 96), np.uint8)).shape == (2,)
+
+
+def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path):
+    from fer_ray.cli import main
+
+    run = tmp_path / "baseline"
+    assert main(["baseline", "--catalog", str(synthetic_catalog), "--run-dir", str(run), "--lambda", "1.0"]) == 0
+    summary = json.loads((run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert (run / f"eval-{split}" / "report.md").is_file()
+        assert summary["evaluations"][split]["accuracy"] > CHANCE + 0.05
+    meta = json.loads((run / "artifact" / "model.json").read_text())
+    assert meta["metrics"]["test"]["accuracy"] == summary["evaluations"]["test"]["accuracy"]
+
+
+@pytest.mark.ray
+@pytest.mark.realdata
+@pytest.mark.timeout(180)
+def test_svm_beats_chance_on_real_csv_sample(fer_csv_sample, ray_session, tmp_path):
+    from fer_ray.data.catalog import build_catalog
+    from fer_ray.data.sources import Fer2013CsvSource
+
+    catalog = str(tmp_path / "cat")
+    build_catalog(Fer2013CsvSource(str(fer_csv_sample)), catalog, log=lambda *_: None)
+    train, val = (load_split(catalog, s) for s in ("train", "val"))
+    model, _ = fit_svm(train["image"], train["label"], lam=0.5)
+    # 500 real training faces give 28% on the 100 val faces: P(>= 28 right | p = 1/7) < 0.001.
+    # (Always answering the commonest emotion would score 32% here; the SVM needs more data.)
+    assert accuracy(model, val) > CHANCE + 0.08
