@@ -39,6 +39,35 @@ def _prepare(args) -> None:
     print(f"catalog written to {args.output} in {manifest['prepare_seconds']} s")
 
 
+def _demo(args) -> None:
+    from fer_ray.demo import run_demo
+    from fer_ray.runtime import init_ray
+
+    init_ray(args.num_cpus)
+    run_demo(args.output, count=args.count, epochs=args.epochs)
+
+
+def _pipeline(args) -> None:
+    from fer_ray.pipeline import Pipeline, PipelineConfig, headline
+
+    sizes = {}
+    for item in args.input_sizes:
+        model, _, size = item.partition("=")
+        if not size.isdigit():
+            raise ValueError(f"--input-sizes takes MODEL=PIXELS, got {item!r}")
+        sizes[model] = int(size)
+    cfg = PipelineConfig(storage=args.storage, work_dir=args.work_dir, source=args.source, input=args.input,
+                         count=args.count, size=args.size, models=tuple(args.models), input_sizes=sizes,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
+                         gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, svm_samples=args.svm_samples,
+                         kdef=args.kdef, kdef_face_crop=not args.no_kdef_face_crop,
+                         transfer_freeze=args.transfer_freeze, transfer_epochs=args.transfer_epochs,
+                         score_input=args.score_input, seed=args.seed)
+    summary = Pipeline(cfg).run()
+    print(headline(summary))
+    print(f"report: {summary['outputs']['report']}  (storage: {summary['storage']})")
+
+
 def _recipe(args):
     from fer_ray.training.augment import Augment
     from fer_ray.training.loop import Recipe
@@ -179,6 +208,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_prepare)
+
+    p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~5 min on 2 CPUs)")
+    p.add_argument("--output", default="demo-output", help="where every output goes (rerun to resume)")
+    p.add_argument("--count", type=int, default=3500, help="synthetic faces")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per small CNN")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
+    p.set_defaults(func=_demo)
+
+    p = stages.add_parser("pipeline", help="the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, "
+                                           "transfer to KDEF, scoring")
+    p.add_argument("--storage", required=True, help="output directory, or a URI (s3://...) results are uploaded to")
+    p.add_argument("--work-dir", help="with a URI --storage: shared directory stages write to (default: temp dir)")
+    p.add_argument("--source", choices=SOURCES, default="synthetic")
+    p.add_argument("--input", help="the source's CSV file or folder")
+    p.add_argument("--count", type=int, default=3500, help="synthetic faces")
+    p.add_argument("--size", type=int, default=48)
+    p.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet50"], choices=sorted(MODELS))
+    p.add_argument("--input-sizes", nargs="*", default=[], metavar="MODEL=PIXELS",
+                   help="network input size per model, e.g. resnet50=192 (the paper upscaled ResNet inputs)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--svm-samples", type=int, default=4)
+    p.add_argument("--kdef", help="KDEF folder: fine-tune the best CNN on it (transfer learning)")
+    p.add_argument("--no-kdef-face-crop", action="store_true")
+    p.add_argument("--transfer-freeze", type=int, default=-2)
+    p.add_argument("--transfer-epochs", type=int, default=20)
+    p.add_argument("--score-input", help="folder of photos to score with the ensemble at the end")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_pipeline)
 
     p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")

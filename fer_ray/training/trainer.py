@@ -12,6 +12,7 @@ and name resumes instead of starting over.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -206,9 +207,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     counts = parameter_counts(model)
     frozen_names = [n for n in model.stage_names() if any(model.stage(n) is m for m in frozen)]
     if rank == 0 and not run.history:
-        print(f"[train] {cfg['architecture']} {counts['total']:,} parameters "
-              f"({counts['trainable']:,} trainable, {counts['frozen']:,} frozen {frozen_names}); "
-              f"{ctx.get_world_size()} worker(s) on {device.type}; {run.steps} steps/epoch", flush=True)
+        _progress(f"[train] {cfg['architecture']} {counts['total']:,} parameters "
+                  f"({counts['trainable']:,} trainable, {counts['frozen']:,} frozen {frozen_names}); "
+                  f"{ctx.get_world_size()} worker(s) on {device.type}; {run.steps} steps/epoch")
 
     while not run.done:
         epoch = len(run.history)
@@ -217,7 +218,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             raise RuntimeError(f"injected failure at epoch {epoch} (testing recovery)")
         row = run.epoch()
         if rank == 0:
-            print(epoch_line(row, recipe.epochs), flush=True)
+            _progress(epoch_line(row, recipe.epochs))
         if row["epoch"] % cfg["checkpoint_every"] and not run.done:
             ray.train.report(row)
             continue
@@ -227,6 +228,15 @@ def train_loop_per_worker(cfg: dict) -> None:
             rngs = [None] * ctx.get_world_size()
             torch.distributed.all_gather_object(rngs, run.rng_state())
         _report(row, rank, state | {"rngs": rngs, "parameters": counts, "frozen_stages": frozen_names})
+
+
+def _progress(line: str) -> None:
+    """One progress line on the driver's console.
+
+    Ray Train patches ``print`` in workers to both log and echo it, which shows every line
+    twice; writing to the real stdout (forwarded by Ray once) shows it once.
+    """
+    print(line, file=sys.__stdout__, flush=True)
 
 
 def _report(row: dict, rank: int, state: dict) -> None:
