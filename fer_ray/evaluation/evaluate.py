@@ -15,7 +15,7 @@ def protocol(catalog: str, split: str, tta: str) -> str:
     manifest = read_manifest(catalog)
     source = manifest["source"]
     where = source.get("input") or f"{source['kind']} (seed {source.get('seed')})"
-    return (f"split '{split}' of catalog {Path(catalog).name} ({source['kind']}: {where}; "
+    return (f"split '{split}' of catalog '{Path(catalog).name}' ({source['kind']}: {where}; "
             f"split mode {manifest['split_mode']}), {manifest['counts'][split]['total']} images, "
             f"test-time augmentation: {tta}")
 
