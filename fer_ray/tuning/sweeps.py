@@ -1,0 +1,415 @@
+"""Ray Tune sweeps: the SVM's lambda, and a CNN's learning rate / weight decay with ASHA.
+
+Each trial is a plain function: the SVM trial calls ``baseline.svm.fit_svm``, the CNN trial
+calls ``training.trainer.train`` (which builds a ``TorchTrainer`` and calls ``.fit()``: Ray
+2.60's Train V2 cannot be handed to a ``Tuner`` directly). A ``TuneReportCallback`` forwards
+each epoch's report from the Train run to Tune, so ASHA can judge a trial after any epoch.
+
+ASHA's stop decisions are delivered to the Train run instead of killing the trial. Killing a
+trial kills its Train controller mid-run, and then nothing gives back the run's placement
+group: Train's cleaner needs the State API, which a local Ray started without a dashboard
+(as fer-ray starts it) does not have. The leaked CPU starves every later trial: on 2 CPUs
+the sweep hung. So ``CooperativeASHA`` records "stop" on a small named actor and lets the
+trial continue; the trial's Train callback sees it at the next report and ends the run the
+normal way (workers stopped, placement group removed). A stopped trial runs one epoch more
+than plain ASHA would give it.
+
+Resources: an SVM trial takes 1 CPU (liblinear is single-threaded). A CNN trial's driver
+function takes no CPU and its one Train worker takes ``cpus_per_worker`` (or a GPU);
+the random search starts only as many trials as the cluster fits, so a starting trial's
+data loading never waits behind running workers for the last CPU (the 2-CPU hang).
+
+A sweep's run directory::
+
+    sweep.json          settings; rerunning with other settings is refused
+    tune/<kind>/        Tune's experiment state: rerunning the same command resumes it
+    trials/<trial_id>/  SVM: artifact/ ; CNN: the trial's whole training run dir
+    results.csv         one row per trial: config, val_acc, epochs, status
+    best.json           the chosen trial (highest final val accuracy among completed trials)
+    artifact/           a copy of its artifact, evaluated in eval-val/ and eval-test/
+
+The run directory must be visible to every node (a local disk on one machine, shared
+storage on a cluster), as for ``fer-ray train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+from ray.tune.schedulers import ASHAScheduler
+
+from fer_ray.baseline.svm import SOLVERS, fit_svm, save_svm
+from fer_ray.data.catalog import load_split, read_manifest
+
+DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
+RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config", "artifact", "error")
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial finished; rerun the same command to resume."""
+
+
+@dataclass
+class SvmSweep:
+    catalog: str
+    run_dir: str
+    samples: int = 6
+    lambda_min: float = 0.3
+    lambda_max: float = 3.0
+    solver: str = "liblinear"
+    loss: str = "hinge"
+    max_iter: int = 1000
+    concurrency: int | None = None  # default: one trial per cluster CPU
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown SVM solver {self.solver!r}; expected one of {SOLVERS}")
+        if not 0 < self.lambda_min < self.lambda_max:
+            raise ValueError("need 0 < --lambda-min < --lambda-max")
+        if self.samples < 1:
+            raise ValueError("--samples must be at least 1")
+
+
+@dataclass
+class CnnSweep:
+    catalog: str
+    run_dir: str
+    model: str = "small_cnn"
+    samples: int = 4
+    epochs: int = 6
+    lr_min: float = 0.005
+    lr_max: float = 0.2
+    wd_min: float = 1e-5
+    wd_max: float = 1e-3
+    batch_sizes: tuple[int, ...] = ()  # tune the batch size over these when given
+    label_smoothing: tuple[float, float] | None = None  # tune it uniformly in this range when given
+    recipe: dict = field(default_factory=dict)  # other Recipe fields, fixed for every trial
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    concurrency: int | None = None  # default: what the cluster fits (GPUs, or CPUs / cpus_per_worker)
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        self.batch_sizes = tuple(self.batch_sizes)
+        if self.label_smoothing is not None:
+            self.label_smoothing = tuple(self.label_smoothing)
+        if self.samples < 1 or self.epochs < 1:
+            raise ValueError("--samples and --epochs must be at least 1")
+        if not (0 < self.lr_min < self.lr_max and 0 < self.wd_min < self.wd_max):
+            raise ValueError("need 0 < lr_min < lr_max and 0 < wd_min < wd_max")
+
+
+# ------------------------------------------------------------------ trials (run in Tune)
+
+
+def _trial_dir(run_dir: str) -> Path:
+    from ray import tune
+
+    path = Path(run_dir) / "trials" / tune.get_context().get_trial_id()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def svm_trial(config: dict, settings: dict, train: dict, val: dict) -> None:
+    """Fit one lambda on train, score val, keep the artifact; one report per trial."""
+    from ray import tune
+
+    model, info = fit_svm(train["image"], train["label"], config["lambda"], settings["solver"], settings["max_iter"],
+                          loss=settings["loss"])
+    val_acc = float((model.decision(val["image"]).argmax(axis=1) == val["label"]).mean())
+    artifact = save_svm(str(_trial_dir(settings["run_dir"]) / "artifact"), model, info,
+                        read_manifest(settings["catalog"]), settings["catalog"])
+    tune.report({"val_acc": val_acc, "epoch": 1, "fit_seconds": info["fit_seconds"],
+                 "converged": info["converged"], "artifact": str(artifact)})
+
+
+class StopBoard:
+    """Trial ids ASHA wants stopped (a named actor shared by the sweep driver and the Train runs)."""
+
+    def __init__(self):
+        self.stopped: set[str] = set()
+
+    def stop(self, trial_id: str) -> None:
+        self.stopped.add(trial_id)
+
+    def should_stop(self, trial_id: str) -> bool:
+        return trial_id in self.stopped
+
+
+def _board_name(run_dir: str) -> str:
+    import hashlib
+
+    return "fer-ray-sweep-stops-" + hashlib.sha1(str(run_dir).encode()).hexdigest()[:12]
+
+
+def _stop_board(run_dir: str):
+    import ray
+
+    return ray.remote(StopBoard).options(name=_board_name(run_dir), get_if_exists=True, num_cpus=0).remote()
+
+
+class TrialStopped(RuntimeError):
+    """Raised in a Train callback to end a run that ASHA stopped."""
+
+
+def cnn_trial(config: dict, settings: dict) -> None:
+    """One Ray Train run; its per-epoch reports reach Tune (and ASHA) through the callback."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from fer_ray.training.loop import Recipe
+    from fer_ray.training.trainer import TrainConfig, train
+
+    class ReportUnlessStopped(TuneReportCallback):
+        """Forward each report to Tune, unless ASHA has stopped this trial: then end the run."""
+
+        def __init__(self, board_name: str, trial_id: str):
+            super().__init__()
+            self.board_name, self.trial_id = board_name, trial_id
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if ray.get(ray.get_actor(self.board_name).should_stop.remote(self.trial_id)):
+                raise TrialStopped(f"trial {self.trial_id} stopped by ASHA")
+            super().after_report(run_context, metrics, checkpoint)
+
+    trial_id = tune.get_context().get_trial_id()
+    board = _board_name(settings["run_dir"])
+    recipe = Recipe.from_dict({**settings["recipe"], "epochs": settings["epochs"], **config})
+    cfg = TrainConfig(catalog=settings["catalog"], run_dir=str(_trial_dir(settings["run_dir"])),
+                      model=settings["model"], recipe=recipe, workers=1, gpu=settings["gpu"],
+                      cpus_per_worker=settings["cpus_per_worker"], name="train", max_failures=0)
+    try:
+        summary = train(cfg, log=print, callbacks=[ReportUnlessStopped(board, trial_id)])
+    except Exception:
+        if ray.get(ray.get_actor(board).should_stop.remote(trial_id)):
+            return  # stopped by ASHA: the run ended cleanly, its last report stands
+        raise
+    # The last report states the finished artifact's own val accuracy (the selection criterion).
+    tune.report({"val_acc": summary["evaluations"]["val"]["accuracy"], "epoch": len(summary["history"]),
+                 "artifact": summary["artifact"]})
+
+
+# ------------------------------------------------------------------ driver
+
+
+def sweep_svm(cfg: SvmSweep, log=print) -> dict:
+    """Sample ``samples`` lambdas log-uniformly, keep the one with the best val accuracy."""
+    import ray
+    from ray import tune
+
+    from fer_ray.runtime import init_ray
+
+    manifest = read_manifest(cfg.catalog)
+    if "val" not in manifest["shards"]:
+        raise ValueError(f"catalog {cfg.catalog} has no val split to choose lambda on")
+    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve())}
+    init_ray()
+    concurrency = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    trainable = tune.with_resources(
+        tune.with_parameters(svm_trial, settings=settings, train=load_split(cfg.catalog, "train"),
+                             val=load_split(cfg.catalog, "val")), {"CPU": 1})
+    space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
+    return _run(trainable, space, "svm", settings, cfg.samples, concurrency, scheduler=None, log=log)
+
+
+def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
+    """Sample lr / weight decay (and optionally batch size, label smoothing); ASHA stops laggards."""
+    import ray
+    from ray import tune
+    from fer_ray.models import MODELS
+    from fer_ray.runtime import init_ray
+    from fer_ray.training.loop import Recipe
+
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
+    Recipe.from_dict({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
+    read_manifest(cfg.catalog)
+    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve())}
+    init_ray()
+    resources = ray.cluster_resources()
+    if cfg.gpu:
+        fits = int(resources.get("GPU", 0))
+        if fits < 1:
+            raise ValueError("--gpu given but the Ray cluster has no GPU")
+    else:
+        fits = int(resources.get("CPU", 1) // cfg.cpus_per_worker)
+    concurrency = cfg.concurrency or max(1, fits)
+    space = {"lr": tune.loguniform(cfg.lr_min, cfg.lr_max), "weight_decay": tune.loguniform(cfg.wd_min, cfg.wd_max)}
+    if cfg.batch_sizes:
+        space["batch_size"] = tune.choice(list(cfg.batch_sizes))
+    if cfg.label_smoothing:
+        space["label_smoothing"] = tune.uniform(*cfg.label_smoothing)
+    # The driver function only waits on its Train run, so it holds no CPU: the Train worker and
+    # the run's Ray Data reads get them. Tune refuses an all-zero request, hence a little memory.
+    trainable = tune.with_resources(tune.with_parameters(cnn_trial, settings=settings),
+                                    {"CPU": 0, "memory": DRIVER_MEMORY})
+    board = _stop_board(settings["run_dir"])  # held here: it lives as long as this driver
+    scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
+                                grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=cfg.reduction_factor)
+    summary = _run(trainable, space, "cnn", settings, cfg.samples, concurrency, scheduler, log=log)
+    del board
+    return summary
+
+
+class CooperativeASHA(ASHAScheduler):
+    """ASHA that asks a trial's Train run to stop (see the module docstring) instead of killing it."""
+
+    def __init__(self, board_name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.board_name = board_name
+
+    def on_trial_result(self, tune_controller, trial, result):
+        import ray
+
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision != self.STOP:
+            return decision
+        # ASHA also says STOP at max_t; that trial is finishing on its own (saving its artifact).
+        if result.get("epoch", 0) < self._max_t:
+            ray.get(ray.get_actor(self.board_name).stop.remote(trial.trial_id))
+        return self.CONTINUE
+
+
+def _check_resumable(run_dir: Path, settings: dict) -> None:
+    """Refuse to resume a sweep under other settings: Tune would silently keep the old ones."""
+    previous = run_dir / "sweep.json"
+    if not previous.exists():
+        return
+    old = {k: v for k, v in json.loads(previous.read_text()).items() if k != "kind"}
+    changed = sorted(k for k in set(old) | set(settings) if json.dumps(old.get(k)) != json.dumps(settings.get(k)))
+    if changed:
+        raise ValueError(f"{run_dir} holds a sweep with different {', '.join(changed)}; rerun with the same "
+                         "settings to resume it, or use a new --run-dir")
+
+
+def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concurrency: int, scheduler,
+         log=print) -> dict:
+    """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    run_dir = Path(settings["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(run_dir, settings)
+    (run_dir / "sweep.json").write_text(json.dumps(settings | {"kind": kind}, indent=2))
+    experiment = run_dir / "tune" / kind
+    t0 = time.time()
+    if tune.Tuner.can_restore(str(experiment)):
+        log(f"sweep {kind}: resuming the interrupted sweep in {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        log(f"sweep {kind}: {samples} trials, up to {concurrency} at a time")
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            # The random search's own limit (Tune ignores max_concurrent_trials for it).
+            tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=samples, scheduler=scheduler,
+                                        search_alg=BasicVariantGenerator(random_state=settings["seed"],
+                                                                         max_concurrent=concurrency)),
+            run_config=tune.RunConfig(name=kind, storage_path=str(run_dir / "tune"), verbose=0))
+    grid = tuner.fit()
+    rows = [_row(r) for r in grid]
+    _write_results(run_dir / "results.csv", rows)
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished or len(grid) < samples:
+        raise SweepInterrupted(f"sweep {kind} stopped with {len(rows) - unfinished} of {samples} trials finished "
+                               f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
+    best = choose_best(rows)
+    seconds = round(time.time() - t0, 2)
+    return _keep_best(best, rows, settings, seconds, log)
+
+
+def _row(result) -> dict:
+    """One trial: complete (returned with an artifact), stopped (by ASHA), unfinished, or error.
+
+    ``done`` is Tune's own mark that the trial function returned: an artifact written just
+    before an interruption does not make a trial finished (a resumed sweep runs it again).
+    """
+    m = result.metrics or {}
+    artifact = m.get("artifact")
+    if result.error is not None:
+        status = "error"
+    elif not m.get("done"):
+        status = "unfinished"
+    else:
+        status = "complete" if artifact and Path(artifact, "model.json").exists() else "stopped"
+    complete = status == "complete"
+    return {"trial_id": m.get("trial_id") or Path(result.path).name, "status": status,
+            "val_acc": m.get("val_acc"), "epochs": m.get("epoch"), "seconds": m.get("time_total_s"),
+            "config": result.config, "artifact": artifact if complete else None,
+            "error": None if result.error is None else str(result.error).splitlines()[0][:300]}
+
+
+def choose_best(rows: list[dict]) -> dict:
+    """The completed trial with the highest final val accuracy (ties: the first by trial id)."""
+    done = sorted((r for r in rows if r["status"] == "complete" and r["val_acc"] is not None),
+                  key=lambda r: r["trial_id"])
+    if not done:
+        errors = [r["error"] for r in rows if r["error"]]
+        raise RuntimeError("no sweep trial completed" + (f"; first error: {errors[0]}" if errors else ""))
+    return max(done, key=lambda r: r["val_acc"])
+
+
+def _write_results(path: Path, rows: list[dict]) -> None:
+    keys = sorted({k for r in rows for k in (r["config"] or {})})
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([f for f in RESULT_FIELDS if f != "config"] + keys)
+        for r in sorted(rows, key=lambda r: r["trial_id"]):
+            w.writerow([r[f] for f in RESULT_FIELDS if f != "config"] + [(r["config"] or {}).get(k) for k in keys])
+
+
+def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log) -> dict:
+    from fer_ray.artifacts import update_metrics
+    from fer_ray.baseline.svm import evaluate_splits
+
+    run_dir = Path(settings["run_dir"])
+    artifact = run_dir / "artifact"
+    if artifact.exists():
+        shutil.rmtree(artifact)
+    shutil.copytree(best["artifact"], artifact)
+    update_metrics(artifact, {"sweep": {"trial_id": best["trial_id"], "config": best["config"],
+                                        "val_acc": best["val_acc"], "trials": len(rows)}})
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "error")}
+    log(f"sweep: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in {seconds:.1f} s; "
+        f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
+    evals = evaluate_splits(str(artifact), settings["catalog"], run_dir, log=lambda line: log(f"sweep: best {line}"))
+    summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
+               "evaluations": {s: {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]} for s, m in evals.items()}}
+    (run_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _fmt(config: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
+                    for k, v in sorted(config.items()))
+
+
+def results_table(run_dir: str) -> list[dict]:
+    """results.csv as dicts (numbers parsed), for tests and reports."""
+    with open(Path(run_dir) / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    text = ("trial_id", "status", "artifact", "error")
+    for r in rows:
+        for k, v in r.items():
+            if v in ("", None):
+                r[k] = None
+            elif k not in text:
+                try:
+                    r[k] = float(v)
+                except ValueError:
+                    pass  # a categorical config value stays a string
+    return rows
+
+
+__all__ = ["SvmSweep", "CnnSweep", "SweepInterrupted", "sweep_svm", "sweep_cnn", "choose_best", "results_table"]

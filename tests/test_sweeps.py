@@ -1,0 +1,107 @@
+"""Ray Tune sweeps: the best trial is chosen, an interrupted sweep resumes without repeating trials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fer_ray.inference.predictor import Predictor
+from fer_ray.tuning.sweeps import CnnSweep, SvmSweep, choose_best, results_table, sweep_cnn, sweep_svm
+
+QUIET = {"log": lambda *_: None}
+
+
+def test_choose_best_takes_the_highest_val_accuracy_among_completed_trials():
+    rows = [{"trial_id": "a", "status": "complete", "val_acc": 0.5, "config": {}},
+            {"trial_id": "b", "status": "stopped", "val_acc": 0.9, "config": {}},  # no artifact to keep
+            {"trial_id": "c", "status": "complete", "val_acc": 0.7, "config": {}},
+            {"trial_id": "d", "status": "complete", "val_acc": 0.7, "config": {}},
+            {"trial_id": "e", "status": "error", "val_acc": None, "config": {}, "error": "boom"}]
+    assert choose_best(rows)["trial_id"] == "c"
+    with pytest.raises(RuntimeError, match="boom"):
+        choose_best([rows[-1]])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog, ray_session, tmp_path):
+    run = tmp_path / "sweep"
+    cfg = SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=3, lambda_min=0.3, lambda_max=3.0)
+    summary = sweep_svm(cfg, **QUIET)
+    rows = results_table(str(run))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"complete"}
+    assert len({r["lambda"] for r in rows}) == 3
+    assert all(0.3 <= r["lambda"] <= 3.0 for r in rows)
+    best = max(rows, key=lambda r: r["val_acc"])
+    assert summary["best"]["val_acc"] == best["val_acc"]
+    assert summary["best"]["config"]["lambda"] == pytest.approx(best["lambda"])
+    # The kept artifact is the best trial's, and it scores that val accuracy again.
+    meta = Predictor(run / "artifact").meta
+    assert meta["fit"]["lambda"] == pytest.approx(best["lambda"])
+    assert meta["metrics"]["val"]["accuracy"] == pytest.approx(best["val_acc"])
+    assert (run / "eval-test" / "report.md").is_file()
+    with pytest.raises(ValueError, match="different samples"):
+        sweep_svm(SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=4, lambda_min=0.3,
+                           lambda_max=3.0), **QUIET)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(synthetic_catalog, ray_session, tmp_path):
+    """Ctrl+C a sweep after its first trials, rerun the same command: only the rest run."""
+    run = tmp_path / "sweep"
+    args = ["sweep", "svm", "--catalog", str(synthetic_catalog), "--run-dir", str(run), "--samples", "6",
+            "--lambda-min", "0.3", "--lambda-max", "3", "--concurrency", "1"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "fer_ray.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    # One trial at a time: once the second trial has its artifact, the first one has finished.
+    while len(list(run.glob("trials/*/artifact/model.json"))) < 2:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no trial finished in time"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "rerun the same command to resume" in out
+
+    before = {r["trial_id"]: r for r in results_table(str(run))}
+    finished = {t: r for t, r in before.items() if r["status"] == "complete"}
+    assert 1 <= len(finished) < 6, f"the interruption came too late to test resuming: {before}"
+    stamps = {t: Path(r["artifact"], "model.json").stat().st_mtime_ns for t, r in finished.items()}
+
+    from fer_ray.cli import main
+
+    assert main(args) == 0  # same command, same run dir: resumes in this process's Ray
+    after = {r["trial_id"]: r for r in results_table(str(run))}
+    assert len(after) == 6 and {r["status"] for r in after.values()} == {"complete"}
+    assert set(before) <= set(after)
+    for t, r in finished.items():  # finished trials were kept, not run again
+        assert after[t]["lambda"] == r["lambda"] and after[t]["val_acc"] == r["val_acc"]
+        assert Path(r["artifact"], "model.json").stat().st_mtime_ns == stamps[t]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_cnn_sweep_reports_every_epoch_and_keeps_the_best_completed_trial(synthetic_catalog, ray_session, tmp_path):
+    run = tmp_path / "cnn-sweep"
+    cfg = CnnSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=3, epochs=2,
+                   recipe={"batch_size": 64}, grace_period=1, reduction_factor=2)
+    summary = sweep_cnn(cfg, **QUIET)
+    rows = results_table(str(run))
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"complete", "stopped"}
+    complete = [r for r in rows if r["status"] == "complete"]
+    assert complete and all(r["epochs"] == 2 for r in complete)
+    assert summary["best"]["val_acc"] == max(r["val_acc"] for r in complete)
+    assert Predictor(run / "artifact").meta["recipe"]["lr"] == pytest.approx(summary["best"]["config"]["lr"])
+    # Every trial's Train run reported per epoch to Tune (ASHA's input), not only at the end.
+    for r in rows:
+        progress = next(Path(run, "tune", "cnn").glob(f"*{r['trial_id']}*/progress.csv")).read_text()
+        assert "epoch" in progress.splitlines()[0] and len(progress.splitlines()) >= 2
