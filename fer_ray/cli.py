@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     p = stages.add_parser("prepare", help="read a source into a catalog (Parquet + manifest)")
-    p.add_argument("--source", required=True, choices=SOURCES)
+    # No argparse choices: an unknown source is one clear error line like every other input problem.
+    p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES)}")
     p.add_argument("--input", help="CSV file or folder (not needed for synthetic)")
     p.add_argument("--output", required=True, help="catalog directory to write")
     p.add_argument("--size", type=int, default=48, help="image side in pixels (default 48)")
