@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("pipeline", help="the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, "
                                            "transfer to KDEF, scoring")
+    p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
     p.add_argument("--storage", required=True, help="output directory, or a URI (s3://...) results are uploaded to")
     p.add_argument("--work-dir", help="with a URI --storage: shared directory stages write to (default: temp dir)")
     p.add_argument("--source", choices=SOURCES, default="synthetic")
@@ -366,25 +367,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; ``--config FILE.yaml`` supplies defaults that explicit flags override."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        import yaml
+    """Parse flags; ``--config FILE.yaml`` supplies values that explicit flags override.
 
-        with open(args.config) as fh:
+    The YAML is read before the real parse, so it can also supply required flags.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    config = _config_file(argv)
+    if config and argv and not argv[0].startswith("-"):
+        sub = parser._subparsers._group_actions[0].choices.get(argv[0])
+        if sub is not None:
+            _apply_config(sub, config)
+    return parser.parse_args(argv)
+
+
+def _config_file(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
+    import yaml
+
+    try:
+        with open(path) as fh:
             values = yaml.safe_load(fh) or {}
-        if not isinstance(values, dict):
-            raise SystemExit(f"fer-ray: error: {args.config} must hold a mapping of flag names to values")
-        sub = parser._subparsers._group_actions[0].choices[args.stage]
-        known = {a.dest for a in sub._actions}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SystemExit(f"fer-ray: error: unknown keys in {args.config}: {unknown}")
-        sub.set_defaults(**values)
-        args = parser.parse_args(argv)
-    return args
+    except (OSError, yaml.YAMLError) as exc:
+        sub.error(f"cannot read --config {path}: {exc}")
+    if not isinstance(values, dict):
+        sub.error(f"{path} must hold a mapping of flag names to values")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    actions = {a.dest: a for a in sub._actions}
+    unknown = sorted(set(values) - set(actions) - {"config"})
+    if unknown:
+        sub.error(f"unknown keys in {path}: {unknown}")
+    for key in values:
+        actions[key].required = False
+    sub.set_defaults(**values)
 
 
 def main(argv: list[str] | None = None) -> int:

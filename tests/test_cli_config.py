@@ -1,0 +1,30 @@
+"""`--config FILE.yaml`: YAML supplies any flag (required ones too); explicit flags win."""
+
+from __future__ import annotations
+
+import pytest
+
+from fer_ray.cli import parse_args
+
+
+def test_yaml_supplies_flags_and_explicit_flags_win(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("catalog: cat\nrun-dir: runs/a\nmodel: vgg16_bn\nepochs: 7\nlabel_smoothing: 0.2\n")
+    args = parse_args(["train", "--config", str(config), "--epochs", "9"])
+    assert (args.catalog, args.run_dir, args.model, args.label_smoothing) == ("cat", "runs/a", "vgg16_bn", 0.2)
+    assert args.epochs == 9
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("storage: out\nmodels: [small_cnn, small_cnn]\ninput-sizes: [resnet50=192]\n")
+    args = parse_args(["pipeline", f"--config={pipeline}"])
+    assert (args.storage, args.models, args.input_sizes) == ("out", ["small_cnn", "small_cnn"], ["resnet50=192"])
+
+
+@pytest.mark.parametrize("text,message", [("bogus: 1\n", "unknown keys"), ("- a\n- b\n", "mapping"),
+                                          ("a: [1\n", "cannot read")])
+def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
