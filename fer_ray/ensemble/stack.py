@@ -1,0 +1,221 @@
+"""The paper's feature ensemble (section 3.4), and soft voting to compare it with.
+
+Stacking: concatenate the members' penultimate features, standardise them (train mean and
+standard deviation), fit one logistic regression per emotion (that emotion against the
+rest: 7 binary models), choose the inverse penalty C on val, and predict the emotion whose
+model scores highest. Soft voting: the mean of the members' probabilities.
+
+The head is fitted on the train split's features. Members were trained on that split too,
+so their train features are more separable than unseen ones; that is the paper's recipe,
+and it is why C is chosen on val, not on train.
+
+An ensemble artifact (kind "ensemble") stores the head as arrays (coefficients, intercepts,
+feature mean and scale) and names its members by path with the SHA-256 of their weights.
+``EnsembleBackend`` refuses a member whose weights changed since the head was fitted: the
+head's coefficients only mean something on the exact features they were fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_ray.artifacts import ArtifactError, file_sha256, load_artifact, read_meta, save_artifact
+from fer_ray.emotions import NUM_CLASSES
+from fer_ray.ensemble.features import MemberFeatures
+
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class StackedHead:
+    """Seven one-vs-rest logistic regressions on standardised concatenated features."""
+
+    coef: np.ndarray  # (7, D)
+    intercept: np.ndarray  # (7,)
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """(N, 7) log-odds of each emotion's binary model."""
+        return ((features - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Each model's probability, normalised to sum to 1 (scikit-learn's one-vs-rest rule).
+
+        The argmax is the emotion whose model scores highest, as the paper predicts.
+        """
+        p = 1.0 / (1.0 + np.exp(-np.clip(self.scores(features), -50, 50)))
+        return (p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept, "feature_mean": self.mean,
+                "feature_scale": self.scale}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "StackedHead":
+        a = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)).astype(np.float32) for k, v in arrays.items()}
+        return cls(a["coef"], a["intercept"], a["feature_mean"], a["feature_scale"])
+
+
+def fit_head(features: np.ndarray, labels: np.ndarray, C: float, seed: int = 0) -> StackedHead:
+    """Fit the 7 binary logistic regressions on train features."""
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.asarray(features, np.float32)
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-6] = 1.0  # a dead unit (always 0 after ReLU) carries no information
+    x = (features - mean) / scale
+    coef = np.zeros((NUM_CLASSES, x.shape[1]), np.float32)
+    intercept = np.full(NUM_CLASSES, -50.0, np.float32)  # an emotion never seen in train is never predicted
+    for k in range(NUM_CLASSES):
+        y = np.asarray(labels) == k
+        if 0 < y.sum() < len(y):
+            clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(x, y)
+            coef[k], intercept[k] = clf.coef_[0], clf.intercept_[0]
+    return StackedHead(coef, intercept, mean.astype(np.float32), scale.astype(np.float32))
+
+
+def choose_head(train: dict, val: dict, grid=C_GRID) -> tuple[StackedHead, dict]:
+    """Fit a head per C on train; keep the one with the best val accuracy (ties: smaller C)."""
+    best, by_c = None, {}
+    for C in sorted(grid):
+        head = fit_head(train["features"], train["label"], C)
+        acc = float((head.scores(val["features"]).argmax(axis=1) == val["label"]).mean())
+        by_c[C] = acc
+        if best is None or acc > by_c[best[0]]:
+            best = (C, head)
+    return best[1], {"C": best[0], "val_accuracy_by_C": {f"{c:g}": a for c, a in by_c.items()}}
+
+
+def soft_vote(probs: np.ndarray) -> np.ndarray:
+    """(N, members, 7) -> (N, 7): the mean of the members' probabilities."""
+    return probs.mean(axis=1)
+
+
+# ------------------------------------------------------------------ artifact and Predictor backend
+
+
+def member_record(path: str) -> dict:
+    """How the ensemble names a member: where it is and the hash its weights must keep."""
+    from fer_ray.models import build_model
+
+    meta = read_meta(path)
+    if meta["kind"] != "cnn":
+        raise ValueError(f"ensemble members must be CNN artifacts; {path} is {meta['kind']}")
+    width = build_model(meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"]).feature_dim
+    return {"path": str(Path(path).resolve()), "weights_sha256": meta["weights_sha256"],
+            "architecture": meta["architecture"], "image_size": meta["image_size"], "feature_dim": width}
+
+
+def verify_members(members: list[dict]) -> list[str]:
+    """Paths of the members after checking each one's weights against the recorded hash."""
+    paths = []
+    for m in members:
+        meta = read_meta(m["path"])
+        weights = Path(m["path"]) / meta.get("weights", "model.safetensors")
+        if not weights.is_file() or file_sha256(weights) != m["weights_sha256"]:
+            raise ArtifactError(f"ensemble member {m['path']} is not the artifact the ensemble was fitted on "
+                                "(its weights' SHA-256 differs); refit the ensemble on the current members")
+        paths.append(m["path"])
+    return paths
+
+
+class EnsembleBackend:
+    """Predictor backend for kind "ensemble": members' features -> stacked head, end to end."""
+
+    def __init__(self, path: str, device: torch.device, batch_size: int = 256):
+        self.meta, arrays = load_artifact(path)
+        if self.meta["kind"] != "ensemble":
+            raise ArtifactError(f"{path} is a {self.meta['kind']} artifact, not an ensemble")
+        self.members = MemberFeatures(verify_members(self.meta["members"]), device=str(device), batch_size=batch_size)
+        self.head = StackedHead.from_arrays(arrays)
+        if sum(self.members.widths) != self.head.coef.shape[1]:
+            raise ArtifactError(f"{path}: members give {sum(self.members.widths)} features, the head expects "
+                                f"{self.head.coef.shape[1]}")
+
+    def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
+        """Stacked probabilities; ``flip`` averages them over each face and its mirror image."""
+        if tta == "tencrop":
+            raise ValueError("ensemble artifacts support test-time augmentation 'none' or 'flip', not 'tencrop'")
+        views = [images] + ([np.ascontiguousarray(images[:, :, ::-1])] if tta == "flip" else [])
+        return sum(self.head.predict_proba(self.members.features(v)) for v in views) / len(views)
+
+
+def save_ensemble(path: str, head: StackedHead, members: list[dict], widths: list[int], choice: dict,
+                  manifest: dict, catalog: str) -> Path:
+    meta = {"architecture": "ensemble(" + "+".join(m["architecture"] for m in members) + ")",
+            "num_classes": NUM_CLASSES, "image_size": manifest["image_size"], "in_channels": 1,
+            "members": members,
+            "head": {"type": "one-vs-rest logistic regression on standardised concatenated penultimate features",
+                     "feature_widths": widths, **choice},
+            "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]}}
+    return save_artifact(path, "ensemble", head.arrays(), meta)
+
+
+# ------------------------------------------------------------------ `fer-ray ensemble`
+
+
+def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, batch_size: int = 256,
+                 actors: int | None = None, gpu: bool | None = None, log=print) -> dict:
+    """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side."""
+    from fer_ray.data.catalog import read_manifest
+    from fer_ray.ensemble.features import featurize, read_features
+    from fer_ray.evaluation.evaluate import evaluate_artifact, protocol
+    from fer_ray.evaluation.metrics import classification_metrics
+    from fer_ray.evaluation.report import comparison_table
+
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two --members")
+    manifest = read_manifest(catalog)
+    for split in ("train", "val"):
+        if split not in manifest["shards"]:
+            raise ValueError(f"catalog {catalog} has no {split!r} split (the head is fitted on train, C chosen on val)")
+    records = [member_record(m) for m in members]
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=batch_size,
+                      actors=actors, gpu=gpu)
+    feats = {s: read_features(str(p)) for s, p in paths.items()}
+    counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
+    log(f"ensemble: featurized {counts} in "
+        f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
+    head, choice = choose_head(feats["train"], feats["val"], grid)
+    widths = [r["feature_dim"] for r in records]
+    artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, manifest, catalog)
+    log(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
+
+    names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
+             for i, r in enumerate(records)]
+    sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}}
+    for split in ("val", "test"):
+        if split not in feats:
+            continue
+        f = feats[split]
+        rows = [(n, classification_metrics(f["label"], f["probs"][:, i].argmax(axis=1))) for i, n in enumerate(names)]
+        rows.append(("soft voting (mean of member probabilities)",
+                     classification_metrics(f["label"], soft_vote(f["probs"]).argmax(axis=1))))
+        rows.append(("stacked ensemble (one-vs-rest logistic on concatenated features)",
+                     classification_metrics(f["label"], head.scores(f["features"]).argmax(axis=1))))
+        end_to_end = evaluate_artifact(str(artifact), catalog, split, str(out / f"eval-{split}"))
+        note = " (C was chosen on this split)" if split == "val" else ""
+        sections += [f"## {split}{note}", "", comparison_table(rows, protocol(catalog, split, "none")), "",
+                     f"End to end through the Predictor on raw images, the stacked ensemble scores "
+                     f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
+        summary["splits"][split] = {name: {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]} for name, m in rows}
+        summary["splits"][split]["end_to_end_accuracy"] = end_to_end["accuracy"]
+        log(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
+    lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
+             f"Members: {len(records)}; features: {' + '.join(map(str, widths))} = {sum(widths)}; "
+             f"head: 7 one-vs-rest logistic regressions, C = {choice['C']:g} "
+             f"(val accuracy by C: {choice['val_accuracy_by_C']}).", ""] + sections
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
