@@ -39,7 +39,7 @@ from fer_ray.emotions import NUM_CLASSES
 SOLVERS = ("liblinear", "sgd")
 LOSSES = ("hinge", "squared_hinge")
 # Chosen by `fer-ray sweep svm` on FER2013 (benchmarks/RESULTS.md); a good start elsewhere.
-DEFAULT_LAMBDA = 0.5
+DEFAULT_LAMBDA = 0.56
 
 
 def flatten(images: np.ndarray) -> np.ndarray:
