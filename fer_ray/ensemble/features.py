@@ -68,7 +68,7 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
     if actors is None:  # on CPUs, leave one CPU for the read and write tasks, or the pipeline stalls
         cpus = int(resources.get("CPU", 1))
         actors = int(resources.get("GPU", 0)) if gpu else max(1, int((cpus - 1) // max(cpus_per_actor, 1)))
-    ds = ray.data.read_parquet(str(split_dir(catalog, split)), columns=["image", "label", "id"])
+    ds = ray.data.read_parquet(str(split_dir(catalog, split))).select_columns(["image", "label", "id"])
     ds = ds.map_batches(MemberFeatures, fn_constructor_kwargs={"members": [str(m) for m in members],
                                                                "device": "cuda" if gpu else "cpu",
                                                                "batch_size": batch_size},

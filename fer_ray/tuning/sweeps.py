@@ -16,8 +16,9 @@ than plain ASHA would give it.
 
 Resources: an SVM trial takes 1 CPU (liblinear is single-threaded). A CNN trial's driver
 function takes no CPU and its one Train worker takes ``cpus_per_worker`` (or a GPU);
-the random search starts only as many trials as the cluster fits, so a starting trial's
-data loading never waits behind running workers for the last CPU (the 2-CPU hang).
+the random search (``BasicVariantGenerator(max_concurrent=...)``; Tune ignores
+``max_concurrent_trials`` for it) starts only as many trials as the cluster fits, so a
+starting trial's data loading never waits behind running workers for the last CPU.
 
 A sweep's run directory::
 
@@ -41,7 +42,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 
 from ray.tune.schedulers import ASHAScheduler
 
@@ -227,6 +227,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     """Sample lr / weight decay (and optionally batch size, label smoothing); ASHA stops laggards."""
     import ray
     from ray import tune
+
     from fer_ray.models import MODELS
     from fer_ray.runtime import init_ray
     from fer_ray.training.loop import Recipe
@@ -254,12 +255,13 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     # the run's Ray Data reads get them. Tune refuses an all-zero request, hence a little memory.
     trainable = tune.with_resources(tune.with_parameters(cnn_trial, settings=settings),
                                     {"CPU": 0, "memory": DRIVER_MEMORY})
-    board = _stop_board(settings["run_dir"])  # held here: it lives as long as this driver
+    board = _stop_board(settings["run_dir"])
     scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
                                 grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=cfg.reduction_factor)
-    summary = _run(trainable, space, "cnn", settings, cfg.samples, concurrency, scheduler, log=log)
-    del board
-    return summary
+    try:
+        return _run(trainable, space, "cnn", settings, cfg.samples, concurrency, scheduler, log=log)
+    finally:
+        ray.kill(board)  # a rerun (or a resume) starts from a clean board
 
 
 class CooperativeASHA(ASHAScheduler):
