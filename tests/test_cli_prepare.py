@@ -8,6 +8,7 @@ import pytest
 from datagen import face_pixels, fer_line, write_fer_csv, write_folder_tree, write_image
 from fer_ray.cli import main
 from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.synthetic import GENERATOR_VERSION
 
 
 def prepare(*args) -> int:
@@ -106,7 +107,7 @@ def test_synthetic_prepare_through_the_cli(tmp_path, ray_session, capsys):
                    "--split", "random", "--output", tmp_path / "out") == 0
     manifest = read_manifest(str(tmp_path / "out"))
     assert manifest["source"] == {"kind": "synthetic", "count": 140, "seed": 7,
-                                  "generator_version": 1,
+                                  "generator_version": GENERATOR_VERSION,
                                   "content_sha256": manifest["source"]["content_sha256"]}
     assert manifest["split_mode"] == "random" and manifest["image_size"] == 40
     assert [manifest["counts"][s]["total"] for s in ("train", "val", "test")] == [112, 14, 14]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datagen import KDEF_EXPRESSIONS, by_id, kdef_name, kdef_photo, run_source, write_image, write_kdef
+from datagen import KDEF_EXPRESSIONS, by_id, encode, kdef_name, kdef_photo, run_source, write_image, write_kdef
 from fer_ray.data.catalog import build_catalog, load_split, read_manifest
 from fer_ray.data.faces import FaceDetector, find_faces
-from fer_ray.data.preprocess import decode_grey, resize, rgb_to_grey
+from fer_ray.data.preprocess import decode_grey, resize
 from fer_ray.data.sources import KDEF_ANGLES, KdefSource, SourceError
 from fer_ray.data.synthetic import synthetic_faces
 from fer_ray.emotions import EMOTIONS
@@ -110,13 +110,15 @@ def test_colour_photos_become_luminance_grey(tmp_path):
 
 
 def detectable_faces(side=192, at=(60, 420), tries=60) -> dict[str, np.ndarray]:
-    """One synthetic face per KDEF code that OpenCV's cascade finds when pasted at ``at``."""
+    """One synthetic face per KDEF code that OpenCV's cascade finds when pasted at ``at``,
+    checked after the same JPEG round trip the written photo goes through."""
     detector, found = FaceDetector(), {}
     for code, emotion in CODE_LABEL.items():
         label = EMOTIONS.index(emotion)
         for index in range(tries):
             face = synthetic_faces(np.array([label]), side, seed=0, start=index)[0]
-            if find_faces(rgb_to_grey(kdef_photo(face, at=at)), "largest", detector):
+            photo = decode_grey(encode(kdef_photo(face, at=at), "JPEG"))
+            if find_faces(photo, "largest", detector):
                 found[code] = face
                 break
         else:

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from torchvision.models.vgg import cfgs
 
 from fer_ray.models import MODELS, build_model, load_state_dict, parameter_counts
 from fer_ray.models.forward import run_batches, tta_views
 from fer_ray.models.inputs import Normalization, to_model_input
+from fer_ray.models.vgg import VGG16_LAYERS
 from fer_ray.training.augment import Augment, augment_batch
 
 
@@ -35,6 +37,15 @@ def test_vgg16_matches_the_paper_shape():
     assert linears[0].in_features == 512  # no 25,088-wide layer at 48 px
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model("vgg16_bn").modules())
+    assert list(VGG16_LAYERS) == cfgs["D"]  # our written-out widths are torchvision's VGG-16
+
+
+def test_models_run_in_channels_last_layout():
+    model = build_model("small_cnn").eval()
+    x = torch.randn(4, 1, 48, 48)
+    expected = model(x)
+    fast = model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_resnet_stem_depends_on_input_size():

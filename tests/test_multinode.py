@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,22 @@ def local_cluster():
         subprocess.run(["bash", "cluster/local.sh", "stop"], cwd=ROOT, env=env, timeout=120, check=True)
 
 
+def autoscaler_status(env, seconds=60) -> str:
+    """`ray status` once it lists both nodes (or after ``seconds``): the autoscaler's view is
+    refreshed every few seconds, so it can trail the state API that `local.sh start` waits on."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = subprocess.run([str(RAY), "status"], env=env, capture_output=True, text=True, timeout=60).stdout
+        if len(re.findall(r"^ \d+ node_", out, re.M)) == 2 or time.monotonic() > deadline:
+            return out
+        time.sleep(2)
+
+
 @pytest.mark.timeout(1500)
 def test_pipeline_job_succeeds_on_two_nodes(local_cluster, tmp_path):
     env = local_cluster
-    status = subprocess.run([str(RAY), "status"], env=env, capture_output=True, text=True, timeout=60)
-    assert len(re.findall(r"^ \d+ node_", status.stdout, re.M)) == 2, status.stdout
+    status = autoscaler_status(env)
+    assert len(re.findall(r"^ \d+ node_", status, re.M)) == 2, status
 
     storage = tmp_path / "storage"
     job = subprocess.run(

@@ -48,8 +48,10 @@ def test_cli_train_one_worker_learns_and_evaluates(synthetic_catalog, tmp_path, 
 
 @pytest.mark.timeout(300)
 def test_two_cpu_workers_learn(synthetic_catalog, tmp_path, ray_session):
+    # batch_size is per worker: 2 x 16 keeps the one-worker tests' global batch and step count
+    recipe = Recipe(epochs=6, batch_size=16, lr=0.05)
     summary = train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), workers=2,
-                                cpus_per_worker=0.5, recipe=Recipe(epochs=6, **FAST)), log=lambda *_: None)
+                                cpus_per_worker=0.5, recipe=recipe), log=lambda *_: None)
     assert summary["evaluations"]["val"]["accuracy"] > 0.5
     assert read_meta(summary["artifact"])["workers"] == 2
 

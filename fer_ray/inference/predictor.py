@@ -33,6 +33,8 @@ class CnnBackend:
 
     def __init__(self, path: str, device: torch.device, batch_size: int = 256):
         self.model, self.meta = load_cnn(path, device)
+        # NHWC layout: ~2x faster small-CNN inference on CPUs, and what tensor cores want on GPUs.
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.device = device
         self.batch_size = batch_size
         self.norm = Normalization(**self.meta["normalization"])
@@ -43,7 +45,7 @@ class CnnBackend:
 
     def _run(self, images: np.ndarray, output: str, tta: str = "none") -> np.ndarray:
         return run_batches(self.model, images, self.meta["input_size"], self.norm, self.device,
-                           self.batch_size, amp=True, channels_last=self.device.type == "cuda",
+                           self.batch_size, amp=True, channels_last=True,
                            tta=tta, output=output).numpy()
 
     def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:

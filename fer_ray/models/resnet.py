@@ -10,7 +10,6 @@ small images), which trains best on FER2013's native 48 px.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet50 as tv_resnet50
 
 from fer_ray.models.base import FERNet
 
@@ -18,6 +17,8 @@ SMALL_INPUT = 112
 
 
 def resnet50(num_classes: int, input_size: int = 48, in_channels: int = 1) -> FERNet:
+    from torchvision.models import resnet50 as tv_resnet50  # here: torchvision takes ~1.7 s to import
+
     tv = tv_resnet50(weights=None)
     if input_size < SMALL_INPUT:
         conv = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

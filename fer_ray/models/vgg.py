@@ -3,15 +3,19 @@
 Thirteen 3x3 convolutions in five groups (64, 128, 256, 512, 512), each group ending in a
 2x2 max-pool, then FC 4096 -> 4096 -> classes. At 48 px the five pools leave a 1x1x512 map,
 so the first FC is 512 wide, not ImageNet's 25,088. Layer widths follow torchvision's
-configuration "D"; ``batch_norm`` gives the VGG16-BN variant that trains far more reliably.
+configuration "D" (written out here: importing torchvision costs every process ~1.7 s);
+``batch_norm`` gives the VGG16-BN variant that trains far more reliably.
 """
 
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.vgg import cfgs
 
 from fer_ray.models.base import FERNet, conv_bn_relu, init_weights
+
+
+# torchvision.models.vgg.cfgs["D"]: conv widths, "M" = 2x2 max-pool.
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 def vgg16(num_classes: int, input_size: int = 48, in_channels: int = 1,
@@ -21,7 +25,7 @@ def vgg16(num_classes: int, input_size: int = 48, in_channels: int = 1,
     stages: dict[str, nn.Module] = {}
     layers: list[nn.Module] = []
     channels, block = in_channels, 1
-    for v in cfgs["D"]:
+    for v in VGG16_LAYERS:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
             stages[f"block{block}"] = nn.Sequential(*layers)

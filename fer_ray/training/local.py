@@ -37,7 +37,7 @@ def fit_local(catalog: str, architecture: str, recipe: Recipe, device: str = "au
     norm = Normalization(manifest["pixel_mean"], manifest["pixel_std"])
     torch.manual_seed(recipe.seed)
     model = build_model(architecture, NUM_CLASSES, input_size).to(dev)
-    if dev.type == "cuda" and recipe.channels_last:
+    if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train, val = (load_split(catalog, s) for s in ("train", "val"))
     run = Run(model, recipe, input_size, norm, to_device(train["image"], train["label"], dev),

@@ -191,7 +191,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         _, state = load_artifact(cfg["init_from"])
         model.load_state_dict(state)
         frozen = freeze_stages(model, cfg["freeze"])
-    if device.type == "cuda" and recipe.channels_last:
+    if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = ray.train.torch.prepare_model(model)  # moves to device; DDP when there are 2+ workers
     run = Run(model, recipe, cfg["input_size"], Normalization(**cfg["normalization"]),
