@@ -92,8 +92,8 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
     init_ray()
 
-    datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)), columns=["image", "label"])
-                .materialize() for split in ("train", "val")}
+    datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))
+                .select_columns(["image", "label"]).materialize() for split in ("train", "val")}
     worker_cfg = {**asdict(cfg), **resolved, "fault_marker": str(run_dir / ".fault-injected")}
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {})
     trainer = TorchTrainer(
