@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_prepare)
 
-    p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~5 min on 2 CPUs)")
+    p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
     p.add_argument("--output", default="demo-output", help="where every output goes (rerun to resume)")
     p.add_argument("--count", type=int, default=3500, help="synthetic faces")
     p.add_argument("--epochs", type=int, default=8, help="epochs per small CNN")

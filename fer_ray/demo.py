@@ -2,7 +2,7 @@
 
 prepare -> SVM (short sweep) -> two small CNNs -> ensemble -> report -> score a folder of
 generated photos, then print where every output is and the headline table. Sized for a
-laptop: about 5 minutes on 2 CPUs.
+laptop: about 3 minutes on 2 CPUs.
 """
 
 from __future__ import annotations

@@ -258,12 +258,13 @@ def _upload_file(local: Path, uri: str) -> None:
 
 def headline(summary: dict) -> str:
     """The table the demo and the job print at the end."""
-    lines = [f"{'model':<70} {'accuracy':>9} {'macro F1':>9} {'paper':>7}"]
-    for row in summary["table"]:
-        paper = "" if row["paper"] is None else f"{row['paper']:.3f}"
-        lines.append(f"{row['model'][:70]:<70} {row['accuracy']:>9.4f} {row['macro_f1']:>9.4f} {paper:>7}")
+    rows = [(row["model"], row["accuracy"], row["macro_f1"], row["paper"]) for row in summary["table"]]
     if "transfer" in summary:
         t = summary["transfer"]
-        lines.append(f"{'transfer to KDEF':<70} {t['accuracy']:>9.4f} {t['macro_f1']:>9.4f} {t['paper']:>7.3f}")
+        rows.append(("transfer to KDEF", t["accuracy"], t["macro_f1"], t["paper"]))
+    width = max(len(name) for name, *_ in rows)
+    lines = [f"{'model':<{width}} {'accuracy':>9} {'macro F1':>9} {'paper':>7}"]
+    for name, acc, f1, paper in rows:
+        lines.append(f"{name:<{width}} {acc:>9.4f} {f1:>9.4f} {'' if paper is None else f'{paper:.3f}':>7}")
     lines.append(f"({summary['protocol']})")
     return "\n".join(lines)
