@@ -28,12 +28,13 @@ def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int =
     rng = np.random.default_rng(seed)
     detector = FaceDetector()
     labels = balanced_labels(7 * 8, seed)
+    yy, xx = np.mgrid[0:480, 0:640]
+    background = 70 + 80 * xx / 640 + 40 * yy / 480
     used = 0
     for i in range(count):
         n = 0 if i == 0 else (2 if i % 4 == 0 else 1)
         for _ in range(tries):
-            yy, xx = np.mgrid[0:480, 0:640]
-            img = np.clip(70 + 80 * xx / 640 + 40 * yy / 480 + rng.normal(0, 5, xx.shape), 0, 255).astype(np.uint8)
+            img = np.clip(background + rng.normal(0, 5, background.shape), 0, 255).astype(np.uint8)
             for k in range(n):
                 x = 30 + k * 360 + int(rng.integers(0, 40))
                 y = int(rng.integers(20, 260))

@@ -24,6 +24,10 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         return
     # address="local": without it Ray 2.60 joins any cluster someone started with `ray start`
     # on this machine (and then refuses num_cpus), instead of the local Ray promised above.
+    # Ray Train's placement-group cleaner looks the cluster up from inside a worker through the
+    # State API: with RAY_ADDRESS pointing at our GCS (whose port we choose) and the dashboard
+    # running, it finds this Ray instead of failing with a traceback in every training run, or
+    # finding another Ray on the same machine.
     port = _free_port()
     with _environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING)
@@ -38,12 +42,7 @@ def _free_port() -> int:
 @contextmanager
 def _environ(**values: str):
     """Set environment variables while the local Ray starts, so that its processes (and every
-    worker they spawn) inherit them, then restore this process's own environment.
-
-    Ray Train's placement-group cleaner looks the cluster up from inside a worker through the
-    State API: with RAY_ADDRESS pointing at our GCS (whose port we choose) and the dashboard
-    running, it finds this Ray instead of failing with a traceback in every training run, or
-    finding another Ray on the same machine."""
+    worker they spawn) inherit them, then restore this process's own environment."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
