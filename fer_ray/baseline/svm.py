@@ -188,23 +188,11 @@ def train_svm(catalog: str, output: str, lam: float = DEFAULT_LAMBDA, solver: st
     return save_svm(output, model, info, manifest, catalog), info
 
 
-def evaluate_splits(artifact: str, catalog: str, run_dir: Path, log=print) -> dict:
-    """Evaluate an artifact on the catalog's val and test splits (those present) into run_dir."""
-    from fer_ray.data.catalog import read_manifest
-    from fer_ray.evaluation.evaluate import evaluate_artifact
-
-    shards = read_manifest(catalog)["shards"]
-    evals = {}
-    for split in ("val", "test"):
-        if split in shards:
-            evals[split] = evaluate_artifact(str(artifact), catalog, split, str(run_dir / f"eval-{split}"))
-            log(f"{split} accuracy {evals[split]['accuracy']:.4f} (macro F1 {evals[split]['macro']['f1']:.4f})")
-    return evals
-
-
 def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
                  max_iter: int = 1000, loss: str = "hinge", log=print) -> dict:
     """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json."""
+    from fer_ray.evaluation.evaluate import evaluate_splits
+
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"catalog": str(Path(catalog).resolve()), "lambda": lam, "solver": solver, "loss": loss,

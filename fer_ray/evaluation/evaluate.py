@@ -34,3 +34,16 @@ def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta:
     update_metrics(artifact, {key: {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"],
                                     "count": metrics["count"], "protocol": proto}})
     return metrics
+
+
+def evaluate_splits(artifact: str, catalog: str, run_dir: Path, tta: str = "none", log=print) -> dict:
+    """Evaluate an artifact on the catalog's val and test splits (those present) into
+    ``run_dir/eval-<split>/``: what every training, baseline and sweep run ends with."""
+    shards = read_manifest(catalog)["shards"]
+    evals = {}
+    for split in ("val", "test"):
+        if split in shards:
+            evals[split] = evaluate_artifact(str(artifact), catalog, split, str(Path(run_dir) / f"eval-{split}"), tta=tta)
+            log(f"{split} accuracy {evals[split]['accuracy']:.4f} "
+                f"(macro F1 {evals[split]['macro']['f1']:.4f}, TTA {tta})")
+    return evals

@@ -126,15 +126,9 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     (run_dir / "metrics.json").write_text(json.dumps({"history": history}, indent=2))
     log(f"train: {len(history)} epochs in {time.time() - t0:.1f} s; artifact {artifact}")
 
-    from fer_ray.evaluation.evaluate import evaluate_artifact
+    from fer_ray.evaluation.evaluate import evaluate_splits
 
-    evals = {}
-    for split in ("val", "test"):
-        if split in manifest["shards"]:
-            evals[split] = evaluate_artifact(str(artifact), cfg.catalog, split, str(run_dir / f"eval-{split}"),
-                                             tta=cfg.eval_tta)
-            log(f"train: {split} accuracy {evals[split]['accuracy']:.4f} "
-                f"(macro F1 {evals[split]['macro']['f1']:.4f}, TTA {cfg.eval_tta})")
+    evals = evaluate_splits(str(artifact), cfg.catalog, run_dir, tta=cfg.eval_tta, log=lambda line: log(f"train: {line}"))
     return {"artifact": str(artifact), "history": history, "evaluations": evals,
             "parameters": state["parameters"], "run_dir": str(run_dir)}
 

@@ -373,7 +373,7 @@ def _write_results(path: Path, rows: list[dict]) -> None:
 
 def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log) -> dict:
     from fer_ray.artifacts import update_metrics
-    from fer_ray.baseline.svm import evaluate_splits
+    from fer_ray.evaluation.evaluate import evaluate_splits
 
     run_dir = Path(settings["run_dir"])
     artifact = run_dir / "artifact"
