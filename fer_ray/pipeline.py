@@ -168,30 +168,33 @@ class Pipeline:
     # ------------------------------------------------------------ report
 
     def report(self, catalog: str, svm: str, cnns: list[str], ensemble: str, transfer=None) -> dict:
-        """The paper's table on the held-out split, with the paper's own figures beside ours."""
+        """The paper's table on the held-out split, with the paper's own figures beside ours.
+
+        Every stage already evaluated its artifact on val and test (``eval-<split>/``) and the
+        ensemble stage kept each member's probabilities with its features, so the table is read
+        from those: no model runs again here.
+        """
         from fer_ray.artifacts import read_meta
-        from fer_ray.data.catalog import load_split, read_manifest
+        from fer_ray.data.catalog import read_manifest
+        from fer_ray.ensemble.features import read_features
+        from fer_ray.ensemble.stack import soft_vote
         from fer_ray.evaluation.evaluate import protocol
         from fer_ray.evaluation.metrics import classification_metrics
         from fer_ray.evaluation.report import comparison_table
-        from fer_ray.inference.predictor import Predictor
 
         split = "test" if "test" in read_manifest(catalog)["shards"] else "val"
-        data = load_split(catalog, split)
-        probs = {}
-        for path in [svm, *cnns, ensemble]:
-            probs[path] = Predictor(path).predict_proba(data["image"])
         rows, paper = [], []
         named = [("linear SVM (hinge, L2; swept lambda)", svm, "svm")]
         named += [(f"{read_meta(p)['architecture']} #{i + 1}", p, read_meta(p)["architecture"]) for i, p in enumerate(cnns)]
         for name, path, key in named:
-            rows.append((name, classification_metrics(data["label"], probs[path].argmax(1))))
+            rows.append((name, _evaluation(path, split)))
             paper.append(PAPER.get(key))
-        soft = np.mean([probs[p] for p in cnns], axis=0)
-        rows.append(("soft voting (mean of CNN probabilities)", classification_metrics(data["label"], soft.argmax(1))))
+        feats = read_features(str(Path(ensemble).parent / "features" / split))
+        rows.append(("soft voting (mean of CNN probabilities)",
+                     classification_metrics(feats["label"], soft_vote(feats["probs"]).argmax(1))))
         paper.append(None)
         rows.append(("stacked ensemble (one-vs-rest logistic on concatenated penultimate features)",
-                     classification_metrics(data["label"], probs[ensemble].argmax(1))))
+                     _evaluation(ensemble, split)))
         paper.append(PAPER["ensemble"])
         proto = protocol(catalog, split, "none")
         lines = ["# fer-ray pipeline report", "", "## The paper's table", "",
@@ -207,8 +210,7 @@ class Pipeline:
         if transfer:
             kdef_catalog, artifact = transfer
             kdef_split = "test" if "test" in read_manifest(kdef_catalog)["shards"] else "val"
-            kdata = load_split(kdef_catalog, kdef_split)
-            m = classification_metrics(kdata["label"], Predictor(artifact).predict(kdata["image"]))
+            m = _evaluation(artifact, kdef_split)
             lines += ["", "## Transfer learning to KDEF", "",
                       comparison_table([("transfer (frozen early stages)", m)], protocol(kdef_catalog, kdef_split, "none")),
                       "", f"Paper: {PAPER['transfer']:.3f} on KDEF."]
@@ -240,6 +242,11 @@ class Pipeline:
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["storage"] = self.cfg.storage
         return summary
+
+
+def _evaluation(artifact: str, split: str) -> dict:
+    """The metrics the artifact's own stage wrote for ``split`` (``<run dir>/eval-<split>/``)."""
+    return json.loads((Path(artifact).parent / f"eval-{split}" / "metrics.json").read_text())
 
 
 def _val_acc(artifact: str) -> float:
