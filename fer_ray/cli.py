@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all/largest: detect faces in photos; none: images are already face crops")
     p.add_argument("--batch-size", type=int, default=256, help="faces per model call")
     p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
-    p.add_argument("--actors", type=int, default=None, help="model actors (default: GPUs, or CPUs / 2)")
+    p.add_argument("--actors", type=int, default=None, help="model actors (default: GPUs; on CPUs, CPUs with --faces none, else CPUs / 4)")
     p.add_argument("--margin", type=float, default=0.2, help="face box enlargement on each side")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="images above this are error rows")
     p.add_argument("--part-files", type=int, default=1000, help="write a resumable part once this many files are complete")
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c-grid", type=_floats, default=None,
                    help="inverse penalties tried on val, comma-separated (default 0.001,0.01,0.1,1,10)")
     p.add_argument("--batch-size", type=int, default=256, help="faces per featurizer batch")
-    p.add_argument("--actors", type=int, default=None, help="featurizer actors (default: GPUs, or CPUs)")
+    p.add_argument("--actors", type=int, default=None, help="featurizer actors (default: GPUs, or CPUs - 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per featurizer actor (default: when the cluster has GPUs)")
     p.set_defaults(func=_ensemble)
     return parser

@@ -402,16 +402,16 @@ def results_table(run_dir: str) -> list[dict]:
     with open(Path(run_dir) / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     text = ("trial_id", "status", "artifact", "error")
-    for r in rows:
-        for k, v in r.items():
-            if v in ("", None):
-                r[k] = None
-            elif k not in text:
-                try:
-                    r[k] = float(v)
-                except ValueError:
-                    pass  # a categorical config value stays a string
-    return rows
+    return [{k: None if v in ("", None) else v if k in text else _number_or_text(v) for k, v in r.items()}
+            for r in rows]
+
+
+def _number_or_text(value: str) -> float | str:
+    """A CSV cell as a number, or as it is for a categorical config value."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 __all__ = ["SvmSweep", "CnnSweep", "SweepInterrupted", "sweep_svm", "sweep_cnn", "choose_best", "results_table"]
