@@ -55,6 +55,7 @@ def run_demo(output: str = "demo-output", count: int = 3500, epochs: int = 8, lo
     photos = out / "photos"
     if not photos.exists():
         write_demo_photos(photos)
+    # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01).
     cfg = PipelineConfig(storage=str(out), source="synthetic", count=count, models=("small_cnn", "small_cnn"),
                          epochs=epochs, batch_size=32, lr=0.05, workers=1, cpus_per_worker=2, svm_samples=3,
                          svm_lambda=(0.01, 10.0), score_input=str(photos))
