@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fer_ray.baseline.svm import SvmBackend, fit_svm, save_svm, solver_parameter
+from fer_ray.baseline.svm import MIN_SCALE_FRACTION, LinearSvm, SvmBackend, fit_svm, save_svm, solver_parameter
 from fer_ray.data.catalog import load_split, read_manifest
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.inference.predictor import Predictor
@@ -39,6 +39,34 @@ def test_lambda_maps_to_each_solver_the_same_objective():
     assert solver_parameter("sgd", lam, n)["alpha"] / 2 == pytest.approx(lam)
     with pytest.raises(ValueError):
         solver_parameter("liblinear", 0.0, n)
+
+
+def test_pixels_are_standardised_each_with_a_floor():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (200, 8, 8)).astype(np.uint8)
+    images[:, 0, 0] = 7  # constant in training: its scale must come from the floor, not zero
+    images[:, 0, 1] = rng.integers(100, 104, 200)  # barely varies
+    labels = rng.integers(0, NUM_CLASSES, 200)
+    model, _ = fit_svm(images, labels, lam=1.0)
+    flat = images.reshape(200, -1) / 255.0
+    floor = MIN_SCALE_FRACTION * flat.std()
+    assert model.scale.shape == (64,)
+    np.testing.assert_allclose(model.scale[2:], flat.std(axis=0)[2:], rtol=1e-5)
+    np.testing.assert_allclose(model.scale[:2], floor, rtol=1e-5)
+    unseen = images[:5].copy()
+    unseen[:, 0, 0] = 255  # a test image that differs where training never did stays finite
+    assert np.isfinite(model.decision(unseen)).all()
+
+
+def test_an_artifact_with_one_global_scale_still_loads():
+    """Artifacts written before per-pixel scaling stored one (1,) scale; it broadcasts."""
+    rng = np.random.default_rng(1)
+    arrays = {"coef": rng.normal(size=(NUM_CLASSES, 16)), "intercept": rng.normal(size=NUM_CLASSES),
+              "mean": rng.random(16), "scale": np.array([0.25])}
+    model = LinearSvm.from_arrays(arrays)
+    images = rng.integers(0, 256, (3, 4, 4)).astype(np.uint8)
+    expected = ((images.reshape(3, -1) / 255.0 - arrays["mean"]) / 0.25) @ arrays["coef"].T + arrays["intercept"]
+    np.testing.assert_allclose(model.decision(images), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_svm_beats_chance_on_synthetic(synthetic_svm, synthetic_catalog):

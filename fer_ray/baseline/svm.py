@@ -14,9 +14,11 @@ the same objective up to a constant factor, so one ``lambda`` means the same mod
 - ``sgd`` (``SGDClassifier(loss="hinge")``): ``(1/N) sum_i hinge + alpha/2 ||w||^2`` gives
   ``alpha = 2 lambda``. Faster, a few points less accurate (see benchmarks/RESULTS.md).
 
-Inputs: pixels on the 0..1 scale minus the train split's mean image, divided by the train
-pixels' standard deviation (one scalar, so every pixel keeps the same weight in the
-penalty). The fitted model is plain arrays (coefficients, intercepts, mean image, scale)
+Inputs: pixels on the 0..1 scale minus the train split's mean image, each divided by its own
+train standard deviation (scikit-learn's StandardScaler, per pixel). On FER2013 this scored
+0.3 points above one global scale for both losses (benchmarks/RESULTS.md); a pixel that
+barely varies in training is divided by at least a tenth of the global deviation, so it
+cannot amplify noise at test time. The fitted model is plain arrays (coefficients, intercepts, mean image, scale)
 saved as a kind "svm" artifact, so loading it unpickles nothing. A hinge-loss model has no
 probabilities: ``predict_proba`` is the softmax of the seven decision scores. It keeps the
 argmax (accuracy and every metric are exact) but is not calibrated.
@@ -40,6 +42,8 @@ SOLVERS = ("liblinear", "sgd")
 LOSSES = ("hinge", "squared_hinge")
 # Chosen by `fer-ray sweep svm` on FER2013 (benchmarks/RESULTS.md); a good start elsewhere.
 DEFAULT_LAMBDA = 0.56
+# A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
+MIN_SCALE_FRACTION = 0.1
 
 
 def flatten(images: np.ndarray) -> np.ndarray:
@@ -61,11 +65,11 @@ class LinearSvm:
     coef: np.ndarray  # (7, D) float32
     intercept: np.ndarray  # (7,) float32
     mean: np.ndarray  # (D,) float32, train mean image on the 0..1 scale
-    scale: float  # train pixel standard deviation on the 0..1 scale
+    scale: np.ndarray  # (D,) float32 per-pixel train standard deviation (older artifacts: (1,), one for all)
 
     def inputs(self, flat: np.ndarray) -> np.ndarray:
         """Flattened 0..1 pixels -> the centred, scaled vectors the model was fitted on."""
-        return (flat - self.mean) / np.float32(self.scale)
+        return (flat - self.mean) / self.scale
 
     def decision(self, images: np.ndarray) -> np.ndarray:
         """(N, 7) hinge scores for uint8 (N, S, S) faces."""
@@ -85,12 +89,12 @@ class LinearSvm:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"coef": self.coef, "intercept": self.intercept, "mean": self.mean,
-                "scale": np.array([self.scale], np.float32)}
+                "scale": self.scale}
 
     @classmethod
     def from_arrays(cls, arrays: dict) -> "LinearSvm":
         a = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)).astype(np.float32) for k, v in arrays.items()}
-        return cls(a["coef"], a["intercept"], a["mean"], float(a["scale"][0]))
+        return cls(a["coef"], a["intercept"], a["mean"], a["scale"])
 
 
 def solver_parameter(solver: str, lam: float, n: int) -> dict:
@@ -123,9 +127,10 @@ def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA,
         raise ValueError(f"the SVM needs at least two emotions in its training data, got {present.tolist()}")
     flat = flatten(images)
     mean = flat.mean(axis=0)
-    scale = float(flat.std()) or 1.0
+    spread = float(flat.std()) or 1.0
+    scale = np.maximum(flat.std(axis=0), MIN_SCALE_FRACTION * spread)
     model = LinearSvm(np.zeros((NUM_CLASSES, flat.shape[1]), np.float32), np.zeros(NUM_CLASSES, np.float32),
-                      mean.astype(np.float32), scale)
+                      mean.astype(np.float32), scale.astype(np.float32))
     x = model.inputs(flat)
     param = solver_parameter(solver, lam, len(labels))
     if solver == "liblinear":
