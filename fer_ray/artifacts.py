@@ -9,6 +9,8 @@ An artifact is a directory::
 
 Loading reads JSON and safetensors only: nothing is unpickled, so an artifact from anywhere
 cannot run code. A checksum mismatch (a truncated copy, a swapped file) is refused.
+torch is imported only where arrays are read or written: reading the metadata (``read_meta``)
+stays light for the processes that only route work, like the ``fer-ray score`` driver.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from fer_ray.emotions import EMOTIONS
 
@@ -46,6 +46,9 @@ def save_artifact(path: str, kind: str, arrays: dict, meta: dict) -> Path:
     """Write ``arrays`` (tensors or numpy) and ``meta`` as an artifact directory."""
     if kind not in KINDS:
         raise ArtifactError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+    import torch
+    from safetensors.torch import save_file
+
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
@@ -80,6 +83,8 @@ def read_meta(path: str | Path) -> dict:
 
 def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Return (metadata, arrays) after checking the weights' checksum."""
+    from safetensors.torch import load_file
+
     p = Path(path)
     meta = read_meta(p)
     weights = p / meta.get("weights", WEIGHTS_FILE)

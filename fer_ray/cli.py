@@ -12,10 +12,8 @@ import sys
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.sources import SOURCES, SourceError
 from fer_ray.data.splits import SPLIT_MODES
-from fer_ray.models import MODELS
-from fer_ray.models.forward import TTA_MODES
-from fer_ray.baseline.svm import DEFAULT_LAMBDA, LOSSES as SVM_LOSSES, SOLVERS as SVM_SOLVERS
-from fer_ray.training.loop import OPTIMIZERS, SCHEDULES
+from fer_ray.choices import (MODEL_NAMES, OPTIMIZERS, SCHEDULES, SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA,
+                             SVM_LOSSES, SVM_SOLVERS, TTA_MODES)
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
 
@@ -226,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="the source's CSV file or folder")
     p.add_argument("--count", type=int, default=3500, help="synthetic faces")
     p.add_argument("--size", type=int, default=48)
-    p.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet50"], choices=sorted(MODELS))
+    p.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet50"], choices=sorted(MODEL_NAMES))
     p.add_argument("--input-sizes", nargs="*", default=[], metavar="MODEL=PIXELS",
                    help="network input size per model, e.g. resnet50=192 (the paper upscaled ResNet inputs)")
     p.add_argument("--epochs", type=int, default=30)
@@ -247,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
     p.add_argument("--catalog", required=True)
-    p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    p.add_argument("--model", choices=sorted(MODEL_NAMES), default="small_cnn")
     p.add_argument("--run-dir", required=True, help="checkpoints, artifact, metrics and reports go here")
     p.add_argument("--name", default="train", help="run name; rerunning the same run dir and name resumes")
     p.add_argument("--input-size", type=int, default=None,
@@ -335,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--loss", choices=SVM_LOSSES, default="hinge")
             k.add_argument("--max-iter", type=int, default=1000)
             continue
-        k.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+        k.add_argument("--model", choices=sorted(MODEL_NAMES), default="small_cnn")
         k.add_argument("--epochs", type=int, default=6, help="epochs per trial (ASHA's max_t)")
         k.add_argument("--gpu", action="store_true", help="one GPU per trial")
         k.add_argument("--cpus-per-worker", type=float, default=1.0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from fer_ray.cli import parse_args
@@ -28,3 +31,11 @@ def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, message):
         parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_parser_loads_without_torch():
+    """Every command builds the whole parser first: torch there would delay each one by seconds."""
+    code = "import sys; from fer_ray.cli import parse_args; parse_args(['score', '--artifact', 'a', " \
+           "'--input', 'i', '--output', 'o.parquet']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -10,11 +10,16 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models.vgg import cfgs
 
+from fer_ray.choices import MODEL_NAMES
 from fer_ray.models import MODELS, build_model, load_state_dict, parameter_counts
 from fer_ray.models.forward import run_batches, tta_views
 from fer_ray.models.inputs import Normalization, to_model_input
 from fer_ray.models.vgg import VGG16_LAYERS
 from fer_ray.training.augment import Augment, augment_batch
+
+
+def test_registry_matches_the_names_the_cli_offers():
+    assert sorted(MODELS) == sorted(MODEL_NAMES)
 
 
 @pytest.mark.parametrize("name,size,width", [("small_cnn", 48, 128), ("vgg16", 48, 4096),

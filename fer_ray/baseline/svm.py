@@ -36,12 +36,9 @@ import numpy as np
 import torch
 
 from fer_ray.artifacts import ArtifactError, load_artifact, save_artifact
+from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
 
-SOLVERS = ("liblinear", "sgd")
-LOSSES = ("hinge", "squared_hinge")
-# Chosen by `fer-ray sweep svm` on FER2013 (benchmarks/RESULTS.md); a good start elsewhere.
-DEFAULT_LAMBDA = 0.56
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
 MIN_SCALE_FRACTION = 0.1
 

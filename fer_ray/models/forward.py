@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fer_ray.choices import TTA_MODES
 from fer_ray.models.inputs import Normalization, to_model_input
 
-TTA_MODES = ("none", "flip", "tencrop")
 TENCROP_FRACTION = 0.875
 
 

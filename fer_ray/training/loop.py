@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from fer_ray.choices import OPTIMIZERS, SCHEDULES
 from fer_ray.models.forward import autocast, run_batches
 from fer_ray.models.inputs import Normalization, to_model_input
 from fer_ray.training.augment import Augment, augment_batch
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @dataclass

@@ -1,0 +1,16 @@
+"""The names the command line offers as choices, in a module that imports nothing heavy.
+
+``fer-ray`` builds its whole argument parser before running any stage; if the parser took
+these from the modules that use them it would import torch first (1-4 s), which every
+command, ``--help`` and ``fer-ray score`` included, would pay before doing any work. The
+modules that own each list import it from here, so there is still one definition.
+"""
+
+MODEL_NAMES = ("vgg16", "vgg16_bn", "resnet50", "small_cnn")  # fer_ray.models.MODELS keys
+TTA_MODES = ("none", "flip", "tencrop")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+SVM_SOLVERS = ("liblinear", "sgd")
+SVM_LOSSES = ("hinge", "squared_hinge")
+# Chosen by `fer-ray sweep svm` on FER2013 (benchmarks/RESULTS.md); a good start elsewhere.
+SVM_DEFAULT_LAMBDA = 0.56
