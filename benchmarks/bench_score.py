@@ -163,6 +163,9 @@ def bench(name: str, artifact: str, input: str, paths: list[str], mode: str, wor
     summary = score_folder(artifact, input, str(work / f"{name}-warm.parquet"), faces=mode, overwrite=True,
                            log=lambda *_: None)
     warm = time.perf_counter() - t0
+    import ray
+
+    ray.shutdown()  # an idle Ray left running would take CPU from the next input's contenders
     print(f"   score_folder with Ray already up: {warm:.1f} s, {n / warm:.0f} img/s "
           f"({summary.faces} faces, {summary.no_face} without, {summary.errors} errors)")
     rows.append(("`score_folder` in-process, Ray already started", warm))
