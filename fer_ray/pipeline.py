@@ -180,7 +180,7 @@ class Pipeline:
         from fer_ray.ensemble.features import read_features
         from fer_ray.ensemble.stack import soft_vote
         from fer_ray.evaluation.evaluate import protocol
-        from fer_ray.evaluation.metrics import classification_metrics
+        from fer_ray.evaluation.metrics import classification_metrics, headline_figures
         from fer_ray.evaluation.report import comparison_table
 
         split = "test" if "test" in read_manifest(catalog)["shards"] else "val"
@@ -205,7 +205,7 @@ class Pipeline:
         for (name, m), p in zip(rows, paper):
             lines.append(f"| {name} | {'' if p is None else f'{p:.3f}'} | {m['accuracy']:.4f} |")
         summary = {"split": split, "protocol": proto,
-                   "table": [{"model": n, "accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"],
+                   "table": [{"model": n, **headline_figures(m),
                               "micro_precision": m["micro"]["precision"], "macro_precision": m["macro"]["precision"],
                               "macro_recall": m["macro"]["recall"], "paper": p} for (n, m), p in zip(rows, paper)]}
         if transfer:
@@ -215,7 +215,7 @@ class Pipeline:
             lines += ["", "## Transfer learning to KDEF", "",
                       comparison_table([("transfer (frozen early stages)", m)], protocol(kdef_catalog, kdef_split, "none")),
                       "", f"Paper: {PAPER['transfer']:.3f} on KDEF."]
-            summary["transfer"] = {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"], "paper": PAPER["transfer"]}
+            summary["transfer"] = {**headline_figures(m), "paper": PAPER["transfer"]}
         lines += ["", "## Stage timings (s)", "", *(f"- {k}: {v}" for k, v in self.timings.items()), ""]
         (self.work / "report.md").write_text("\n".join(lines))
         (self.work / "report.json").write_text(json.dumps(summary | {"timings": self.timings}, indent=2))

@@ -194,6 +194,7 @@ def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver
                  max_iter: int = 1000, loss: str = "hinge", log=print) -> dict:
     """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json."""
     from fer_ray.evaluation.evaluate import evaluate_splits
+    from fer_ray.evaluation.metrics import headline_figures
 
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +208,6 @@ def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver
         + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
     evals = evaluate_splits(str(artifact), catalog, out, log=lambda line: log(f"baseline: {line}"))
     summary = {"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
-               "evaluations": {s: {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]} for s, m in evals.items()}}
+               "evaluations": {s: headline_figures(m) for s, m in evals.items()}}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary

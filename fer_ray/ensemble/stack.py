@@ -168,7 +168,7 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, ba
     from fer_ray.data.catalog import read_manifest
     from fer_ray.ensemble.features import featurize, read_features
     from fer_ray.evaluation.evaluate import evaluate_artifact, protocol
-    from fer_ray.evaluation.metrics import classification_metrics
+    from fer_ray.evaluation.metrics import classification_metrics, headline_figures
     from fer_ray.evaluation.report import comparison_table
 
     if len(members) < 2:
@@ -209,7 +209,7 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, ba
         sections += [f"## {split}{note}", "", comparison_table(rows, protocol(catalog, split, "none")), "",
                      f"End to end through the Predictor on raw images, the stacked ensemble scores "
                      f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
-        summary["splits"][split] = {name: {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]} for name, m in rows}
+        summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
         summary["splits"][split]["end_to_end_accuracy"] = end_to_end["accuracy"]
         log(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
     lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",

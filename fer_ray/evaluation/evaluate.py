@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fer_ray.artifacts import update_metrics
 from fer_ray.data.catalog import load_split, read_manifest
-from fer_ray.evaluation.metrics import classification_metrics
+from fer_ray.evaluation.metrics import classification_metrics, headline_figures
 from fer_ray.evaluation.report import write_report
 from fer_ray.inference.predictor import Predictor
 
@@ -31,7 +31,7 @@ def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta:
     write_report(metrics, output, f"{predictor.kind} {predictor.meta.get('architecture', '')} on {split}".strip(),
                  proto)
     key = f"{split}" if tta == "none" else f"{split}+tta-{tta}"
-    update_metrics(artifact, {key: {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"],
+    update_metrics(artifact, {key: {**headline_figures(metrics),
                                     "count": metrics["count"], "protocol": proto}})
     return metrics
 

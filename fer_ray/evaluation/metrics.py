@@ -54,3 +54,9 @@ def classification_metrics(y_true, y_pred, labels=EMOTIONS) -> dict:
         "labels": list(labels),
         "averaging_note": MICRO_NOTE,
     }
+
+
+def headline_figures(metrics: dict) -> dict:
+    """The two figures run summaries keep per split: accuracy and macro F1 (the full metrics
+    stay in each evaluation's own metrics.json)."""
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"]}

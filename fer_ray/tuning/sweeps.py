@@ -374,6 +374,7 @@ def _write_results(path: Path, rows: list[dict]) -> None:
 def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log) -> dict:
     from fer_ray.artifacts import update_metrics
     from fer_ray.evaluation.evaluate import evaluate_splits
+    from fer_ray.evaluation.metrics import headline_figures
 
     run_dir = Path(settings["run_dir"])
     artifact = run_dir / "artifact"
@@ -387,7 +388,7 @@ def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log
         f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
     evals = evaluate_splits(str(artifact), settings["catalog"], run_dir, log=lambda line: log(f"sweep: best {line}"))
     summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
-               "evaluations": {s: {"accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]} for s, m in evals.items()}}
+               "evaluations": {s: headline_figures(m) for s, m in evals.items()}}
     (run_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
