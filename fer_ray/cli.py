@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_serve)
 
-    p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on centred pixels")
+    p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels")
     p.add_argument("--catalog", required=True)
     p.add_argument("--run-dir", required=True, help="artifact, metrics.json and val/test reports go here")
     p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,

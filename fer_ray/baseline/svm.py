@@ -1,4 +1,4 @@
-"""The paper's linear baseline: multiclass hinge loss with an L2 penalty, on mean-centred pixels.
+"""The paper's linear baseline: multiclass hinge loss with an L2 penalty, on mean-centred, standardised pixels.
 
 The objective, written the paper's way (a per-image average plus lambda times the squared
 weights), is::
@@ -169,7 +169,7 @@ class SvmBackend:
 def save_svm(path: str, model: LinearSvm, info: dict, manifest: dict, catalog: str) -> Path:
     meta = {"architecture": "linear_svm", "num_classes": NUM_CLASSES, "image_size": manifest["image_size"],
             "in_channels": 1,
-            "objective": f"(1/N) sum one-vs-rest {info['loss']} + lambda ||W||^2 on centred pixels",
+            "objective": f"(1/N) sum one-vs-rest {info['loss']} + lambda ||W||^2 on standardised pixels",
             "probabilities": "softmax of the hinge scores (argmax exact, not calibrated)",
             "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]},
             "fit": info}
