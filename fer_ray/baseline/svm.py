@@ -1,4 +1,4 @@
-"""The paper's linear baseline: multiclass hinge loss with an L2 penalty, on mean-centred, standardised pixels.
+"""The paper's linear baseline: multiclass hinge loss with an L2 penalty, on standardised pixels.
 
 The objective, written the paper's way (a per-image average plus lambda times the squared
 weights), is::
@@ -16,12 +16,13 @@ the same objective up to a constant factor, so one ``lambda`` means the same mod
 
 Inputs: pixels on the 0..1 scale minus the train split's mean image, each divided by its own
 train standard deviation (scikit-learn's StandardScaler, per pixel). On FER2013 this scored
-0.3 points above one global scale for both losses (benchmarks/RESULTS.md); a pixel that
-barely varies in training is divided by at least a tenth of the global deviation, so it
-cannot amplify noise at test time. The fitted model is plain arrays (coefficients, intercepts, mean image, scale)
-saved as a kind "svm" artifact, so loading it unpickles nothing. A hinge-loss model has no
-probabilities: ``predict_proba`` is the softmax of the seven decision scores. It keeps the
-argmax (accuracy and every metric are exact) but is not calibrated.
+0.1-0.3 points above one global scale (benchmarks/RESULTS.md); a pixel that barely varies in
+training is divided by at least a tenth of the global deviation, so it cannot amplify noise
+at test time. The fitted model is plain arrays (coefficients, intercepts, mean image,
+per-pixel scale) saved as a kind "svm" artifact, so loading it unpickles nothing. A
+hinge-loss model has no probabilities: ``predict_proba`` is the softmax of the seven
+decision scores. It keeps the argmax (accuracy and every metric are exact) but is not
+calibrated.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from fer_ray.models.inputs import Normalization, to_model_input
 from fer_ray.training.augment import Augment, augment_batch
 
 
-
 @dataclass
 class Recipe:
     """How to train. Defaults are the reference VGG16-BN FER2013 recipe (see issue 3)."""
