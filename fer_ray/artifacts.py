@@ -19,10 +19,14 @@ import datetime as _dt
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fer_ray.emotions import EMOTIONS
+
+if TYPE_CHECKING:  # annotations only: torch loads where arrays are read or written
+    import torch
 
 FORMAT = "fer-ray-artifact/1"
 KINDS = ("cnn", "svm", "ensemble")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
