@@ -158,3 +158,31 @@ def test_recipe_validation():
     with pytest.raises(ValueError, match="unknown recipe keys"):
         Recipe.from_dict({"epochs": 2, "learning_rate": 1})
     assert Recipe.from_dict(Recipe(epochs=3).to_dict()) == Recipe(epochs=3)
+
+
+def test_run_trains_through_a_wrapper_that_shares_the_weights():
+    """The GPU recipe hands Run a ``torch.compile`` wrapper as ``net`` (Ray Train hands it DDP):
+    Run must train through the wrapper, which has no ``len()``, and the weights that move are
+    the model's own."""
+    images = np.random.default_rng(1).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    data = to_device(images, np.arange(64) % 7, torch.device("cpu"))
+    model = build_model("small_cnn")
+    calls = []
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def __len__(self):  # like torch.compile's OptimizedModule, which raises on len()
+            raise TypeError("no len()")
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.inner(x)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    run = Run(model, Recipe(epochs=1, batch_size=32), 48, Normalization(0.5, 0.25), data, data, net=Wrapper(model))
+    run.epoch()
+    assert calls == [32, 32]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -63,11 +63,17 @@ class Recipe:
 
 
 def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the trainable parameters.
+
+    On CUDA the fused kernels update every parameter in a handful of launches instead of a few
+    per tensor: at 48 px a VGG16 step is short enough that launch overhead is what limits it.
+    """
     params = [p for p in params if p.requires_grad]
+    fused = bool(params) and all(p.is_cuda for p in params)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                               weight_decay=recipe.weight_decay)
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+                               weight_decay=recipe.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused or None)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
@@ -177,7 +183,7 @@ class Run:
     def __init__(self, model: torch.nn.Module, recipe: Recipe, input_size: int, norm: Normalization,
                  train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  frozen: tuple[torch.nn.Module, ...] = (), net: torch.nn.Module | None = None, rank: int = 0):
-        self.model, self.net = model, net or model
+        self.model, self.net = model, net if net is not None else model
         self.recipe, self.input_size, self.norm = recipe, input_size, norm
         self.train, self.val, self.frozen = train, val, frozen
         self.device = train[0].device
