@@ -1,8 +1,8 @@
 """Requests/s and latency of the Serve app, batched vs unbatched, under a bounded load.
 
-    .venv/bin/python benchmarks/bench_serve.py --artifact DIR [--concurrency 32] [--seconds 15]
+    .venv/bin/python benchmarks/bench_serve.py --artifact DIR [--concurrency 32] [--seconds 15] [--gpu]
 
-One local Ray, one replica (1 CPU, torch on 1 thread), the same deployment twice: once with
+One local Ray, one replica (1 CPU, torch on 1 thread; with ``--gpu`` also one GPU), the same deployment twice: once with
 ``@serve.batch`` merging up to ``--max-batch-size`` requests into one forward pass, once with
 ``max_batch_size=1`` (every request its own forward pass). Everything else is identical:
 ``max_ongoing_requests``, the payload (one 48x48 FER2013-style face crop as a raw PNG body,
@@ -64,16 +64,16 @@ async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float, w
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
-def model_ceiling(artifact: str, batch: int, reps: int = 30) -> tuple[float, float]:
+def model_ceiling(artifact: str, batch: int, device: str = "cpu", reps: int = 30) -> tuple[float, float]:
     """ms per face of the bare forward pass at batch 1 and at ``batch`` (1 torch thread, like
-    a replica): the most any request batching can gain on this machine's CPU."""
+    a replica): the most any request batching can gain on this device."""
     import torch
 
     from fer_ray.data.synthetic import synthetic_faces
     from fer_ray.inference.predictor import Predictor
 
     torch.set_num_threads(1)
-    predictor = Predictor(artifact, device="cpu")
+    predictor = Predictor(artifact, device=device)
     faces = synthetic_faces(np.arange(batch) % 7, 48, seed=1)
     out = []
     for n in (1, batch):
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=30.0,
                         help="how long a batch waits to fill (30 ms: about one small batch forward here)")
-    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--gpu", action="store_true", help="the replica on one GPU (num_gpus=1)")
     parser.add_argument("--untrained", metavar="ARCH", help="serve an untrained ARCH (e.g. vgg16) with the "
                         "artifact's metadata instead: a heavier model, for timing only")
     args = parser.parse_args(argv)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"load average at start (other users of this machine): {os.getloadavg()}")
     body = encode_png(synthetic_faces(np.array([3]), 48, seed=0)[0])
-    init_ray(args.num_cpus)
+    init_ray(args.num_cpus)  # Ray finds the GPUs itself
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/predict?faces=none"
@@ -125,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     try:
         for name, size in (("batched", args.max_batch_size), ("unbatched", 1)):
-            config = ServeConfig(artifact=args.artifact, max_batch_size=size,
+            config = ServeConfig(artifact=args.artifact, max_batch_size=size, num_gpus=1 if args.gpu else 0,
                                  batch_wait_timeout_s=args.batch_wait_ms / 1000, max_ongoing_requests=ongoing)
             serve.run(build_app(config), name="bench", route_prefix="/")
             assert httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=60).status_code == 200
             results[name] = asyncio.run(closed_loop(url, body, args.concurrency, args.seconds, args.warmup))
-            batching = httpx.get(f"http://127.0.0.1:{port}/model", timeout=60).json()["batching"]
+            model = httpx.get(f"http://127.0.0.1:{port}/model", timeout=60).json()
+            batching = model["batching"]
+            results[name]["device"] = model["device"]
             results[name]["largest_batch"] = batching["largest_batch"]
             sizes = {int(k): v for k, v in batching["batches_by_size"].items()}
             results[name]["mean_batch"] = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
@@ -140,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"load average at end: {os.getloadavg()}")
     print(f"\nServe on loopback, {args.concurrency} concurrent clients, {args.seconds:.0f} s each, "
-          f"artifact {args.artifact}, {os.cpu_count()} CPUs")
+          f"artifact {args.artifact}, {os.cpu_count()} CPUs, replica on {results['batched']['device']}")
     print("| configuration | requests/s | p50 ms | p99 ms | mean batch | largest batch | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         label = f"{name} (max_batch_size={args.max_batch_size if name == 'batched' else 1})"
         print(f"| {label} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch']:.1f} | "
               f"{r['largest_batch']} | {r['errors']} |")
-    one, many = model_ceiling(args.artifact, args.max_batch_size)
-    print(f"\nforward pass alone, 1 thread: {one:.2f} ms/face at batch 1, {many:.2f} ms/face at batch "
+    one, many = model_ceiling(args.artifact, args.max_batch_size, "cuda" if args.gpu else "cpu")
+    print(f"\nforward pass alone ({'GPU' if args.gpu else '1 CPU thread'}): {one:.2f} ms/face at batch 1, "
+          f"{many:.2f} ms/face at batch "
           f"{args.max_batch_size}: batching can save at most {one / many:.2f}x of the model's time")
     b, u = results["batched"], results["unbatched"]
     print(f"\nratio batched / unbatched: {b['rps'] / u['rps']:.2f}x requests/s; "
