@@ -6,6 +6,8 @@ Each source is driven the way Ray Data drives it: ``plan()`` on the driver, then
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -125,6 +127,21 @@ def test_csv_input_level_errors(tmp_path):
         Fer2013CsvSource(str(tmp_path)).plan()
 
 
+def test_csv_pixel_value_beyond_64_bits_is_a_rejected_row(tmp_path):
+    good = face_pixels(2)
+    huge = " ".join(["99999999999999999999"] + ["1"] * 2303)
+    path = write_fer_csv(tmp_path / "f.csv", [fer_line(1, good[0]), fer_line(0, huge), fer_line(2, good[1])])
+    rows = by_id(run_source(Fer2013CsvSource(str(path))))
+    assert rows["line:3"]["error"].startswith("non-numeric pixels")
+    assert rows["line:2"]["error"] == rows["line:4"]["error"] == ""
+
+
+def test_csv_with_cr_only_line_endings_is_an_input_error(tmp_path):
+    (tmp_path / "mac.csv").write_bytes(b"emotion,pixels,Usage\r0,1 2,Training\r")
+    with pytest.raises(SourceError, match="CR-only line endings"):
+        Fer2013CsvSource(str(tmp_path / "mac.csv")).plan()
+
+
 # ---------------------------------------------------------------- image folders
 
 
@@ -205,6 +222,35 @@ def test_folders_bad_files_are_rejected_with_reasons_good_ones_kept(tmp_path):
     assert len(rows) == len(written) + len(bad_files(face)) + 4
 
 
+def test_folders_flat_layout_rejects_an_unknown_emotion_folder_and_keeps_the_rest(tmp_path):
+    write_folder_tree(tmp_path, {"flat": {"angry": 1, "happy": 2}})
+    write_image(tmp_path / "flat" / "contempt" / "c.png", face_pixels(1)[0])
+    rows = by_id(run_source(FolderSource(str(tmp_path / "flat"))))
+    assert rows["contempt/c.png"]["error"] == "unknown emotion folder 'contempt'"
+    good = [r for r in rows.values() if r["error"] == ""]
+    assert len(rows) == 4 and sorted(r["label"] for r in good) == [0, 3, 3]
+    assert {r["split"] for r in good} == {"train"}
+
+
+def test_folders_links_and_special_files_are_listed_never_lost(tmp_path):
+    """A link to a folder is followed (once, even in a cycle); a broken link and a FIFO
+    become rejections instead of vanishing (or, for the FIFO, hanging the read)."""
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    written = write_folder_tree(root, {"train": {"happy": 1}})
+    write_image(elsewhere / "batch2" / "b.png", face_pixels(1)[0])
+    happy = root / "train" / "happy"
+    (happy / "batch2").symlink_to(elsewhere / "batch2", target_is_directory=True)
+    (happy / "loop").symlink_to(happy, target_is_directory=True)
+    (happy / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(happy / "pipe.png")
+    rows = by_id(run_source(FolderSource(str(root))))
+    assert rows["train/happy/batch2/b.png"]["error"] == ""
+    assert rows["train/happy/broken.png"]["error"] == "broken symbolic link"
+    assert rows["train/happy/pipe.png"]["error"] == "not a regular file"
+    assert set(rows) == set(written) | {"train/happy/batch2/b.png", "train/happy/broken.png",
+                                        "train/happy/pipe.png"}
+
+
 def test_folders_pixel_limit_is_configurable(tmp_path):
     write_image(tmp_path / "train" / "happy" / "large.png", np.full((200, 300), 128, np.uint8))
     write_image(tmp_path / "train" / "happy" / "small.png", face_pixels(1)[0])
@@ -267,3 +313,6 @@ def test_make_source_names_and_input_checks(tmp_path):
         make_source("folders", None)
     assert isinstance(make_source("fer2013-csv", "x.csv", size=32), Fer2013CsvSource)
     assert make_source("synthetic", None, count=14, seed=2).count == 14
+    for size in (0, 7, 1025):
+        with pytest.raises(SourceError, match=f"image size {size} is outside 8..1024"):
+            make_source("synthetic", None, size=size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ KDEF_PATTERN = re.compile(
 )
 KDEF_ANGLES = ("FL", "HL", "S", "HR", "FR")
 CSV_CHUNK_BYTES = 4 << 20
+SIZE_RANGE = (8, 1024)  # catalog image side: below 8 px nothing is left of a face; above 1024 a
+# catalog of FER2013's size would not fit in memory
 
 
 class SourceError(ValueError):
@@ -99,6 +102,33 @@ def _read_file(path: str) -> bytes:
         return fh.read()
 
 
+def _files_under(folder: Path) -> list[Path]:
+    """Every non-folder entry below ``folder``, sorted: files, broken links, sockets, FIFOs.
+
+    Links to folders are followed (each real folder once, so a link cycle ends), which
+    ``Path.rglob`` would not do; entries that are no regular file are kept so that the caller
+    can reject them by name instead of losing them.
+    """
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(top, name) for name in files]
+    return sorted(found)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as an image file ("" when it is a regular file)."""
+    if path.is_file():
+        return ""
+    if path.is_symlink() and not path.exists():
+        return "broken symbolic link"
+    return "not a regular file"
+
+
 def _items(**columns) -> list[dict]:
     keys = list(columns)
     return [dict(zip(keys, values)) for values in zip(*columns.values())]
@@ -123,7 +153,7 @@ class FolderSource:
         if not subdirs:
             raise SourceError(f"no split or emotion folders under {root}")
         items = []
-        if all(_is_emotion(p.name) for p in subdirs):
+        if not any(p.name.lower() in FOLDER_SPLITS for p in subdirs) and any(_is_emotion(p.name) for p in subdirs):
             layout = [(root, "train")]  # no split level: everything is one pool
         else:
             layout = []
@@ -144,11 +174,12 @@ class FolderSource:
                         label, error = label_from_name(entry.name), ""
                     except ValueError:
                         label, error = -1, f"unknown emotion folder {entry.name!r}"
-                    files = sorted(f for f in entry.rglob("*") if f.is_file())
+                    files = _files_under(entry)
                 else:
                     label, error, files = -1, "file is not inside an emotion folder", [entry]
                 for f in files:
-                    reason = error or ("" if has_image_extension(f.name) else "not an image file extension")
+                    reason = error or _not_a_file(f) or (
+                        "" if has_image_extension(f.name) else "not an image file extension")
                     items.append({"path": str(f), "id": str(f.relative_to(root)), "label": label,
                                   "split": split, "error": reason})
         if not items:
@@ -208,6 +239,9 @@ class Fer2013CsvSource:
         items = []
         with open(path, "rb") as fh:
             header = fh.readline()
+            if b"\r" in header.rstrip(b"\r\n"):
+                raise SourceError(f"{path} has CR-only line endings (old Mac style); "
+                                  "convert it to LF or CRLF line endings")
             self.columns = _csv_header(header.decode("utf-8-sig", "replace"), path)  # Excel adds a BOM
             start, line = fh.tell(), 2
             while start < total:
@@ -260,7 +294,7 @@ def _parse_fer_row(raw: bytes, ci: dict) -> tuple[int, np.ndarray, str]:
         raise ValueError(f"unknown emotion: {fields[ci['emotion']]!r} (expected 0..6)") from None
     try:
         values = np.array(fields[ci["pixels"]].split(), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond 64 bits
         raise ValueError("non-numeric pixels: the pixels field must be space-separated integers") from None
     if values.size != 48 * 48:
         raise ValueError(f"wrong pixel count: expected {48 * 48}, got {values.size}")
@@ -274,7 +308,10 @@ def _parse_fer_row(raw: bytes, ci: dict) -> tuple[int, np.ndarray, str]:
 
 
 def _csv_header(line: str, path: Path) -> dict:
-    names = [n.strip().lower() for n in next(csv.reader([line.strip()]))]
+    try:
+        names = [n.strip().lower() for n in next(csv.reader([line.strip()]))]
+    except csv.Error as exc:
+        raise SourceError(f"{path} is not a FER2013 CSV: unreadable header ({exc})") from None
     missing = {"emotion", "pixels"} - set(names)
     if missing:
         raise SourceError(
@@ -324,9 +361,13 @@ class KdefSource:
         if unknown:
             raise SourceError(f"unknown KDEF angle(s) {sorted(unknown)}; expected {KDEF_ANGLES}")
         items, self.excluded = [], 0
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        for f in _files_under(root):
             m = KDEF_PATTERN.match(f.name)
-            item = {"path": str(f), "id": str(f.relative_to(root)), "label": -1, "subject": "", "error": ""}
+            item = {"path": str(f), "id": str(f.relative_to(root)), "label": -1, "subject": "",
+                    "error": _not_a_file(f)}
+            if item["error"]:  # kept as a rejection, whatever its name
+                items.append(item)
+                continue
             if m is None:
                 item["error"] = "file name does not follow the KDEF pattern (e.g. AF01AFS.JPG)"
             else:
@@ -409,6 +450,8 @@ def make_source(kind: str, input: str | None, size: int = 48, **options):
     """Build a source by name; ``options`` are the source-specific settings."""
     if kind not in SOURCES:
         raise SourceError(f"unknown source {kind!r}; expected one of {SOURCES}")
+    if not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise SourceError(f"image size {size} is outside {SIZE_RANGE[0]}..{SIZE_RANGE[1]} pixels")
     if kind == "synthetic":
         return SyntheticSource(size=size, **options)
     if not input:
