@@ -171,6 +171,25 @@ def test_output_is_never_overwritten_by_accident(messy, built, tmp_path):
     assert manifest["catalog_sha256"] == built[1]["catalog_sha256"]
 
 
+def test_overwrite_never_loses_the_old_catalog_or_the_input(messy, built, tmp_path):
+    """--overwrite replaces a catalog only with a complete new one: a wrong input leaves it
+    as it was, and an output that is, holds or sits inside the input is refused outright."""
+    root, _, _ = messy
+    cat, _, _, _ = built
+    before = (cat / "manifest.json").read_text()
+    with pytest.raises(SourceError, match="input folder not found"):
+        build_catalog(FolderSource(str(tmp_path / "typo")), str(cat), overwrite=True, **QUIET)
+    assert (cat / "manifest.json").read_text() == before
+    files = sorted(p for p in root.rglob("*"))
+    for out in (root, root.parent, root / "train" / "catalog"):
+        with pytest.raises(SourceError, match="overlaps the input"):
+            build_catalog(FolderSource(str(root)), str(out), overwrite=True, **QUIET)
+    assert sorted(p for p in root.rglob("*")) == files
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SourceError, match="is a file"):
+        build_catalog(FolderSource(str(root)), str(tmp_path / "afile"), overwrite=True, **QUIET)
+
+
 def test_load_split_errors(built, tmp_path):
     cat, _, _, _ = built
     with pytest.raises(CatalogError, match="not a catalog"):
@@ -228,7 +247,13 @@ def test_source_hash_changes_when_one_input_byte_changes(tmp_path):
 
 
 def test_input_with_nothing_usable_is_an_input_error(tmp_path):
+    """... and the build fails after Ray has read everything: the old output stays as it was,
+    and the half-built catalog is gone."""
     (tmp_path / "in" / "happy").mkdir(parents=True)
     (tmp_path / "in" / "happy" / "a.jpg").write_text("text, not a photo")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("old catalog")
     with pytest.raises(SourceError, match="no usable images .*1 rejected.*not a decodable image"):
-        build_catalog(FolderSource(str(tmp_path / "in")), str(tmp_path / "out"), **QUIET)
+        build_catalog(FolderSource(str(tmp_path / "in")), str(tmp_path / "out"), overwrite=True, **QUIET)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "old catalog"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]

@@ -75,19 +75,50 @@ def build_catalog(source, output: str, split_mode: str | None = None, seed: int 
     """Read ``source`` with Ray Data and write a catalog to ``output``; return its manifest.
 
     The input is checked (``source.plan()``) before Ray starts, so a wrong path fails fast.
+    The catalog is built in a sibling folder and moved into place only once it is complete,
+    so a failed build (or a wrong ``--input`` with ``--overwrite``) leaves the old one intact.
     """
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise SourceError(f"output {out} is a file; the catalog is a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SourceError(f"output {out} exists and is not empty (pass --overwrite to replace it)")
+    t0 = time.time()
+    items = source.plan()
+    _check_apart(getattr(source, "input", None), out)
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
+    try:
+        manifest = _build(source, items, partial, split_mode, seed, num_cpus, log)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    manifest["prepare_seconds"] = round(time.time() - t0, 2)
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return manifest
+
+
+def _check_apart(input: str | None, out: Path) -> None:
+    """Refuse an output that is, holds or sits inside the input: replacing it would delete
+    the input, and rebuilding would read the old catalog as input."""
+    if not input:
+        return
+    source, target = Path(input).resolve(), out.resolve()
+    if source == target or target in source.parents or source in target.parents:
+        raise SourceError(f"output {out} overlaps the input {input}; write the catalog to a folder outside it")
+
+
+def _build(source, items: list[dict], out: Path, split_mode: str | None, seed: int, num_cpus: int | None,
+           log) -> dict:
+    """Read ``items`` with Ray Data and write shards and rejected.csv into ``out``."""
     import ray
 
     from fer_ray.runtime import init_ray
 
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise SourceError(f"output {out} exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
     mode = split_mode or ("subject" if source.name == "kdef" else "source")
-    t0 = time.time()
-    items = source.plan()
     init_ray(num_cpus)
     log(f"prepare: {len(items)} work items from {source.name}; reading with Ray Data")
     per_batch = 1 if source.name == "fer2013-csv" else 64
@@ -121,11 +152,8 @@ def build_catalog(source, output: str, split_mode: str | None = None, seed: int 
             rows.map_batches(_keep_split, fn_kwargs={"split_of": [split_of], "keep": split},
                              batch_size=4096, batch_format="pyarrow").write_parquet(str(out / split))
             shards[split] = sorted(p.name for p in (out / split).glob("*.parquet"))
-    manifest = _manifest(source, ok, rejected, light, mode, seed, shards)
-    manifest["prepare_seconds"] = round(time.time() - t0, 2)
     rejected[["id", "error"]].rename(columns={"error": "reason"}).to_csv(out / "rejected.csv", index=False)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+    return _manifest(source, ok, rejected, light, mode, seed, shards)
 
 
 def _manifest(source, ok, rejected, light, mode, seed, shards) -> dict:
