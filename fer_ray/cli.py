@@ -28,7 +28,7 @@ def _prepare(args) -> None:
     elif args.source == "kdef":
         angles = tuple(a.strip().upper() for a in args.angles.split(",")) if args.angles else KDEF_ANGLES
         options = {"angles": angles, "face_crop": args.face_crop}
-    if args.max_pixels and args.source in ("folders", "kdef"):
+    if args.max_pixels is not None and args.source in ("folders", "kdef"):
         options["max_pixels"] = args.max_pixels
     source = make_source(args.source, args.input, size=args.size, **options)
     manifest = build_catalog(source, args.output, split_mode=args.split, seed=args.seed,
@@ -165,6 +165,16 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, default=30)
@@ -203,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=3500, help="synthetic: number of faces")
     p.add_argument("--angles", help="KDEF: comma-separated angles to keep (FL,HL,S,HR,FR)")
     p.add_argument("--face-crop", action="store_true", help="KDEF: crop the largest detected face")
-    p.add_argument("--max-pixels", type=int, default=None, help="reject images above this many pixels")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, help="reject images above this many pixels")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_prepare)
@@ -282,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
     p.add_argument("--actors", type=int, default=None, help="model actors (default: GPUs; on CPUs, CPUs with --faces none, else CPUs / 4)")
     p.add_argument("--margin", type=float, default=0.2, help="face box enlargement on each side")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="images above this are error rows")
+    p.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="images above this are error rows")
     p.add_argument("--part-files", type=int, default=1000, help="write a resumable part once this many files are complete")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results for this output")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
@@ -298,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
     p.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
-    p.add_argument("--max-pixels", type=int, default=25_000_000)
+    p.add_argument("--max-pixels", type=_positive_int, default=25_000_000)
     p.add_argument("--max-files", type=int, default=32, help="images per /predict/batch request")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_serve)

@@ -46,13 +46,14 @@ def input_cases(tmp_path):
         "unknown kdef angle": (["--source", "kdef", "--input", tmp_path / "kdef", "--angles", "S,UP"],
                                "unknown KDEF angle"),
         "too few synthetic": (["--source", "synthetic", "--count", 3], "at least 7"),
+        "size zero": (["--source", "synthetic", "--size", 0], "image size 0 is outside 8..1024"),
     }, out
 
 
 @pytest.mark.parametrize("case", [
     "missing csv", "empty csv", "csv without rows", "csv is a folder", "missing folder",
     "empty folder", "unknown split folder", "no --input", "empty kdef", "unknown kdef angle",
-    "too few synthetic"])
+    "too few synthetic", "size zero"])
 def test_input_level_problem_is_one_line_and_exit_2(tmp_path, capsys, case):
     cases, out = input_cases(tmp_path)
     args, message = cases[case]
@@ -65,6 +66,13 @@ def test_unknown_source_is_one_line_and_exit_2(tmp_path, capsys):
     assert prepare("--source", "affectnet", "--input", tmp_path, "--output", tmp_path / "o") == 2
     assert "unknown source 'affectnet'" in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_output_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "out.txt").write_text("mine")
+    assert prepare("--source", "synthetic", "--output", tmp_path / "out.txt", "--overwrite") == 2
+    assert "is a file; the catalog is a folder" in one_line_error(capsys)
+    assert (tmp_path / "out.txt").read_text() == "mine"
 
 
 def test_existing_output_is_refused(tmp_path, capsys):
