@@ -39,3 +39,15 @@ def test_the_parser_loads_without_torch():
            "'--input', 'i', '--output', 'o.parquet']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("stage", [["prepare", "--source", "synthetic", "--output", "o"],
+                                   ["score", "--artifact", "a", "--input", "i", "--output", "o.csv"],
+                                   ["serve", "--artifact", "a"]])
+@pytest.mark.parametrize("value", ["0", "-5", "lots"])
+def test_max_pixels_must_be_a_positive_integer(stage, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([*stage, "--max-pixels", value])
+    assert exc.value.code == 2
+    assert "--max-pixels" in capsys.readouterr().err
+    assert parse_args([*stage, "--max-pixels", "1000"]).max_pixels == 1000
