@@ -7,10 +7,11 @@ image is never preprocessed one way for training and another way for prediction.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ACCEPTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
@@ -18,6 +19,15 @@ DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 40 MP photo; bigger is a decompression bo
 
 # Our own limit replaces Pillow's warning-based one, so both are not fighting.
 Image.MAX_IMAGE_PIXELS = None
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+# ``warnings.catch_warnings`` swaps process-wide state: two threads (the Serve replica decodes
+# in a thread pool) entering and leaving it out of order can leave every warning an error.
+_WARNINGS_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -33,7 +43,9 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
 
     Checks, in order: empty input, a recognisable image header, an accepted format, the
     pixel limit (read from the header, before any pixel is decoded, so a decompression bomb
-    costs nothing), then a full decode that catches truncated and corrupt files.
+    costs nothing), then a full decode that catches truncated and corrupt files. Pillow's
+    parsers meet hostile bytes with many kinds of exception (struct.error, TypeError, ...):
+    every one of them is this image's problem, so every one becomes an ImageError.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -41,8 +53,8 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not a decodable image (unrecognised content)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"not a decodable image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise ImageError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
     if img.format not in ACCEPTED_FORMATS:
         raise ImageError(f"unsupported image format {img.format}")
     width, height = img.size
@@ -53,13 +65,34 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
             f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # Pillow warns on some truncated/corrupt files
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, Warning, Image.DecompressionBombError) as exc:
-        raise ImageError(f"truncated or corrupt image ({exc})") from None
+        _load_strictly(img)
+        img = _upright(img)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise ImageError(f"truncated or corrupt image ({type(exc).__name__}: {exc})") from None
     return to_grey(img)
+
+
+def _load_strictly(img: Image.Image) -> None:
+    """Decode every pixel; a warning while decoding (how Pillow reports some truncated or
+    corrupt files) fails the image. Warnings are recorded rather than turned into errors, so
+    another thread that warns during these few milliseconds gets no exception."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img.load()
+    if caught:
+        raise ImageError(f"truncated or corrupt image ({caught[0].message})")
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation. ``ImageOps.exif_transpose`` would also rewrite the EXIF
+    block, which fails on some valid files with odd tags; only the pixels matter here."""
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG)
+    except Exception as exc:  # noqa: BLE001 - unreadable EXIF: the image is refused, saying so
+        raise ImageError(f"unreadable EXIF metadata ({type(exc).__name__}: {exc})") from None
+    return img.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else img
 
 
 def to_grey(img: Image.Image) -> np.ndarray:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ray.data.faces import FaceDetector, find_faces
+from fer_ray.data.files import files_under, not_a_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
 from fer_ray.data.synthetic import GENERATOR_VERSION, balanced_labels, synthetic_faces
 from fer_ray.emotions import KDEF_CODES, EMOTIONS, label_from_index, label_from_name
@@ -102,33 +102,6 @@ def _read_file(path: str) -> bytes:
         return fh.read()
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every non-folder entry below ``folder``, sorted: files, broken links, sockets, FIFOs.
-
-    Links to folders are followed (each real folder once, so a link cycle ends), which
-    ``Path.rglob`` would not do; entries that are no regular file are kept so that the caller
-    can reject them by name instead of losing them.
-    """
-    found, seen = [], set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        found += [Path(top, name) for name in files]
-    return sorted(found)
-
-
-def _not_a_file(path: Path) -> str:
-    """Why ``path`` cannot be read as an image file ("" when it is a regular file)."""
-    if path.is_file():
-        return ""
-    if path.is_symlink() and not path.exists():
-        return "broken symbolic link"
-    return "not a regular file"
-
-
 def _items(**columns) -> list[dict]:
     keys = list(columns)
     return [dict(zip(keys, values)) for values in zip(*columns.values())]
@@ -174,11 +147,11 @@ class FolderSource:
                         label, error = label_from_name(entry.name), ""
                     except ValueError:
                         label, error = -1, f"unknown emotion folder {entry.name!r}"
-                    files = _files_under(entry)
+                    files = files_under(entry)
                 else:
                     label, error, files = -1, "file is not inside an emotion folder", [entry]
                 for f in files:
-                    reason = error or _not_a_file(f) or (
+                    reason = error or not_a_file(f) or (
                         "" if has_image_extension(f.name) else "not an image file extension")
                     items.append({"path": str(f), "id": str(f.relative_to(root)), "label": label,
                                   "split": split, "error": reason})
@@ -361,10 +334,10 @@ class KdefSource:
         if unknown:
             raise SourceError(f"unknown KDEF angle(s) {sorted(unknown)}; expected {KDEF_ANGLES}")
         items, self.excluded = [], 0
-        for f in _files_under(root):
+        for f in files_under(root):
             m = KDEF_PATTERN.match(f.name)
             item = {"path": str(f), "id": str(f.relative_to(root)), "label": -1, "subject": "",
-                    "error": _not_a_file(f)}
+                    "error": not_a_file(f)}
             if item["error"]:  # kept as a rejection, whatever its name
                 items.append(item)
                 continue

@@ -1,0 +1,41 @@
+"""Listing input files without losing any: links to folders followed, odd entries kept.
+
+``prepare`` and ``score`` both promise that every input file ends up as a row (an image or
+an error). ``Path.rglob`` would skip files under a linked folder and entries that are not
+regular files (a broken link, a FIFO) without a word, so both list files here instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def files_under(folder: Path | str) -> list[Path]:
+    """Every non-folder entry below ``folder``, sorted: files, broken links, sockets, FIFOs.
+
+    Links to folders are followed, each real folder once, so a link cycle ends.
+    """
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(top, name) for name in files]
+    return sorted(found)
+
+
+def not_a_file(path: Path | str) -> str:
+    """Why ``path`` cannot be read as a file ("" when it is a regular file).
+
+    Reading a FIFO would block for ever, so callers check this before opening anything.
+    """
+    if os.path.isfile(path):
+        return ""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "broken symbolic link"
+    if not os.path.lexists(path):
+        return "file not found"
+    return "not a regular file"

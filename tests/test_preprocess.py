@@ -1,0 +1,79 @@
+"""decode_grey on awkward but valid files, hostile ones, and from many threads at once."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from fer_ray.data.preprocess import ImageError, decode_grey
+
+
+def jpeg_with_exif(pixels: np.ndarray, orientation: int, odd_tag: bool = False) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Canon"  # Make, an ASCII tag
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", exif=exif, quality=100)
+    data = buf.getvalue()
+    if odd_tag:  # retag Make as XResolution, keeping its ASCII type: valid for readers, but
+        # Pillow fails to write such an EXIF block back (what ImageOps.exif_transpose does)
+        data = data.replace(b"\x01\x0f\x00\x02", b"\x01\x1a\x00\x02", 1)
+    return data
+
+
+@pytest.mark.parametrize("odd_tag", [False, True])
+def test_exif_orientation_is_applied(odd_tag):
+    pixels = np.full((10, 20), 30, np.uint8)  # 10 high, 20 wide, a bright left edge
+    pixels[:, :4] = 230
+    grey = decode_grey(jpeg_with_exif(pixels, orientation=6, odd_tag=odd_tag))
+    assert grey.shape == (20, 10)  # orientation 6: turned a quarter clockwise to be upright
+    assert grey[:3].mean() > 200 and grey[-3:].mean() < 60  # the left edge is now the top
+
+
+def test_any_decoder_exception_is_an_image_error(monkeypatch):
+    """Pillow meets hostile bytes with struct.error, TypeError and the like: each one is an
+    unusable image (an error row, a 4xx), never a crash of the job or a 500."""
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(good, "PNG")
+
+    def broken_load(self):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(ImageError, match="truncated or corrupt image .*error: unpack requires"):
+        decode_grey(good.getvalue())
+
+
+def test_decoding_in_many_threads_leaves_the_warning_filters_alone():
+    """The Serve replica decodes in a thread pool; ``catch_warnings`` entered and left out of
+    order by several threads used to leave every warning in the process an exception."""
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)).save(buf, "PNG")
+    data = buf.getvalue()
+    before = list(warnings.filters)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(50):
+                decode_grey(data)
+        except Exception as exc:  # collected: a failure in a thread must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert warnings.filters == before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("still just a warning")
+    assert len(caught) == 1
