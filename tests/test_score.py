@@ -17,7 +17,8 @@ import pytest
 from datagen import encode, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.batch import (NO_FACE, SCHEMA, DetectConfig, FileAssembler, PartStore, ScoreError,
-                                     detect_batch, parts_folder, plan_resources, rows_table, score_folder)
+                                     detect_batch, display_path, list_images, parts_folder, plan_resources,
+                                     rows_table, score_folder, write_atomic)
 from photos import background, one_face_photo, two_face_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
           "emotion": ["sad", ""], **{e: [0.5, float("nan")] for e in EMOTIONS}, "error": ["", NO_FACE]}
     with store.locked():
         store.write(rows_table(ok))
-        store.consolidate(tmp_path / "out.csv")
+        store.consolidate(tmp_path / "out.csv", {"a.jpg", "b.jpg"})
         with pytest.raises(ScoreError, match="another scoring job"):
             with PartStore(store.folder).locked():
                 pass
@@ -97,9 +98,43 @@ def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
     assert list(csv.columns) == SCHEMA.names
     assert list(csv["path"]) == ["a.jpg", "b.jpg"] and csv["error"].isna().tolist() == [False, True]
     assert not list(store.folder.glob(".*.tmp"))
+    store.consolidate(tmp_path / "only_b.csv", {"b.jpg", "gone.jpg"})  # b.jpg alone is still input
+    assert list(pd.read_csv(tmp_path / "only_b.csv")["path"]) == ["b.jpg"]
     store.write(rows_table(ok))                  # the same files again: a resume bug
     with pytest.raises(RuntimeError, match="duplicate"):
-        store.consolidate(tmp_path / "out.parquet")
+        store.consolidate(tmp_path / "out.parquet", {"a.jpg", "b.jpg"})
+
+
+def test_an_upper_case_csv_name_gets_csv(tmp_path):
+    table = rows_table({"path": ["a.jpg"], "face": [-1], "x": [-1], "y": [-1], "w": [-1], "h": [-1],
+                        "emotion": [""], **{e: [float("nan")] for e in EMOTIONS}, "error": [NO_FACE]})
+    write_atomic(table, tmp_path / "OUT.CSV")
+    assert (tmp_path / "OUT.CSV").read_text().startswith('"path"')
+
+
+def test_links_special_files_and_foreign_names_are_listed_and_get_rows(tmp_path):
+    """Nothing in the input may vanish: a link to a folder is followed, a broken link and a
+    FIFO named like images get error rows (the FIFO without hanging the read), and a file
+    name that is not UTF-8 is scored under an escaped name the output can hold."""
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    (root / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "linked.png").write_bytes(encode(background(64, 48, seed=1), "PNG"))
+    (root / "sub" / "more").symlink_to(elsewhere, target_is_directory=True)
+    (root / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(root / "pipe.png")
+    latin1 = os.fsdecode(b"caf\xe9.png")
+    (root / latin1).write_bytes(encode(background(64, 48, seed=2), "PNG"))
+    files, others = list_images(str(root))
+    assert others == 0
+    assert [Path(f).relative_to(root).as_posix() for f in files] == [
+        "broken.jpg", latin1, "pipe.png", "sub/more/linked.png"]
+    assert display_path(files[1]).endswith("caf\\xe9.png") and display_path(files[0]) == files[0]
+    rows = detect_batch({"path": np.array([display_path(f) for f in files], dtype=object),
+                         "file": np.array([os.fsencode(f) for f in files], dtype=object)}, DetectConfig(mode="all"))
+    assert list(rows["error"]) == ["broken symbolic link", NO_FACE, "not a regular file", NO_FACE]
+    assert rows_table({**{k: list(v) for k, v in rows.items() if k != "image"}, "emotion": [""] * 4,
+                       **{e: [float("nan")] * 4 for e in EMOTIONS}}).num_rows == 4  # UTF-8 all through
 
 
 @pytest.mark.parametrize("mode", ["none", "all"])
@@ -112,6 +147,32 @@ def test_resource_plan_always_fits_actors_and_a_task(cpus, gpus, gpu, mode):
     assert plan.device == ("cuda" if gpu else "cpu") and plan.actor_gpus == int(gpu)
     if gpu:
         assert plan.actors == gpus
+
+
+@pytest.mark.parametrize("cpus,gpus,actors", [(2, 2, None), (4, 4, None), (8, 8, None), (1, 1, None),
+                                              (4, 1, 1), (3, 4, 2)])
+def test_gpu_plans_fit_when_cpus_are_as_few_as_gpus(cpus, gpus, actors):
+    plan = plan_resources(cpus, gpus, "all", gpu=True, actors=actors)
+    assert plan.task_cpus > 0 and plan.actors * plan.actor_cpus + plan.task_cpus <= cpus + 1e-9
+    assert plan.actors == (actors or gpus)
+
+
+def test_more_gpu_actors_than_gpus_is_refused():
+    with pytest.raises(ScoreError, match="--actors 2 with --gpu needs 2 GPUs; the Ray cluster has 1"):
+        plan_resources(16, 1, "all", gpu=True, actors=2)
+
+
+def test_overwrite_waits_its_turn_behind_a_running_job(tmp_path, small_artifact):
+    """--overwrite must not pull a running job's parts (and lock) from under it."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(encode(background(64, 48, seed=1), "PNG"))
+    out = tmp_path / "scores.parquet"
+    running = PartStore(parts_folder(out))
+    with running.locked():
+        (running.folder / "part-000000.parquet").write_bytes(b"a running job's part")
+        with pytest.raises(ScoreError, match="another scoring job"):
+            score_folder(str(small_artifact), str(tmp_path / "in"), str(out), overwrite=True, log=print)
+        assert (running.folder / "part-000000.parquet").read_bytes() == b"a running job's part"
 
 
 def test_bad_output_name_is_a_user_error(tmp_path, capsys):
@@ -163,6 +224,13 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
 
     again = score_folder(str(small_artifact), str(root), str(out), faces="all", log=print)
     assert (again.scored_now, again.already_scored) == (0, 6)
+    (root / os.fsdecode(b"caf\xe9.png")).write_bytes(encode(background(320, 240, seed=4), "PNG"))  # Latin-1 name
+    grown = score_folder(str(small_artifact), str(root), str(out), faces="all", log=print)
+    assert (grown.files, grown.scored_now, grown.no_face) == (7, 1, 2)
+    assert str(root / "caf\\xe9.png") in set(pq.read_table(out).column("path").to_pylist())
+    one = score_folder(str(small_artifact), str(root / "landscape.png"), str(out), faces="all", log=print)
+    assert (one.files, one.scored_now, one.already_scored) == (1, 0, 1)  # OUT follows the input
+    assert set(pq.read_table(out).column("path").to_pylist()) == {str(root / "landscape.png")}
     with pytest.raises(ScoreError, match="other settings"):
         score_folder(str(small_artifact), str(root), str(out), faces="largest", log=print)
 

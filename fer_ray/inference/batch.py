@@ -36,10 +36,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fer_ray.data.faces import FACE_MODES, FaceDetector, find_faces
+from fer_ray.data.files import files_under, not_a_file
 from fer_ray.data.preprocess import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_grey,
                                      has_image_extension, resize)
 from fer_ray.emotions import EMOTIONS
@@ -67,19 +69,20 @@ def list_images(input: str) -> tuple[list[str], int]:
     """Absolute paths of the image files under a folder (recursively) or matching a glob.
 
     Returns (sorted image paths, number of other files skipped for their extension). Only
-    the extension decides what is an image here: a text file named ``.jpg`` is listed, and
-    later gets an error row, so what was asked for is always accounted for.
+    the name decides what is an image here: a text file named ``.jpg``, a broken link or a
+    FIFO named ``.png`` is listed, and later gets an error row, so what was asked for is
+    always accounted for. Links to folders are followed, as a glob's ``**`` does.
     """
     root = Path(input)
     if root.is_dir():
-        candidates = (str(p) for p in root.rglob("*") if p.is_file())
-    elif root.is_file():
+        candidates = (str(p) for p in files_under(root))
+    elif os.path.lexists(root):
         candidates = iter([str(root)])
     else:
         matches = glob.glob(input, recursive=True)
         if not matches:
             raise FileNotFoundError(f"input not found: {input} (a folder, a file or a glob)")
-        candidates = (m for m in matches if os.path.isfile(m))
+        candidates = (m for m in matches if not os.path.isdir(m))
     images, others = set(), 0
     for path in candidates:
         if has_image_extension(path):
@@ -89,6 +92,13 @@ def list_images(input: str) -> tuple[list[str], int]:
     if not images:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {input}")
     return sorted(images), others
+
+
+def display_path(path: str) -> str:
+    """A path as the output stores it. Parquet and CSV strings must be UTF-8, and a file name
+    in another encoding (a Latin-1 name from an old archive) is not: its odd bytes are
+    written as ``\\xNN`` escapes. Valid names come back unchanged."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,8 +132,11 @@ class DetectConfig:
             raise ScoreError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
 
 
-def read_image(path: str, max_pixels: int) -> np.ndarray:
+def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:
     """Grey pixels of one file, or ImageError with the reason (unreadable files included)."""
+    problem = not_a_file(path)
+    if problem:  # checked first: opening a FIFO would wait for a writer for ever
+        raise ImageError(problem)
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -144,7 +157,11 @@ def crop_faces(grey: np.ndarray, config: DetectConfig, detector: FaceDetector | 
 
 def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str, np.ndarray]:
     """Paths -> one row per face (crop resized to the artifact's image size), or one row
-    per file that has no face or cannot be used. ``n_faces`` is the file's row count."""
+    per file that has no face or cannot be used. ``n_faces`` is the file's row count.
+
+    ``path`` is what the rows carry; an optional ``file`` column (the name's raw bytes) is
+    what is opened, for names that ``path`` shows escaped (see ``display_path``).
+    """
     size = config.image_size
     detector = None if config.mode == "none" else _detector(config.detect_side, config.min_face_fraction)
     cols = {k: [] for k in ("path", "face", "n_faces", "x", "y", "w", "h", "error")}
@@ -157,15 +174,19 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
             cols[key].append(getattr(box, key) if box is not None else -1)
         images.append(crop if crop is not None else np.zeros((size, size), np.uint8))
 
-    for path in batch["path"]:
+    for path, file in zip(batch["path"], batch.get("file", batch["path"])):
         path = str(path)
         try:
-            faces = crop_faces(read_image(path, config.max_pixels), config, detector)
+            grey = read_image(file if isinstance(file, bytes) else str(file), config.max_pixels)
+            faces = crop_faces(grey, config, detector)
         except ImageError as exc:
             add(path, -1, 1, None, None, str(exc))
             continue
         except cv2.error as exc:  # one odd image must not fail the task (and every rerun with it)
             add(path, -1, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - likewise for anything else: an error row
+            add(path, -1, 1, None, None, f"could not process the image ({type(exc).__name__}: {exc})"[:300])
             continue
         if not faces:
             add(path, -1, 1, None, None, NO_FACE)
@@ -264,7 +285,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
     """Write Parquet or CSV to a temporary name, fsync, then rename: a reader (or a resumed
     job) sees either the whole file or none of it, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         pacsv.write_csv(table, str(tmp))
     else:
         pq.write_table(table, str(tmp))
@@ -277,7 +298,7 @@ class PartStore:
     """The ``OUT.parts/`` folder: ``job.json`` (the settings) and ``part-NNNNNN.parquet`` files.
 
     A lock (``flock``, released by the kernel even when the process is killed) keeps two
-    jobs from writing the same parts at once.
+    jobs from writing the same parts at once; ``--overwrite`` clears the folder under it.
     """
 
     def __init__(self, folder: Path):
@@ -294,6 +315,12 @@ class PartStore:
             for stale in self.folder.glob(".part-*.tmp"):  # a killed job's unfinished write
                 stale.unlink()
             yield self
+
+    def clear(self) -> None:
+        """Remove every result (called with the lock held; the lock file itself stays)."""
+        for entry in self.folder.iterdir():
+            if entry.name != ".lock":
+                entry.unlink()
 
     def check_job(self, job: dict) -> None:
         """Record the job's settings, or refuse to mix results made with other settings.
@@ -328,11 +355,15 @@ class PartStore:
         write_atomic(table, path)
         return path
 
-    def consolidate(self, output: Path) -> pa.Table:
-        """All parts -> OUT, sorted by path and face. A file in two parts would be a bug in
+    def consolidate(self, output: Path, paths: set[str]) -> pa.Table:
+        """The parts' rows of ``paths`` (this run's input) -> OUT, sorted by path and face.
+
+        Rows of files no longer in the input (deleted, or scored for another input into the
+        same output) stay in the parts but not in OUT. A file in two parts would be a bug in
         the resume logic, so it is refused rather than silently deduplicated."""
         tables = [pq.read_table(p, schema=SCHEMA) for p in self.parts()]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+        table = table.filter(pc.is_in(table.column("path"), pa.array(sorted(paths), pa.string())))
         table = table.sort_by([("path", "ascending"), ("face", "ascending")])
         keys = list(zip(table.column("path").to_pylist(), table.column("face").to_pylist()))
         if len(set(keys)) != len(keys):
@@ -402,7 +433,10 @@ def plan_resources(cpus: int, gpus: int, mode: str, gpu: bool = False, actors: i
     if gpu:
         if gpus < 1:
             raise ScoreError("--gpu was given but the Ray cluster has no GPU")
-        n, actor_cpus, actor_gpus, device = actors or gpus, min(1.0, cpus / 2), 1, "cuda"
+        if actors and actors > gpus:
+            raise ScoreError(f"--actors {actors} with --gpu needs {actors} GPUs; the Ray cluster has {gpus}")
+        n, actor_gpus, device = actors or gpus, 1, "cuda"
+        actor_cpus = min(1.0, (cpus - 0.5) / n)  # half a CPU at least is left for detection
     elif mode == "none":
         n, actor_gpus, device = actors or cpus, 0, "cpu"
         actor_cpus = min(0.75, (cpus - 0.25) / n)
@@ -425,8 +459,6 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
     ``part_files``: files per part (how much work an interruption can lose at most).
     ``actors``: model actors (default: one per GPU with ``gpu``, else one per two CPUs).
     """
-    import shutil
-
     from fer_ray.artifacts import read_meta
 
     out = Path(output)
@@ -437,17 +469,18 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
     meta = read_meta(artifact)
     config = DetectConfig(mode=faces, image_size=int(meta["image_size"]), margin=margin, max_pixels=max_pixels)
     files, others = list_images(input)
+    shown = {f: display_path(f) for f in files}
     store = PartStore(parts_folder(out))
-    if overwrite:
-        shutil.rmtree(store.folder, ignore_errors=True)
-        out.unlink(missing_ok=True)
     summary = ScoreSummary(output=str(out), skipped_non_images=others)
     job = {"artifact": os.path.abspath(artifact), "weights_sha256": meta.get("weights_sha256"),
            **{k: v for k, v in asdict(config).items() if k != "image_size"}}
     with store.locked():
+        if overwrite:  # under the lock: a running job's parts are never pulled from under it
+            store.clear()
+            out.unlink(missing_ok=True)
         store.check_job(job)
         done = store.scored_paths()
-        todo = [f for f in files if f not in done]
+        todo = [f for f in files if shown[f] not in done]
         summary.already_scored = len(files) - len(todo)
         log(f"score: {len(files)} image files ({others} other files ignored), "
             f"{summary.already_scored} already scored, {len(todo)} to score")
@@ -457,7 +490,7 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
                           num_cpus, t0, log)
         summary.seconds = time.time() - t0
         summary.images_per_s = summary.scored_now / summary.seconds if summary.seconds > 0 else 0.0
-        _count(store.consolidate(out), summary)
+        _count(store.consolidate(out, set(shown.values())), summary)
     log(summary.line())
     for example in summary.error_examples:
         log(f"  error: {example}")
@@ -478,7 +511,8 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
         f"each), detection tasks of {plan.files_per_task} files at {plan.task_cpus} CPU")
     blocks = max(1, min(math.ceil(len(todo) / plan.files_per_task), 1000))
     ds = (
-        ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+        ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
+                            override_num_blocks=blocks)
         .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=plan.files_per_task,
                      num_cpus=plan.task_cpus)
         .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": plan.device,
