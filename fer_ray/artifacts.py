@@ -78,11 +78,37 @@ def read_meta(path: str | Path) -> dict:
         meta = json.loads((p / META_FILE).read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{p / META_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{p / META_FILE} must hold a JSON object, not {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{p} has format {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("kind") not in KINDS:
         raise ArtifactError(f"{p} has unknown kind {meta.get('kind')!r}")
+    _check_fields(p, meta)
     return meta
+
+
+# The fields each kind's loader reads, and their JSON types: a hand-edited or truncated
+# model.json is refused here, by name, instead of failing later with a KeyError.
+_FIELDS = {"image_size": int}
+_TYPE_NAMES = {int: "positive integer", str: "string", dict: "JSON object", list: "JSON list"}
+_KIND_FIELDS = {
+    "cnn": {"architecture": str, "num_classes": int, "input_size": int, "in_channels": int, "normalization": dict},
+    "svm": {},
+    "ensemble": {"members": list},
+}
+
+
+def _check_fields(p: Path, meta: dict) -> None:
+    for key, kind in (_FIELDS | _KIND_FIELDS[meta["kind"]]).items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            raise ArtifactError(f"{p / META_FILE}: {key!r} must be a {_TYPE_NAMES[kind]}, got {value!r}")
+    norm = meta.get("normalization")
+    if meta["kind"] == "cnn" and not (set(norm) == {"mean", "std"} and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm.values())):
+        raise ArtifactError(f"{p / META_FILE}: 'normalization' must be {{\"mean\": number, \"std\": number}}, "
+                            f"got {norm!r}")
 
 
 def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -121,5 +147,10 @@ def load_cnn(path: str | Path, device: torch.device | str = "cpu"):
     if meta["kind"] != "cnn":
         raise ArtifactError(f"{path} is a {meta['kind']} artifact, not a CNN")
     model = build_model(meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"])
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # shapes or names disagree with model.json's architecture
+        detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+        raise ArtifactError(f"{path}: the weights do not fit the {meta['architecture']} described in "
+                            f"{META_FILE} ({detail[:300]})") from None
     return model.to(device).eval(), meta

@@ -59,6 +59,29 @@ def test_tampered_or_broken_artifacts_are_refused(tmp_path):
         read_meta(tmp_path / "c")
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("architecture"), "'architecture' must be a string, got None"),
+    (lambda m: m.pop("input_size"), "'input_size' must be a positive integer"),
+    (lambda m: m.update(image_size="48"), "'image_size' must be a positive integer, got '48'"),
+    (lambda m: m.update(num_classes=0), "'num_classes' must be a positive integer, got 0"),
+    (lambda m: m.update(normalization="x"), "'normalization' must be a JSON object"),
+    (lambda m: m.update(normalization={"mean": 0.5}), "'normalization' must be {\"mean\": number"),
+    (lambda m: m.update(architecture="vgg16"), "weights do not fit the vgg16 .*size mismatch"),
+    (lambda m: m.update(num_classes=5), "weights do not fit the small_cnn .*size mismatch"),
+    (lambda m: [m], "must hold a JSON object, not list"),
+])
+def test_a_hand_edited_model_json_is_refused_by_name(tmp_path, edit, message):
+    """Every loader path (Predictor, evaluate, score, serve, transfer) starts from read_meta
+    and load_cnn: a damaged model.json must be one clear ArtifactError there, not a KeyError
+    or a state-dict traceback later."""
+    save_cnn(str(tmp_path / "a"), build_model("small_cnn"), _meta())
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    edited = edit(meta)
+    (tmp_path / "a" / "model.json").write_text(json.dumps(edited if isinstance(edited, list) else meta))
+    with pytest.raises(ArtifactError, match=message):
+        Predictor(tmp_path / "a", device="cpu")
+
+
 def test_metrics_updates_keep_weights_valid(tmp_path):
     save_cnn(str(tmp_path / "a"), build_model("small_cnn"), _meta())
     update_metrics(tmp_path / "a", {"test": {"accuracy": 0.5}})
@@ -83,5 +106,7 @@ def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
     assert predictor.features(data["image"][:3]).shape == (3, 128)
     with pytest.raises(ValueError, match="grey uint8"):
         predictor.predict_proba([np.zeros((48, 48, 3), np.uint8)])
+    with pytest.raises(ValueError, match="grey uint8 faces .*float32"):  # 0..1 floats: not silently black
+        predictor.predict_proba(data["image"][:2].astype(np.float32) / 255)
     with pytest.raises(ValueError, match="test-time"):
         predictor.predict_proba(data["image"][:2], tta="rotate")

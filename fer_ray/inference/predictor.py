@@ -81,8 +81,11 @@ class Predictor:
 
     def prepare(self, faces) -> np.ndarray:
         """Grey uint8 faces (a list of (H, W) arrays, or one (N, H, W) array) -> (N, S, S)."""
-        if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (self.image_size,) * 2:
-            return faces.astype(np.uint8, copy=False)
+        if isinstance(faces, np.ndarray) and faces.ndim == 3:
+            if faces.dtype != np.uint8:  # a 0..1 float array would silently become black faces
+                raise ValueError(f"expected grey uint8 faces (N, H, W), got {faces.dtype}")
+            if faces.shape[1:] == (self.image_size,) * 2:
+                return faces
         out = np.empty((len(faces), self.image_size, self.image_size), dtype=np.uint8)
         for i, face in enumerate(faces):
             face = np.asarray(face)

@@ -25,7 +25,11 @@ def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channe
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     model = MODELS[name](num_classes=num_classes, input_size=input_size, in_channels=in_channels)
     if weights:
-        model.load_state_dict(load_state_dict(weights))
+        try:
+            model.load_state_dict(load_state_dict(weights))
+        except RuntimeError as exc:  # names or shapes of another architecture
+            detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+            raise ValueError(f"weights {weights} do not fit {name} at {input_size} px ({detail[:300]})") from None
     return model
 
 
