@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,9 +90,12 @@ def _checkpointed_history(run_dir):
 
 
 @pytest.mark.timeout(300)
-def test_transfer_learning_freezes_early_stages(small_artifact, synthetic_catalog, tmp_path, ray_session):
+def test_transfer_learning_freezes_early_stages(small_artifact, synthetic_catalog, tmp_path, ray_session,
+                                                monkeypatch):
+    monkeypatch.chdir(small_artifact.parent)  # a relative --init-from, as a user types it: each
+    # Ray Train worker runs in a directory of its own, so the path must be made absolute first
     summary = train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"),
-                                init_from=str(small_artifact), freeze=-1, recipe=Recipe(epochs=2, **FAST)),
+                                init_from=small_artifact.name, freeze=-1, recipe=Recipe(epochs=2, **FAST)),
                     log=lambda *_: None)
     meta, new = load_artifact(summary["artifact"])
     _, old = load_artifact(small_artifact)
@@ -102,6 +106,27 @@ def test_transfer_learning_freezes_early_stages(small_artifact, synthetic_catalo
         if name.startswith("backbone."):
             assert torch.equal(value, old[name]), f"frozen {name} changed"
     assert not torch.equal(new["classifier.weight"], old["classifier.weight"])
+
+
+def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic_catalog, tmp_path):
+    """Caught before any Ray Train worker starts (where they would fail, be retried by
+    FailureConfig, and end in a WorkerGroupError with the reason buried in worker logs)."""
+    def config(**kw):
+        return TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), **kw)
+
+    with pytest.raises(ValueError, match="--freeze 6 is out of range"):
+        train(config(init_from=str(small_artifact), freeze=6), log=lambda *_: None)
+    with pytest.raises(ValueError, match="--freeze needs --init-from"):
+        config(freeze=-2)
+    with pytest.raises(ValueError, match="--checkpoint-every must be at least 1"):
+        config(checkpoint_every=0)
+    torch.save(build_model("small_cnn", num_classes=5).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="weights .*other.pt do not fit small_cnn"):
+        train(config(weights=str(tmp_path / "other.pt")), log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        train(config(weights="nowhere.safetensors"), log=lambda *_: None)
+    assert not (tmp_path / "run" / "ray").exists()  # no Ray Train run was started
+    assert config(weights="w.pt").weights == str(Path.cwd() / "w.pt")
 
 
 def test_freeze_rules():

@@ -12,6 +12,7 @@ and name resumes instead of starting over.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
 from fer_ray.training.local import artifact_meta
 from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
-from fer_ray.training.transfer import freeze_stages
+from fer_ray.training.transfer import freeze_stages, resolve_freeze
 
 STATE_FILE = "state.pt"
 
@@ -57,6 +58,14 @@ class TrainConfig:
             self.recipe = Recipe.from_dict(self.recipe)
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if self.checkpoint_every < 1:
+            raise ValueError("--checkpoint-every must be at least 1")
+        if self.freeze and not self.init_from:
+            raise ValueError("--freeze needs --init-from (the artifact whose early stages to freeze)")
+        # Ray Train runs each worker in a directory of its own: relative paths would not resolve.
+        for key in PATH_KEYS:
+            if getattr(self, key):
+                setattr(self, key, os.path.abspath(getattr(self, key)))
 
 
 def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
@@ -69,6 +78,17 @@ def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
                 "normalization": meta["normalization"]}
     return {"architecture": cfg.model, "input_size": cfg.input_size or manifest["image_size"],
             "normalization": {"mean": manifest["pixel_mean"], "std": manifest["pixel_std"]}}
+
+
+def _check_start(cfg: TrainConfig, resolved: dict) -> None:
+    """Build the starting model on the driver, as each worker will: a wrong architecture,
+    weights file, artifact or ``--freeze`` is one clear error here, not a failure in every
+    worker (retried by FailureConfig) before Ray gives up."""
+    model = build_model(resolved["architecture"], NUM_CLASSES, resolved["input_size"], weights=cfg.weights)
+    if cfg.init_from:
+        _, state = load_artifact(cfg.init_from)
+        model.load_state_dict(state)
+        resolve_freeze(model, cfg.freeze)
 
 
 def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
@@ -85,7 +105,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
 
     manifest = read_manifest(cfg.catalog)
     resolved = _resolve(cfg, manifest)
-    build_model(resolved["architecture"], NUM_CLASSES, resolved["input_size"])  # fail fast on bad names
+    _check_start(cfg, resolved)
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(run_dir, cfg)
@@ -135,6 +155,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
 
 # Settings that shape the training trajectory: a rerun that resumes must keep them.
 TRAJECTORY = ("catalog", "model", "input_size", "recipe", "workers", "init_from", "freeze", "weights")
+PATH_KEYS = ("catalog", "init_from", "weights")
 
 
 def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
@@ -147,6 +168,9 @@ def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     if not (previous.exists() and (run_dir / "ray" / cfg.name).exists()):
         return
     old = json.loads(previous.read_text())
+    for key in PATH_KEYS:  # runs recorded before paths were made absolute
+        if old.get(key):
+            old[key] = os.path.abspath(old[key])
     new = json.loads(json.dumps(asdict(cfg)))  # as stored: tuples become lists
     changed = [k for k in TRAJECTORY if old.get(k) != new.get(k)]
     if old.get("name") == cfg.name and changed:
