@@ -71,6 +71,22 @@ def test_photo_scorer_without_ray(small_artifact, images):
     assert image_error_status(ImageError("empty file (0 bytes)")) == 400
 
 
+def test_a_detector_failure_is_the_image_s_error_not_a_500(small_artifact, images, monkeypatch):
+    import cv2
+
+    from fer_ray.data.faces import FaceDetector
+
+    def fail(self, grey):
+        raise cv2.error("OpenCV(4.x) cascadedetect.cpp: error: (-215:Assertion failed)")
+
+    monkeypatch.setattr(FaceDetector, "detect", fail)
+    scorer = PhotoScorer(str(small_artifact))
+    with pytest.raises(ImageError, match="face detection failed") as exc:
+        scorer.faces(images["two"], "all")
+    assert image_error_status(exc.value) == 400
+    assert scorer.faces(images["two"], "none")[2].shape == (1, 48, 48)  # no detector, no failure
+
+
 def test_app_builder_validates_string_args(small_artifact):
     config = ServeConfig.model_validate({"artifact": str(small_artifact), "max_batch_size": "4"})
     assert config.max_batch_size == 4 and config.ongoing() >= 4

@@ -29,6 +29,7 @@ import dataclasses
 import threading
 from typing import Literal, Optional
 
+import cv2
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -122,7 +123,10 @@ class PhotoScorer:
         """((width, height), boxes, crops (k, S, S) uint8); raises ImageError."""
         grey = decode_grey(data, self.config.max_pixels)
         config = dataclasses.replace(self.config, mode=mode)
-        found = crop_faces(grey, config, None if mode == "none" else self._detector())
+        try:
+            found = crop_faces(grey, config, None if mode == "none" else self._detector())
+        except cv2.error as exc:  # this image's problem (as in ``fer-ray score``), not a 500
+            raise ImageError(f"face detection failed ({str(exc).strip()[:200]})") from None
         size = self.predictor.image_size
         crops = np.stack([c for _, c in found]) if found else np.zeros((0, size, size), np.uint8)
         return (grey.shape[1], grey.shape[0]), [b for b, _ in found], crops
