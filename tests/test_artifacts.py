@@ -110,3 +110,14 @@ def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
         predictor.predict_proba(data["image"][:2].astype(np.float32) / 255)
     with pytest.raises(ValueError, match="test-time"):
         predictor.predict_proba(data["image"][:2], tta="rotate")
+
+
+def test_evaluations_on_another_catalog_are_kept_apart(synthetic_catalog):
+    from fer_ray.data.catalog import read_manifest
+    from fer_ray.evaluation.evaluate import metrics_key
+
+    own = {"catalog": {"sha256": read_manifest(str(synthetic_catalog))["catalog_sha256"]}}
+    assert metrics_key(own, str(synthetic_catalog), "test", "none") == "test"
+    assert metrics_key(own, str(synthetic_catalog), "val", "flip") == "val+tta-flip"
+    other = {"catalog": {"sha256": "0" * 64}}  # trained elsewhere (e.g. FER2013, scored on KDEF)
+    assert metrics_key(other, str(synthetic_catalog), "test", "none") == f"{synthetic_catalog.name}:test"

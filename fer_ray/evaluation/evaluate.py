@@ -30,10 +30,20 @@ def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta:
     proto = protocol(catalog, split, tta)
     write_report(metrics, output, f"{predictor.kind} {predictor.meta.get('architecture', '')} on {split}".strip(),
                  proto)
-    key = f"{split}" if tta == "none" else f"{split}+tta-{tta}"
-    update_metrics(artifact, {key: {**headline_figures(metrics),
-                                    "count": metrics["count"], "protocol": proto}})
+    update_metrics(artifact, {metrics_key(predictor.meta, catalog, split, tta): {
+        **headline_figures(metrics), "count": metrics["count"], "protocol": proto}})
     return metrics
+
+
+def metrics_key(meta: dict, catalog: str, split: str, tta: str) -> str:
+    """Where model.json records a result: the split's name on the catalog the artifact was
+    trained on (``val``, ``test+tta-flip``), prefixed by the catalog's folder name on any
+    other catalog (``kdef:test``), so evaluating elsewhere never overwrites those figures."""
+    key = split if tta == "none" else f"{split}+tta-{tta}"
+    trained_on = (meta.get("catalog") or {}).get("sha256")
+    if trained_on != read_manifest(catalog)["catalog_sha256"]:
+        key = f"{Path(catalog).resolve().name}:{key}"
+    return key
 
 
 def evaluate_splits(artifact: str, catalog: str, run_dir: Path, tta: str = "none", log=print) -> dict:
