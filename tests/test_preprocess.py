@@ -77,3 +77,16 @@ def test_decoding_in_many_threads_leaves_the_warning_filters_alone():
         warnings.simplefilter("always")
         warnings.warn("still just a warning")
     assert len(caught) == 1
+
+
+def test_a_file_too_big_for_any_allowed_image_is_refused_unread(tmp_path):
+    from fer_ray.data.files import read_image_file
+
+    big = tmp_path / "huge.jpg"
+    with open(big, "wb") as fh:  # sparse: 70 MiB on paper, nothing on disk
+        fh.truncate(70 << 20)
+    with pytest.raises(ImageError, match="file too large: 73400320 bytes"):
+        read_image_file(big, max_pixels=1000)
+    assert len(read_image_file(big, max_pixels=1_000_000)) == 70 << 20  # 64 MiB + 8 MB allowed
+    with pytest.raises(ImageError, match="file not found"):
+        read_image_file(tmp_path / "gone.jpg", max_pixels=1000)

@@ -39,3 +39,27 @@ def not_a_file(path: Path | str) -> str:
     if not os.path.lexists(path):
         return "file not found"
     return "not a regular file"
+
+
+def read_image_file(path: Path | str | bytes, max_pixels: int) -> bytes:
+    """The bytes of a file that is to be decoded as an image, or ImageError saying why not.
+
+    The pixel limit is checked later from the image header, but only after the whole file is
+    in memory: a multi-gigabyte file named ``.jpg`` would take a worker down first. No image
+    format we accept needs more than 8 bytes a pixel, so anything larger is refused unread.
+    """
+    from fer_ray.data.preprocess import ImageError
+
+    problem = not_a_file(path)
+    if problem:  # checked first: opening a FIFO would wait for a writer for ever
+        raise ImageError(problem)
+    limit = (64 << 20) + 8 * max_pixels
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise ImageError(f"file too large: {size} bytes, more than any image of at most "
+                             f"{max_pixels} pixels needs ({limit})")
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None

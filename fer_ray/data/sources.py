@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ray.data.faces import FaceDetector, find_faces
-from fer_ray.data.files import files_under, not_a_file
+from fer_ray.data.files import files_under, not_a_file, read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
 from fer_ray.data.synthetic import GENERATOR_VERSION, balanced_labels, synthetic_faces
 from fer_ray.emotions import KDEF_CODES, EMOTIONS, label_from_index, label_from_name
@@ -95,11 +95,6 @@ def _require_dir(path: str) -> Path:
     if not root.is_dir():
         raise SourceError(f"input must be a folder: {root}")
     return root
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 def _items(**columns) -> list[dict]:
@@ -171,7 +166,7 @@ class FolderSource:
                 continue
             raw = b""
             try:
-                raw = _read_file(path)
+                raw = read_image_file(path, self.max_pixels)
                 rows.add(resize(decode_grey(raw, self.max_pixels), self.size), int(label), split, row_id, raw=raw)
             except (ImageError, OSError) as exc:
                 rows.reject(row_id, str(exc), split, raw=raw)  # raw keeps the source hash honest
@@ -368,7 +363,7 @@ class KdefSource:
                 continue
             raw = b""
             try:
-                raw = _read_file(path)
+                raw = read_image_file(path, self.max_pixels)
                 grey = decode_grey(raw, self.max_pixels)
             except (ImageError, OSError) as exc:
                 rows.reject(row_id, str(exc), subject=subject, raw=raw)

@@ -41,7 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fer_ray.data.faces import FACE_MODES, FaceDetector, find_faces
-from fer_ray.data.files import files_under, not_a_file
+from fer_ray.data.files import files_under, read_image_file
 from fer_ray.data.preprocess import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_grey,
                                      has_image_extension, resize)
 from fer_ray.emotions import EMOTIONS
@@ -134,15 +134,7 @@ class DetectConfig:
 
 def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:
     """Grey pixels of one file, or ImageError with the reason (unreadable files included)."""
-    problem = not_a_file(path)
-    if problem:  # checked first: opening a FIFO would wait for a writer for ever
-        raise ImageError(problem)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ImageError(f"cannot read file ({exc.strerror or exc})") from None
-    return decode_grey(data, max_pixels)
+    return decode_grey(read_image_file(path, max_pixels), max_pixels)
 
 
 def crop_faces(grey: np.ndarray, config: DetectConfig, detector: FaceDetector | None) -> list:
