@@ -101,6 +101,8 @@ def test_svm_artifact_round_trips_through_predictor(synthetic_svm, synthetic_cat
     np.testing.assert_allclose(SvmBackend(str(path)).predict_proba(val["image"]), probs, atol=1e-6)
     flipped = predictor.predict_proba(val["image"], tta="flip")
     assert flipped.shape == probs.shape and not np.allclose(flipped, probs)
+    with pytest.raises(ValueError, match="svm artifacts support .*not 'tencrop'"):
+        predictor.predict_proba(val["image"][:2], tta="tencrop")
     # Faces of another size are resized by the Predictor, like for every other kind.
     assert predictor.predict(np.zeros((2, 96, 96), np.uint8)).shape == (2,)
 
