@@ -87,6 +87,23 @@ def test_a_detector_failure_is_the_image_s_error_not_a_500(small_artifact, image
     assert scorer.faces(images["two"], "none")[2].shape == (1, 48, 48)  # no detector, no failure
 
 
+@pytest.mark.parametrize("declared", ["\u00b2", "12a", "-1"])
+def test_a_content_length_of_anything_but_ascii_digits_is_a_400(declared):
+    import asyncio
+
+    from starlette.requests import Request
+
+    from fer_ray.inference.serve import ApiError, read_body
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", declared.encode("latin-1"))]}
+    with pytest.raises(ApiError, match="invalid Content-Length") as exc:
+        asyncio.run(read_body(Request(scope, receive), 100))
+    assert exc.value.status == 400
+
+
 def test_app_builder_validates_string_args(small_artifact):
     config = ServeConfig.model_validate({"artifact": str(small_artifact), "max_batch_size": "4"})
     assert config.max_batch_size == 4 and config.ongoing() >= 4
