@@ -139,3 +139,10 @@ def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_
     np.testing.assert_array_equal(first, again)
     head = EnsembleBackend(str(run / "artifact"), torch.device("cpu")).head
     np.testing.assert_allclose(first, head.predict_proba(feats["features"]), atol=1e-4)
+
+    # Featurizing again into the same folder (a rerun) replaces the features: Ray Data alone
+    # would add a second copy of every row beside the first.
+    from fer_ray.ensemble.features import featurize_split
+
+    featurize_split(members, catalog, "val", str(run / "features" / "val"), actors=1, batch_size=128)
+    assert len(read_features(str(run / "features" / "val"))["id"]) == len(val["id"])

@@ -14,6 +14,7 @@ Output columns: ``features`` float32 (sum of member widths), ``probs`` float32
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,10 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
     """
     import ray
 
-    from fer_ray.runtime import init_ray
+    from fer_ray.runtime import cluster_capacity, init_ray
 
     init_ray()
-    resources = ray.cluster_resources()
+    resources = cluster_capacity()
     if gpu is None:
         gpu = resources.get("GPU", 0) >= 1
     if actors is None:  # on CPUs, leave one CPU for the read and write tasks, or the pipeline stalls
@@ -76,6 +77,9 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
                         num_gpus=1 if gpu else 0,
                         num_cpus=0 if gpu else cpus_per_actor, batch_format="numpy")
     out = Path(output)
+    # Ray Data appends new files to a folder: a rerun (after an interruption, or with other
+    # members) would otherwise read every face twice, or mix two models' features.
+    shutil.rmtree(out, ignore_errors=True)
     ds.write_parquet(str(out))
     return out
 
