@@ -23,6 +23,12 @@ import numpy as np
 PAPER = {  # Savoiu & Wong, test accuracy on FER2013 (transfer: on KDEF)
     "svm": 0.318, "vgg16": 0.592, "vgg16_bn": 0.592, "resnet50": 0.651, "ensemble": 0.672, "transfer": 0.783,
 }
+# Settings that shape what a finished stage holds. A rerun that resumes may change anything
+# else (storage, resources, --gpu, what to score, adding --kdef), but not these.
+STAGE_SETTINGS = ("source", "input", "count", "size", "models", "input_sizes", "epochs", "batch_size", "lr",
+                  "workers", "svm_samples", "svm_lambda", "kdef_face_crop", "transfer_freeze", "transfer_epochs",
+                  "seed")
+CONFIG_FILE = "pipeline-config.json"
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Pipeline:
 
     def cnn(self, catalog: str, index: int, model: str, init_from: str | None = None, freeze: int = 0,
             epochs: int | None = None, name: str | None = None) -> str:
+        from fer_ray.data.catalog import read_manifest
         from fer_ray.training.loop import Recipe
         from fer_ray.training.trainer import TrainConfig, train
 
@@ -133,7 +140,9 @@ class Pipeline:
         cfg = TrainConfig(catalog=catalog, run_dir=str(out), model=model, recipe=recipe,
                           input_size=self.cfg.input_sizes.get(model), workers=self.cfg.workers, gpu=self.cfg.gpu,
                           cpus_per_worker=self.cfg.cpus_per_worker, init_from=init_from, freeze=freeze)
-        self.stage(name, out / "eval-val" / "metrics.json", lambda: train(cfg, log=self.log))
+        # Training evaluates val, then test: the stage is done once the last of them is written.
+        last = "test" if "test" in read_manifest(catalog)["shards"] else "val"
+        self.stage(name, out / f"eval-{last}" / "metrics.json", lambda: train(cfg, log=self.log))
         return str(out / "artifact")
 
     def ensemble(self, catalog: str, members: list[str]) -> str:
@@ -224,9 +233,29 @@ class Pipeline:
                 _upload_file(self.work / name, f"{self.cfg.storage.rstrip('/')}/{name}")
         return summary
 
+    def check_settings(self) -> None:
+        """Refuse to resume a work directory whose finished stages were made with other
+        settings (they would be reused as they are), and a ``--gpu`` the cluster cannot give."""
+        from fer_ray.runtime import cluster_capacity, init_ray
+
+        path = self.work / CONFIG_FILE
+        if path.exists() and (self.work / "catalog" / "manifest.json").exists():
+            old, new = json.loads(path.read_text()), json.loads(json.dumps(asdict(self.cfg)))
+            changed = [k for k in STAGE_SETTINGS if old.get(k) != new.get(k)]
+            if old.get("kdef") and old.get("kdef") != new.get("kdef"):
+                changed.append("kdef")
+            if changed:
+                raise ValueError(f"{self.work} holds a pipeline run made with other {', '.join(changed)}; rerun "
+                                 "with the same settings to resume it, or use a new --storage")
+        if self.cfg.gpu:
+            init_ray()
+            if cluster_capacity().get("GPU", 0) < 1:
+                raise ValueError("--gpu given but the Ray cluster has no GPU (and cannot scale up to one)")
+        path.write_text(json.dumps(asdict(self.cfg), indent=2))
+
     def run(self) -> dict:
         t0 = time.perf_counter()
-        (self.work / "pipeline-config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        self.check_settings()
         catalog = self.prepare()
         svm = self.svm(catalog)
         cnns = [self.cnn(catalog, i + 1, m) for i, m in enumerate(self.cfg.models)]

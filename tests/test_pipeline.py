@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from datagen import write_kdef
@@ -29,3 +31,16 @@ def test_pipeline_transfers_the_best_cnn_to_kdef(tmp_path, ray_session):
     assert transfer["catalog"]["sha256"] == read_manifest(str(out / "kdef-catalog"))["catalog_sha256"]
     assert 0 <= summary["transfer"]["accuracy"] <= 1 and summary["transfer"]["paper"] == 0.783
     assert "## Transfer learning to KDEF" in (out / "report.md").read_text()
+
+    # Rerun: every finished stage is skipped. A CNN stage cut off after its val evaluation
+    # (before test) is not finished: it runs again (resuming its Train run) and completes.
+    shutil.rmtree(out / "cnn-1-small_cnn" / "eval-test")
+    lines = []
+    again = Pipeline(cfg, log=lines.append).run()
+    assert "[pipeline] cnn-1-small_cnn ..." in lines and "[pipeline] ensemble ..." not in lines
+    assert (out / "cnn-1-small_cnn" / "eval-test" / "metrics.json").exists()
+    assert again["table"] == summary["table"]
+    # Other settings on the same work directory would reuse stages made with the old ones.
+    changed = PipelineConfig(**{**cfg.__dict__, "epochs": 3})
+    with pytest.raises(ValueError, match="made with other epochs"):
+        Pipeline(changed, log=lambda *_: None).run()
