@@ -53,3 +53,19 @@ def _environ(**values: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def cluster_capacity() -> dict[str, float]:
+    """Resources the cluster has now or, under an autoscaler (KubeRay, the cluster launcher),
+    can scale up to, whichever is more.
+
+    Sizing from the live nodes alone would refuse ``--gpu`` while a GPU worker group is scaled
+    to zero, and run a sweep one trial at a time on a head that takes no work. Ray has no public
+    call for this yet; Ray Train checks its worker groups against the same figure.
+    """
+    import ray
+    from ray._private.state import state
+
+    now = dict(ray.cluster_resources())
+    most = state.get_max_resources_from_cluster_config() or {}
+    return {key: max(now.get(key, 0), most.get(key, 0)) for key in set(now) | set(most)}

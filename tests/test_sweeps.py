@@ -30,6 +30,30 @@ def test_choose_best_takes_the_highest_val_accuracy_among_completed_trials():
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("bad,message", [
+    ({"label_smoothing": (0.2,)}, "--label-smoothing takes a range MIN,MAX"),
+    ({"label_smoothing": (0.0, 0.1, 0.2)}, "--label-smoothing takes a range MIN,MAX"),
+    ({"label_smoothing": (0.3, 0.1)}, "--label-smoothing takes a range MIN,MAX"),
+    ({"batch_sizes": (0, 64)}, "--batch-sizes must all be at least 1"),
+    ({"cpus_per_worker": 0}, "--cpus-per-worker must be more than 0"),
+    ({"grace_period": 0}, "--grace-period must be at least 1"),
+])
+def test_cnn_sweep_settings_are_checked_before_ray_starts(bad, message):
+    with pytest.raises(ValueError, match=message):
+        CnnSweep(catalog="c", run_dir="r", **bad)
+
+
+def test_cluster_capacity_counts_what_an_autoscaler_can_add(ray_session, monkeypatch):
+    """A KubeRay GPU group scaled to zero still counts: `--gpu` and sweep sizes go by it."""
+    from ray._private.state import state
+
+    from fer_ray.runtime import cluster_capacity
+
+    assert cluster_capacity()["CPU"] >= 1 and cluster_capacity().get("GPU", 0) == 0
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"CPU": 64, "GPU": 4})
+    assert cluster_capacity()["GPU"] == 4 and cluster_capacity()["CPU"] == 64
+
+
 def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog, ray_session, tmp_path):
     run = tmp_path / "sweep"
     cfg = SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=3, lambda_min=0.3, lambda_max=3.0)

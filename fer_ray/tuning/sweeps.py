@@ -103,10 +103,19 @@ class CnnSweep:
         self.batch_sizes = tuple(self.batch_sizes)
         if self.label_smoothing is not None:
             self.label_smoothing = tuple(self.label_smoothing)
+            if len(self.label_smoothing) != 2 or not 0 <= self.label_smoothing[0] < self.label_smoothing[1] < 1:
+                raise ValueError("--label-smoothing takes a range MIN,MAX with 0 <= MIN < MAX < 1, "
+                                 f"got {','.join(map(str, self.label_smoothing))}")
         if self.samples < 1 or self.epochs < 1:
             raise ValueError("--samples and --epochs must be at least 1")
         if not (0 < self.lr_min < self.lr_max and 0 < self.wd_min < self.wd_max):
             raise ValueError("need 0 < lr_min < lr_max and 0 < wd_min < wd_max")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"--batch-sizes must all be at least 1, got {list(self.batch_sizes)}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError("--cpus-per-worker must be more than 0")
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise ValueError("--grace-period must be at least 1 (and the reduction factor at least 2)")
 
 
 # ------------------------------------------------------------------ trials (run in Tune)
@@ -121,12 +130,19 @@ def _trial_dir(run_dir: str) -> Path:
 
 
 def svm_trial(config: dict, settings: dict, train: dict, val: dict) -> None:
-    """Fit one lambda on train, score val, keep the artifact; one report per trial."""
+    """Fit one lambda on train, score val, keep the artifact; one report per trial.
+
+    Tune runs quietly here (its tables would bury the results), so each trial says itself when
+    it starts and what it scored: a FER2013 fit takes a minute or more.
+    """
     from ray import tune
 
+    name = f"[sweep svm] trial {tune.get_context().get_trial_id()} lambda={config['lambda']:.4g}"
+    print(f"{name}: fitting on {len(train['label'])} faces", flush=True)
     model, info = fit_svm(train["image"], train["label"], config["lambda"], settings["solver"], settings["max_iter"],
                           loss=settings["loss"])
     val_acc = float((model.decision(val["image"]).argmax(axis=1) == val["label"]).mean())
+    print(f"{name}: val accuracy {val_acc:.4f} (fit {info['fit_seconds']:.0f} s)", flush=True)
     artifact = save_svm(str(_trial_dir(settings["run_dir"]) / "artifact"), model, info,
                         read_manifest(settings["catalog"]), settings["catalog"])
     tune.report({"val_acc": val_acc, "epoch": 1, "fit_seconds": info["fit_seconds"],
@@ -205,17 +221,16 @@ def cnn_trial(config: dict, settings: dict) -> None:
 
 def sweep_svm(cfg: SvmSweep, log=print) -> dict:
     """Sample ``samples`` lambdas log-uniformly, keep the one with the best val accuracy."""
-    import ray
     from ray import tune
 
-    from fer_ray.runtime import init_ray
+    from fer_ray.runtime import cluster_capacity, init_ray
 
     manifest = read_manifest(cfg.catalog)
     if "val" not in manifest["shards"]:
         raise ValueError(f"catalog {cfg.catalog} has no val split to choose lambda on")
     settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve())}
     init_ray()
-    concurrency = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
     trainable = tune.with_resources(
         tune.with_parameters(svm_trial, settings=settings, train=load_split(cfg.catalog, "train"),
                              val=load_split(cfg.catalog, "val")), {"CPU": 1})
@@ -229,7 +244,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     from ray import tune
 
     from fer_ray.models import MODELS
-    from fer_ray.runtime import init_ray
+    from fer_ray.runtime import cluster_capacity, init_ray
     from fer_ray.training.loop import Recipe
 
     if cfg.model not in MODELS:
@@ -238,7 +253,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     read_manifest(cfg.catalog)
     settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve())}
     init_ray()
-    resources = ray.cluster_resources()
+    resources = cluster_capacity()
     if cfg.gpu:
         fits = int(resources.get("GPU", 0))
         if fits < 1:
