@@ -12,6 +12,7 @@ import sys
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.sources import SOURCES, SourceError
 from fer_ray.data.splits import SPLIT_MODES
+from fer_ray.runtime import Interrupted
 from fer_ray.choices import (MODEL_NAMES, OPTIMIZERS, SCHEDULES, SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA,
                              SVM_LOSSES, SVM_SOLVERS, TTA_MODES)
 
@@ -128,7 +129,7 @@ def _baseline(args) -> None:
 
 
 def _sweep(args) -> None:
-    from fer_ray.tuning.sweeps import CnnSweep, SvmSweep, SweepInterrupted, sweep_cnn, sweep_svm
+    from fer_ray.tuning.sweeps import CnnSweep, SvmSweep, sweep_cnn, sweep_svm
 
     if args.kind == "svm":
         cfg = SvmSweep(catalog=args.catalog, run_dir=args.run_dir, samples=args.samples, lambda_min=args.lambda_min,
@@ -145,11 +146,7 @@ def _sweep(args) -> None:
                        recipe=fixed, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                        concurrency=args.concurrency, grace_period=args.grace_period, seed=args.seed)
         run = sweep_cnn
-    try:
-        summary = run(cfg)
-    except SweepInterrupted as exc:
-        print(f"fer-ray sweep: {exc}", file=sys.stderr)
-        raise SystemExit(130) from None
+    summary = run(cfg)
     print(f"best artifact: {summary['artifact']}")
 
 
@@ -425,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"fer-ray {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # e.g. Ctrl+C in a sweep, alone or inside the pipeline
+        print(f"fer-ray {args.stage}: {exc}", file=sys.stderr)
+        return 130
     return 0
 
 

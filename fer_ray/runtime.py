@@ -12,6 +12,14 @@ import socket
 from contextlib import contextmanager
 
 
+class Interrupted(RuntimeError):
+    """Work stopped part-way that a rerun of the same command resumes (the message says so).
+
+    Here, in a module the command line imports anyway, so that ``fer-ray`` can answer any
+    stage's interruption with exit status 130 without importing Ray Tune to recognise it.
+    """
+
+
 def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     """Start or join Ray once per process; later calls are no-ops."""
     import ray

@@ -51,3 +51,17 @@ def test_max_pixels_must_be_a_positive_integer(stage, value, capsys):
     assert exc.value.code == 2
     assert "--max-pixels" in capsys.readouterr().err
     assert parse_args([*stage, "--max-pixels", "1000"]).max_pixels == 1000
+
+
+def test_an_interrupted_stage_exits_130_with_its_message(monkeypatch, tmp_path, capsys):
+    """Ctrl+C in the pipeline's SVM sweep is the same resumable stop as in `fer-ray sweep`."""
+    from fer_ray.cli import main
+    from fer_ray.pipeline import Pipeline
+    from fer_ray.tuning.sweeps import SweepInterrupted
+
+    def stopped(self):
+        raise SweepInterrupted("sweep svm stopped with 2 of 4 trials finished; rerun the same command to resume")
+
+    monkeypatch.setattr(Pipeline, "run", stopped)
+    assert main(["pipeline", "--storage", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.startswith("fer-ray pipeline: sweep svm stopped with 2 of 4")

@@ -46,13 +46,14 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler
 
 from fer_ray.baseline.svm import SOLVERS, fit_svm, save_svm
+from fer_ray.runtime import Interrupted
 from fer_ray.data.catalog import load_split, read_manifest
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
 RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config", "artifact", "error")
 
 
-class SweepInterrupted(RuntimeError):
+class SweepInterrupted(Interrupted):
     """The sweep stopped before every trial finished; rerun the same command to resume."""
 
 
