@@ -12,6 +12,7 @@ the KubeRay manifests), since Ray tasks on any node write into it.
 
 from __future__ import annotations
 
+import glob
 import json
 import tempfile
 import time
@@ -59,10 +60,23 @@ class PipelineConfig:
     seed: int = 0
 
     def __post_init__(self):
+        """Check what the late stages need before the early ones spend their minutes."""
         self.models = tuple(self.models)
         if len(self.models) < 2:
             raise ValueError("the ensemble needs at least two models (--models)")
         self.svm_lambda = tuple(self.svm_lambda)
+        unknown = sorted(set(self.input_sizes) - set(self.models))
+        if unknown:
+            raise ValueError(f"--input-sizes names {unknown}, which --models {list(self.models)} does not train")
+        if any(size < 32 for size in self.input_sizes.values()):
+            raise ValueError(f"--input-sizes must be at least 32 pixels, got {self.input_sizes}")
+        if self.epochs < 1 or self.workers < 1 or self.transfer_epochs < 1:
+            raise ValueError("--epochs, --workers and --transfer-epochs must be at least 1")
+        if self.kdef and not Path(self.kdef).is_dir():
+            raise ValueError(f"--kdef folder not found: {self.kdef}")
+        if self.score_input and not (Path(self.score_input).exists()
+                                     or next(glob.iglob(self.score_input, recursive=True), None)):
+            raise ValueError(f"--score-input not found: {self.score_input} (a folder, a file or a glob)")
 
 
 def is_uri(path: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,18 @@ def test_an_interrupted_stage_exits_130_with_its_message(monkeypatch, tmp_path, 
     monkeypatch.setattr(Pipeline, "run", stopped)
     assert main(["pipeline", "--storage", str(tmp_path)]) == 130
     assert capsys.readouterr().err.startswith("fer-ray pipeline: sweep svm stopped with 2 of 4")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--input-sizes", "resnet=192"], "--input-sizes names \\['resnet'\\]"),
+    (["--input-sizes", "resnet50=0"], "--input-sizes must be at least 32"),
+    (["--epochs", "0"], "--epochs, --workers and --transfer-epochs must be at least 1"),
+    (["--kdef", "no/such/KDEF"], "--kdef folder not found"),
+    (["--score-input", "no/such/*.jpg"], "--score-input not found"),
+])
+def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp_path, capsys):
+    from fer_ray.cli import main
+
+    assert main(["pipeline", "--storage", str(tmp_path / "p"), "--models", "small_cnn", "resnet50", *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "p").exists()  # nothing ran
