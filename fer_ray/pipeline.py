@@ -250,7 +250,7 @@ class Pipeline:
     def check_settings(self) -> None:
         """Refuse to resume a work directory whose finished stages were made with other
         settings (they would be reused as they are), and a ``--gpu`` the cluster cannot give."""
-        from fer_ray.runtime import cluster_capacity, init_ray
+        from fer_ray.runtime import init_ray, require_gpus
 
         path = self.work / CONFIG_FILE
         if path.exists() and (self.work / "catalog" / "manifest.json").exists():
@@ -260,11 +260,10 @@ class Pipeline:
                 changed.append("kdef")
             if changed:
                 raise ValueError(f"{self.work} holds a pipeline run made with other {', '.join(changed)}; rerun "
-                                 "with the same settings to resume it, or use a new --storage")
+                                 "with the same settings to resume it, or use a new output folder (--storage; --output for fer-ray demo)")
         if self.cfg.gpu:
             init_ray()
-            if cluster_capacity().get("GPU", 0) < 1:
-                raise ValueError("--gpu given but the Ray cluster has no GPU (and cannot scale up to one)")
+            require_gpus(1)
         path.write_text(json.dumps(asdict(self.cfg), indent=2))
 
     def run(self) -> dict:

@@ -77,3 +77,12 @@ def cluster_capacity() -> dict[str, float]:
     now = dict(ray.cluster_resources())
     most = state.get_max_resources_from_cluster_config() or {}
     return {key: max(now.get(key, 0), most.get(key, 0)) for key in set(now) | set(most)}
+
+
+def require_gpus(count: float) -> None:
+    """Refuse ``--gpu`` up front when the cluster cannot ever hold ``count`` GPUs: a Train
+    worker, Serve replica or actor asking for a GPU that never comes waits for ever."""
+    have = cluster_capacity().get("GPU", 0)
+    if have < count:
+        raise ValueError(f"--gpu needs {count:g} GPU(s) but the Ray cluster has {have:g} "
+                         "(and cannot scale up to more)")

@@ -212,3 +212,29 @@ def test_concurrent_requests_share_a_forward_pass(service, images):
     assert max(sizes) > 1 and max(sizes) <= 8, sizes
     batching = service.get("/model").json()["batching"]
     assert batching["largest_batch"] > 1 and batching["max_batch_size"] == 8
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu:0", "cuda:99"])
+def test_an_unknown_or_absent_device_is_a_value_error(device):
+    from fer_ray.inference.predictor import pick_device
+
+    with pytest.raises(ValueError, match="device"):
+        pick_device(device)
+
+
+def test_serve_refuses_a_non_artifact_and_a_busy_or_impossible_port_before_starting(small_artifact, tmp_path, capsys):
+    from fer_ray.cli import main
+
+    def serve(*args):
+        rc = main(["serve", *args])
+        return rc, capsys.readouterr().err
+
+    rc, err = serve("--artifact", str(tmp_path), "--port", "18999")
+    assert rc == 2 and "not a fer-ray artifact" in err
+    rc, err = serve("--artifact", str(small_artifact), "--port", "99999")
+    assert rc == 2 and "--port must be 1..65535" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rc, err = serve("--artifact", str(small_artifact), "--port", str(busy.getsockname()[1]))
+    assert rc == 2 and "cannot listen on 127.0.0.1" in err

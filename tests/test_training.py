@@ -211,3 +211,13 @@ def test_run_trains_through_a_wrapper_that_shares_the_weights():
     run.epoch()
     assert calls == [32, 32]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.timeout(120)
+def test_gpu_training_on_a_cluster_without_gpus_is_refused_not_waited_for(synthetic_catalog, tmp_path, ray_session):
+    """Ray Train would retry its worker group for ever; the driver refuses at once."""
+    from fer_ray.cli import main
+
+    rc = main(["train", "--catalog", str(synthetic_catalog), "--model", "small_cnn", "--epochs", "1",
+               "--workers", "1", "--gpu", "--run-dir", str(tmp_path / "run")])
+    assert rc == 2

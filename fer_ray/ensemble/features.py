@@ -60,14 +60,14 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
     """
     import ray
 
-    from fer_ray.runtime import cluster_capacity, init_ray
+    from fer_ray.runtime import cluster_capacity, init_ray, require_gpus
 
     init_ray()
     resources = cluster_capacity()
     if gpu is None:
         gpu = resources.get("GPU", 0) >= 1
-    elif gpu and resources.get("GPU", 0) < 1:  # an actor asking for a GPU would wait for ever
-        raise ValueError("--gpu given but the Ray cluster has no GPU (and cannot scale up to one)")
+    elif gpu:
+        require_gpus(1)
     if actors is None:  # on CPUs, leave one CPU for the read and write tasks, or the pipeline stalls
         cpus = int(resources.get("CPU", 1))
         actors = int(resources.get("GPU", 0)) if gpu else max(1, int((cpus - 1) // max(cpus_per_actor, 1)))

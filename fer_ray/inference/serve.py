@@ -398,6 +398,19 @@ def app_builder(args: ServeConfig):
     return build_app(args)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A busy or impossible port: one clear error instead of Serve's proxy retrying and crashing."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be 1..65535, got {port}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
                log=print) -> None:
     """``fer-ray serve``: start (or join) Ray, serve on host:port until Ctrl-C, then shut down.
@@ -409,12 +422,17 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     import sys
     import time
 
-    from fer_ray.runtime import init_ray
+    from fer_ray.artifacts import read_meta
+    from fer_ray.runtime import init_ray, require_gpus
 
+    read_meta(config.artifact)  # not an artifact: say so here, not in replica tracebacks
+    _check_port_free(host, port)
     # A container or job runner stops us with SIGTERM: shut Serve down as for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     init_ray(num_cpus)
+    if config.num_gpus:
+        require_gpus(config.num_gpus * config.replicas)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name="fer-ray", route_prefix="/")
     log(f"serving {config.artifact} at http://{host}:{port} (docs: /docs); Ctrl-C stops")

@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fer_ray.runtime import init_ray
+    from fer_ray.runtime import init_ray, require_gpus
 
     manifest = read_manifest(cfg.catalog)
     resolved = _resolve(cfg, manifest)
@@ -111,6 +111,8 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     _check_resumable(run_dir, cfg)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
     init_ray()
+    if cfg.gpu:
+        require_gpus(cfg.workers)
 
     datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))
                 .select_columns(["image", "label"]).materialize() for split in ("train", "val")}
