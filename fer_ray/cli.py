@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.sources import SOURCES, SourceError
@@ -162,6 +163,16 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -287,10 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all/largest: detect faces in photos; none: images are already face crops")
     p.add_argument("--batch-size", type=int, default=256, help="faces per model call")
     p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
-    p.add_argument("--actors", type=int, default=None, help="model actors (default: GPUs; on CPUs, CPUs with --faces none, else CPUs / 4)")
-    p.add_argument("--margin", type=float, default=0.2, help="face box enlargement on each side")
+    p.add_argument("--actors", type=_positive_int, default=None, help="model actors (default: GPUs; on CPUs, CPUs with --faces none, else CPUs / 4)")
+    p.add_argument("--margin", type=_non_negative_float, default=0.2, help="face box enlargement on each side")
     p.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="images above this are error rows")
-    p.add_argument("--part-files", type=int, default=1000, help="write a resumable part once this many files are complete")
+    p.add_argument("--part-files", type=_positive_int, default=1000, help="write a resumable part once this many files are complete")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results for this output")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_score)
@@ -319,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="liblinear: exact LinearSVC (default); sgd: SGDClassifier, faster, less accurate")
     p.add_argument("--loss", choices=SVM_LOSSES, default="hinge",
                    help="hinge: the paper's (default); squared_hinge: LinearSVC's default, primal solver")
-    p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--max-iter", type=_positive_int, default=1000)
     p.set_defaults(func=_baseline)
 
     p = stages.add_parser("sweep", help="Ray Tune sweeps: svm (lambda) or cnn (lr, weight decay; ASHA); resumable")
@@ -338,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--lambda-max", type=float, default=3.0)
             k.add_argument("--solver", choices=SVM_SOLVERS, default="liblinear")
             k.add_argument("--loss", choices=SVM_LOSSES, default="hinge")
-            k.add_argument("--max-iter", type=int, default=1000)
+            k.add_argument("--max-iter", type=_positive_int, default=1000)
             continue
         k.add_argument("--model", choices=sorted(MODEL_NAMES), default="small_cnn")
         k.add_argument("--epochs", type=int, default=6, help="epochs per trial (ASHA's max_t)")
@@ -365,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c-grid", type=_floats, default=None,
                    help="inverse penalties tried on val, comma-separated (default 0.001,0.01,0.1,1,10)")
     p.add_argument("--batch-size", type=int, default=256, help="faces per featurizer batch")
-    p.add_argument("--actors", type=int, default=None, help="featurizer actors (default: GPUs, or CPUs - 1)")
+    p.add_argument("--actors", type=_positive_int, default=None, help="featurizer actors (default: GPUs, or CPUs - 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per featurizer actor (default: when the cluster has GPUs)")
     p.set_defaults(func=_ensemble)
     return parser
@@ -415,15 +426,36 @@ def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
     sub.set_defaults(**values)
 
 
+def _check_output_folders(args) -> None:
+    """A folder to write whose path runs into an existing file: one error line before any work,
+    not a FileExistsError once the work is done."""
+    folders = [getattr(args, "run_dir", None)]
+    if args.stage == "evaluate":
+        folders.append(args.output)
+    if args.stage == "score":
+        folders.append(str(Path(args.output).parent))
+    for folder in filter(None, folders):
+        for path in (Path(folder), *Path(folder).parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ValueError(f"{folder}: {path} is a file, not a folder")
+                break
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        _check_output_folders(args)
         args.func(args)
     except USER_ERRORS as exc:
         print(f"fer-ray {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:  # e.g. Ctrl+C in a sweep, alone or inside the pipeline
         print(f"fer-ray {args.stage}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        hint = "; rerun the same command to score only the files not yet scored" if args.stage == "score" else ""
+        print(f"fer-ray {args.stage}: interrupted (Ctrl+C){hint}", file=sys.stderr)
         return 130
     return 0
 

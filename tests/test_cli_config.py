@@ -81,3 +81,42 @@ def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp
     assert main(["pipeline", "--storage", str(tmp_path / "p"), "--models", "small_cnn", "resnet50", *flags]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "p").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--margin", "-1"],
+    ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--actors", "0"],
+    ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--part-files", "0"],
+    ["baseline", "--catalog", "c", "--run-dir", "r", "--max-iter", "0"],
+])
+def test_nonsense_counts_and_margins_are_refused_by_the_parser(argv):
+    from fer_ray.cli import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_an_output_folder_that_runs_into_a_file_is_refused_before_any_work(tmp_path, capsys):
+    from fer_ray.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    for argv in (["baseline", "--catalog", str(tmp_path / "missing"), "--run-dir", str(afile)],
+                 ["train", "--catalog", str(tmp_path / "missing"), "--model", "small_cnn", "--run-dir", str(afile / "r")],
+                 ["evaluate", "--artifact", str(tmp_path), "--catalog", str(tmp_path), "--output", str(afile)],
+                 ["score", "--artifact", str(tmp_path), "--input", str(tmp_path), "--output", str(afile / "x.csv")]):
+        assert main(argv) == 2
+        assert f"{afile} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_a_sweep_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
+    import fer_ray.data.catalog as catalog
+    from fer_ray.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(catalog, "build_catalog", interrupted)
+    assert main(["prepare", "--source", "synthetic", "--output", str(tmp_path / "c")]) == 130
+    assert "interrupted (Ctrl+C)" in capsys.readouterr().err
