@@ -220,4 +220,4 @@ def test_gpu_training_on_a_cluster_without_gpus_is_refused_not_waited_for(synthe
 
     rc = main(["train", "--catalog", str(synthetic_catalog), "--model", "small_cnn", "--epochs", "1",
                "--workers", "1", "--gpu", "--run-dir", str(tmp_path / "run")])
-    assert rc == 2
+    assert rc == 2 and not (tmp_path / "run").exists()

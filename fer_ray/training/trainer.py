@@ -106,13 +106,13 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     manifest = read_manifest(cfg.catalog)
     resolved = _resolve(cfg, manifest)
     _check_start(cfg, resolved)
+    init_ray()
+    if cfg.gpu:  # before anything is written: a refused run leaves no run directory behind
+        require_gpus(cfg.workers)
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resumable(run_dir, cfg)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
-    init_ray()
-    if cfg.gpu:
-        require_gpus(cfg.workers)
 
     datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))
                 .select_columns(["image", "label"]).materialize() for split in ("train", "val")}
