@@ -2,9 +2,13 @@
 
 - every YAML parses;
 - the KubeRay manifests use only keys the KubeRay CRDs define (an explicit allowed-key map
-  below, walked over every manifest: an unknown or misspelt key fails), plus the cross-checks
-  a typo would break (auth, GPU limits, volumes, the RayJob entrypoint, Serve's config);
-- the cluster-launcher YAML validates against the schema Ray ships in its wheel;
+  below, walked over every manifest: an unknown or misspelt key fails), enum fields hold values
+  the CRDs allow, rayStartParams are real `ray start` options, plus the cross-checks a typo
+  would break (auth, GPU limits, requests <= limits, volumes, the RayJob entrypoint, Serve's
+  config) and a /dev/shm on every Ray container that its object store fits in;
+- the cluster-launcher YAML validates against the schema Ray ships in its wheel, its GPU nodes
+  name an AMI (Ray's default one has a driver too old for CUDA 13), and every node mounts the
+  shared storage the jobs read and write;
 - the Dockerfile installs this project on the Ray version we pin;
 - runtime_env.yaml is a valid runtime_env whose upload leaves .venv and the like behind;
 - local.sh parses, and its no-cluster paths (env, usage, port check, stop) behave.
@@ -12,6 +16,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import re
@@ -59,13 +65,15 @@ def ray_version() -> str:
 # core/v1, which the KubeRay reference links for these fields and the CRDs embed.
 #
 # A type maps field -> type. Leaves: STR, INT, BOOL, FLOAT, QUANTITY (string or number),
-# STRMAP (string -> string), QMAP (resource name -> quantity). [T] is a list of T. UNMAPPED is a
-# field the references define but whose sub-keys we have not listed: using it fails with a
-# request to extend the map from the references above, so nothing goes unchecked.
+# STRMAP (string -> string), QMAP (resource name -> quantity), RAY_START (rayStartParams: `ray
+# start` option -> string). [T] is a list of T. UNMAPPED is a field the references define but
+# whose sub-keys we have not listed: using it fails with a request to extend the map from the
+# references above, so nothing goes unchecked. ENUMS (below) lists the values an enum field takes.
 # ---------------------------------------------------------------------------------------------
 
-STR, INT, BOOL, FLOAT, QUANTITY, STRMAP, QMAP, UNMAPPED = (
-    "string", "integer", "boolean", "float", "quantity", "map[string]string", "map[string]quantity", "unmapped")
+STR, INT, BOOL, FLOAT, QUANTITY, STRMAP, QMAP, RAY_START, UNMAPPED = (
+    "string", "integer", "boolean", "float", "quantity", "map[string]string", "map[string]quantity",
+    "rayStartParams", "unmapped")
 
 TYPES: dict[str, dict] = {
     # ---- ray.io/v1 (KubeRay v1.7.0 reference) ----
@@ -88,12 +96,12 @@ TYPES: dict[str, dict] = {
     },
     "HeadGroupSpec": {
         "template": "PodTemplateSpec", "headService": UNMAPPED, "enableIngress": BOOL, "ingressOptions": UNMAPPED,
-        "resources": STRMAP, "labels": STRMAP, "rayStartParams": STRMAP, "serviceType": STR,
+        "resources": STRMAP, "labels": STRMAP, "rayStartParams": RAY_START, "serviceType": STR,
     },
     "WorkerGroupSpec": {
         "suspend": BOOL, "groupName": STR, "replicas": INT, "minReplicas": INT, "maxReplicas": INT,
         "idleTimeoutSeconds": INT, "priority": INT, "resources": STRMAP, "labels": STRMAP,
-        "rayStartParams": STRMAP, "template": "PodTemplateSpec", "scaleStrategy": "ScaleStrategy",
+        "rayStartParams": RAY_START, "template": "PodTemplateSpec", "scaleStrategy": "ScaleStrategy",
         "numOfHosts": INT,
     },
     "ScaleStrategy": {"workersToDelete": [STR]},
@@ -147,7 +155,56 @@ TYPES: dict[str, dict] = {
     "Toleration": {"key": STR, "operator": STR, "value": STR, "effect": STR, "tolerationSeconds": INT},
 }
 
+# (type, field) -> the values it takes, as a regex (fullmatch). ray.io/v1: the enums of the KubeRay
+# v1.6.2 CRD reference (ray-project/ray doc/source/cluster/kubernetes/references/api.md, vendored
+# from kuberay docs/reference/api.md at v1.6.2): AuthMode, UpscalingMode, AutoscalerVersion,
+# RayClusterUpgradeType, RayServiceUpgradeType, JobSubmissionMode, managedBy. core/v1: the
+# constants of k8s.io/api/core/v1 types.go (PullPolicy, RestartPolicy, ServiceType, Protocol,
+# TolerationOperator, TaintEffect, StorageMedium, MountPropagationMode).
+MANAGED_BY = r"ray\.io/kuberay-operator|kueue\.x-k8s\.io/multikueue"
+PULL_POLICY = r"Always|Never|IfNotPresent"
+ENUMS: dict[tuple[str, str], str] = {
+    ("AuthOptions", "mode"): r"disabled|token",
+    ("AutoscalerOptions", "upscalingMode"): r"Default|Aggressive|Conservative",
+    ("AutoscalerOptions", "version"): r"v1|v2",
+    ("AutoscalerOptions", "imagePullPolicy"): PULL_POLICY,
+    ("RayClusterUpgradeStrategy", "type"): r"Recreate|None",
+    ("RayServiceUpgradeStrategy", "type"): r"NewCluster|NewClusterWithIncrementalUpgrade|None",
+    ("RayJobSpec", "submissionMode"): r"K8sJobMode|HTTPMode|InteractiveMode|SidecarMode",
+    ("RayClusterSpec", "managedBy"): MANAGED_BY,
+    ("RayJobSpec", "managedBy"): MANAGED_BY,
+    ("RayServiceSpec", "managedBy"): MANAGED_BY,
+    ("HeadGroupSpec", "serviceType"): r"ClusterIP|NodePort|LoadBalancer|ExternalName",
+    ("PodSpec", "restartPolicy"): r"Always|OnFailure|Never",
+    ("Container", "imagePullPolicy"): PULL_POLICY,
+    ("ContainerPort", "protocol"): r"TCP|UDP|SCTP",
+    ("Toleration", "operator"): r"Exists|Equal",
+    ("Toleration", "effect"): r"NoSchedule|PreferNoSchedule|NoExecute",
+    ("EmptyDirVolumeSource", "medium"): r"|Memory|HugePages(-\w+)?",
+    ("VolumeMount", "mountPropagation"): r"None|HostToContainer|Bidirectional",
+}
+
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+QUANTITY_FACTORS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity as a number: bytes for memory, cores for cpu ("500m" = 0.5)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = QUANTITY_RE.match(value)
+    assert match, f"not a Kubernetes quantity: {value!r}"
+    return float(value[:len(value) - len(match.group(2) or "")]) * QUANTITY_FACTORS[match.group(2) or ""]
+
+
+@functools.cache
+def ray_start_options() -> frozenset[str]:
+    """The long options of the installed Ray's `ray start`, without the dashes (num-cpus, ...)."""
+    import ray.scripts.scripts as ray_cli
+
+    return frozenset(opt[2:] for param in ray_cli.start.params
+                     for opt in (*param.opts, *param.secondary_opts) if opt.startswith("--"))
 
 
 def key_errors(value, type_, path: str = "") -> list[str]:
@@ -159,11 +216,15 @@ def key_errors(value, type_, path: str = "") -> list[str]:
     if type_ == UNMAPPED:
         return [f"{path}: a KubeRay/Kubernetes field whose keys are not in the allowed map yet; "
                 "add them to TYPES from the references cited there"]
-    if type_ in (STRMAP, QMAP):
+    if type_ in (STRMAP, QMAP, RAY_START):
         if not isinstance(value, dict):
             return [f"{path}: expected a mapping, got {type(value).__name__}"]
-        leaf = STR if type_ == STRMAP else QUANTITY
-        return [e for k, v in value.items() for e in key_errors(v, leaf, f"{path}.{k}")]
+        leaf = QUANTITY if type_ == QMAP else STR
+        errors = [e for k, v in value.items() for e in key_errors(v, leaf, f"{path}.{k}")]
+        if type_ == RAY_START:  # KubeRay passes each key as `ray start --KEY=VALUE`
+            errors += [f"{path}.{k}: not a `ray start` option (`ray start --help`)"
+                       for k in value if k not in ray_start_options()]
+        return errors
     if type_ == STR:
         return [] if isinstance(value, str) else [f"{path}: expected a string, got {value!r}"]
     if type_ == INT:
@@ -185,6 +246,9 @@ def key_errors(value, type_, path: str = "") -> list[str]:
             errors.append(f"{path}.{key}: unknown key for {type_} (allowed: {', '.join(sorted(fields))})")
         else:
             errors += key_errors(sub, fields[key], f"{path}.{key}")
+            allowed = ENUMS.get((type_, key))
+            if allowed is not None and isinstance(sub, str) and not re.fullmatch(allowed, sub):
+                errors.append(f"{path}.{key}: {sub!r} is not one of {allowed.replace('|', ', ')}")
     return errors
 
 
@@ -194,11 +258,17 @@ def cluster_spec(doc: dict) -> dict:
             "RayService": lambda: spec["rayClusterConfig"]}[doc["kind"]]()
 
 
+def groups(spec: dict):
+    """(group name, group spec) for the head and every worker group of a RayClusterSpec."""
+    yield "head", spec["headGroupSpec"]
+    for group in spec.get("workerGroupSpecs", []):
+        yield group["groupName"], group
+
+
 def pod_specs(spec: dict):
     """(group name, pod spec) for the head and every worker group of a RayClusterSpec."""
-    yield "head", spec["headGroupSpec"]["template"]["spec"]
-    for group in spec.get("workerGroupSpecs", []):
-        yield group["groupName"], group["template"]["spec"]
+    for name, group in groups(spec):
+        yield name, group["template"]["spec"]
 
 
 def mounts(pod: dict) -> dict[str, dict]:
@@ -238,11 +308,22 @@ def test_key_walker_rejects_what_the_crds_do_not_define():
     bad["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
     bad["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "four"
     bad["spec"]["headGroupSpec"]["template"]["spec"]["affinity"] = {"nodeAffinity": {}}
+    bad["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-hosts"] = "0.0.0.0"  # no such option
+    bad["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresnt"
+    bad["spec"]["autoscalerOptions"]["upscalingMode"] = "Fast"
+    bad["spec"]["workerGroupSpecs"][0]["template"]["spec"]["tolerations"][0]["effect"] = "NoSchedul"
     errors = key_errors(bad, "RayCluster")
     assert any(".workerGroupSpecs[0].replica: unknown key" in e for e in errors)
     assert any("rayStartParams.num-cpus: expected a string" in e for e in errors)
+    assert any("rayStartParams.dashboard-hosts: not a `ray start` option" in e for e in errors)
+    assert not any("rayStartParams.num-cpus: not a" in e for e in errors)
+    assert any("imagePullPolicy: 'IfNotPresnt' is not one of Always, Never, IfNotPresent" in e for e in errors)
+    assert any("upscalingMode: 'Fast' is not one of" in e for e in errors)
+    assert any("tolerations[0].effect: 'NoSchedul' is not one of" in e for e in errors)
     assert any("limits.cpu: not a Kubernetes quantity" in e for e in errors)
     assert any(".affinity: a KubeRay/Kubernetes field whose keys are not in the allowed map" in e for e in errors)
+    # The option list is the installed Ray's, with the options the manifests use in it.
+    assert {"num-cpus", "dashboard-host", "object-store-memory", "num-gpus"} <= ray_start_options()
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
@@ -282,6 +363,74 @@ def test_manifest_cluster_cpu_head_gpu_workers_token_auth(name):
             for res in ("cpu", "memory"):
                 assert res in container["resources"]["limits"], f"{name} {group_name}: no {res} limit"
     assert len(images) == 1, f"Ray containers run different images: {images}"
+
+
+def resource_errors(container: dict) -> list[str]:
+    """Requests above limits, which the API server rejects."""
+    res = container.get("resources", {})
+    limits, requests = res.get("limits", {}), res.get("requests", {})
+    return [f"{container['name']}: requests.{k} {v} > limits.{k} {limits[k]}"
+            for k, v in requests.items() if k in limits and quantity(v) > quantity(limits[k])]
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_resource_requests_fit_their_limits(name):
+    assert quantity("500m") == 0.5 and quantity("16Gi") == 16 * 2**30 and quantity("2G") == 2e9
+    assert resource_errors({"name": "c", "resources": {"requests": {"memory": "17Gi"}, "limits": {"memory": "16Gi"}}})
+    for group, pod in pod_specs(cluster_spec(load(name))):
+        for container in pod["containers"]:
+            assert resource_errors(container) == [], f"{name} {group}"
+
+
+def shm_errors(doc: dict) -> list[str]:
+    """Ray containers whose object store would not fit in their /dev/shm.
+
+    Ray's default object store is DEFAULT_OBJECT_STORE_MEMORY_PROPORTION (0.3) of the memory
+    available to the container (at most its memory limit), or rayStartParams object-store-memory;
+    it lives in /dev/shm only if it fits, else in /tmp on disk with a warning
+    (ray/_private/utils.py resolve_object_store_memory, services.py determine_plasma_store_config).
+    KubeRay runs Ray in the pod's first container and mounts a /dev/shm the size of its memory
+    request only where the template mounts none: we mount our own on every Ray container.
+    """
+    from ray._private.ray_constants import DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
+
+    errors = []
+    for group_name, group in groups(cluster_spec(doc)):
+        pod = group["template"]["spec"]
+        container = pod["containers"][0]
+        memory = quantity(container["resources"]["limits"]["memory"])
+        explicit = group.get("rayStartParams", {}).get("object-store-memory")
+        object_store = int(explicit) if explicit else DEFAULT_OBJECT_STORE_MEMORY_PROPORTION * memory
+        mount = mounts(pod).get("/dev/shm")
+        volume = {v["name"]: v for v in pod.get("volumes", [])}.get(mount["name"]) if mount else None
+        empty_dir = (volume or {}).get("emptyDir") or {}
+        if empty_dir.get("medium") != "Memory" or "sizeLimit" not in empty_dir:
+            errors.append(f"{group_name}: no memory-backed emptyDir with a sizeLimit at /dev/shm")
+        elif quantity(empty_dir["sizeLimit"]) < object_store:
+            errors.append(f"{group_name}: /dev/shm {empty_dir['sizeLimit']} < object store "
+                          f"{object_store / 2**30:.1f}Gi (memory limit {container['resources']['limits']['memory']})")
+    return errors
+
+
+def test_shm_check_catches_a_small_or_missing_dev_shm():
+    doc = load("rayservice.yaml")
+    spec = cluster_spec(doc)
+    worker = spec["workerGroupSpecs"][0]
+    [dshm] = [v for v in worker["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+    dshm["emptyDir"]["sizeLimit"] = "4Gi"  # the old value: 0.3 * 16Gi = 4.8Gi does not fit
+    head_pod = spec["headGroupSpec"]["template"]["spec"]
+    head_pod["containers"][0]["volumeMounts"] = [m for m in head_pod["containers"][0]["volumeMounts"]
+                                                 if m["mountPath"] != "/dev/shm"]
+    errors = shm_errors(doc)
+    assert any(e.startswith("gpu: /dev/shm 4Gi < object store 4.8Gi") for e in errors), errors
+    assert any(e.startswith("head: no memory-backed emptyDir") for e in errors), errors
+    worker["rayStartParams"]["object-store-memory"] = str(3 * 2**30)  # an explicit size that fits
+    assert not any(e.startswith("gpu:") for e in shm_errors(doc))
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_every_ray_container_has_a_dev_shm_its_object_store_fits_in(name):
+    assert shm_errors(load(name)) == []
 
 
 def test_raycluster_autoscales_its_gpu_group():
@@ -426,6 +575,75 @@ def test_cluster_launcher_gpu_workers_cpu_head_token_auth_project_installed():
         assert starts and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert any(re.search(r"pip install .*~/fer-ray", c) for c in config["setup_commands"])
     assert config["file_mounts"]["~/fer-ray"] == "."
+
+
+def launcher_node_types(config: dict):
+    """(name, node type, is head, its initialization_commands, its docker run options), with the
+    autoscaler's rules: a node type's own initialization_commands replace the global ones, its
+    docker settings update the global ones, and {head,worker}_run_options add to run_options."""
+    for name, node_type in config["available_node_types"].items():
+        head = name == config["head_node_type"]
+        init = node_type.get("initialization_commands", config.get("initialization_commands", []))
+        docker = {**config.get("docker", {}), **node_type.get("docker", {})}
+        run_options = docker.get("run_options", []) + docker.get("head_run_options" if head else "worker_run_options", [])
+        yield name, node_type, head, init, run_options
+
+
+def ray_default_amis() -> tuple[str, dict[str, str]]:
+    """DEFAULT_AMI_NAME and DEFAULT_AMI from Ray's AWS provider (read, not imported: it needs boto3)."""
+    import ray.autoscaler
+
+    tree = ast.parse((Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py").read_text())
+    values = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+              for t in node.targets if isinstance(t, ast.Name)}
+    return ast.literal_eval(values["DEFAULT_AMI_NAME"]), ast.literal_eval(values["DEFAULT_AMI"])
+
+
+def test_cluster_launcher_gpu_nodes_name_an_ami_with_a_cuda13_driver():
+    """Without an ImageId (or with latest_dlami) Ray picks its default AMI, whose NVIDIA driver is
+    far older than the 580 that torch 2.14.1's CUDA 13 wheels need."""
+    text = (CLUSTER / "cluster-launcher.yaml").read_text()
+    config = yaml.safe_load(text)
+    default_name, default_amis = ray_default_amis()
+    gpu_types = [(name, t, run_options) for name, t, head, _, run_options in launcher_node_types(config)
+                 if not head and re.match(r"^(g\d|p\d)", t["node_config"]["InstanceType"])]
+    assert gpu_types
+    for name, node_type, run_options in gpu_types:
+        image = node_type["node_config"].get("ImageId", "")
+        assert image and image.lower() != "latest_dlami", f"{name}: Ray would use its default AMI ({default_name})"
+        assert image not in default_amis.values(), f"{name}: {image} is Ray's default AMI ({default_name})"
+        assert re.fullmatch(r"ami-[0-9a-f]{8,17}|REPLACE_WITH_\w+", image), image
+        assert "--gpus all" in run_options, f"{name}: the container may not see the GPU"
+    # The requirement is written down, with how to find an AMI that meets it.
+    assert re.search(r"driver >= 580", text) and "Deep Learning Base OSS Nvidia Driver GPU AMI" in text
+    assert "base-oss-nvidia-driver-gpu-ubuntu-22.04" in text
+
+
+def test_cluster_launcher_shares_the_data_and_work_dir_with_every_node():
+    """The head runs no tasks (CPU: 0) and `ray rsync-up` copies to the head only, so what the
+    jobs read and write must be on storage every node mounts: EFS at /mnt/shared."""
+    text = (CLUSTER / "cluster-launcher.yaml").read_text()
+    config = yaml.safe_load(text)
+    shared = "/mnt/shared"
+    comments = "\n".join(line.lstrip("# ") for line in text.splitlines() if line.lstrip().startswith("#"))
+    paths = re.findall(r"--(?:input|work-dir) (\S+)", comments) + re.findall(r"ray rsync-up \S+ \S+ (\S+)", comments)
+    assert len(paths) >= 3, paths  # --input, --work-dir, the rsync-up target
+    for path in paths:
+        assert path.rstrip("/") == shared or path.startswith(shared + "/"), f"{path} is not on the shared mount"
+    for name, _, _, init, run_options in launcher_node_types(config):
+        assert any(re.search(rf"\bmount -t nfs4?\b.*\s{shared}(\s|$)", c) for c in init), \
+            f"{name}: no NFS/EFS mount at {shared} in its initialization_commands"
+        assert f"-v {shared}:{shared}" in run_options, f"{name}: the container does not see {shared}"
+
+
+def test_cluster_launcher_says_what_a_custom_head_profile_must_keep():
+    """A head IamInstanceProfile replaces Ray's default ray-autoscaler-v1 (EC2 + S3 full access)."""
+    text = (CLUSTER / "cluster-launcher.yaml").read_text()
+    head = yaml.safe_load(text)["available_node_types"]["head"]["node_config"]
+    note = re.search(r"IamInstanceProfile[\s\S]{0,800}", text)
+    assert note and all(p in note.group(0) for p in ("ray-autoscaler-v1", "ec2:RunInstances", "iam:PassRole"))
+    if "IamInstanceProfile" in head:  # set: then it is a real profile, not the placeholder
+        assert "ACCOUNT_ID" not in json.dumps(head["IamInstanceProfile"])
 
 
 # ---------------------------------------------------------------------------------------------
