@@ -35,9 +35,11 @@ storage on a cluster), as for ``fer-ray train``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -335,7 +337,8 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
                                         search_alg=BasicVariantGenerator(random_state=settings["seed"],
                                                                          max_concurrent=concurrency)),
             run_config=tune.RunConfig(name=kind, storage_path=str(run_dir / "tune"), verbose=0))
-    grid = tuner.fit()
+    with _legacy_tune_output():
+        grid = tuner.fit()
     rows = [_row(r) for r in grid]
     _write_results(run_dir / "results.csv", rows)
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
@@ -345,6 +348,22 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
     return _keep_best(best, rows, settings, seconds, log)
+
+
+@contextlib.contextmanager
+def _legacy_tune_output():
+    """Tune 2.60's new output engine prints a configuration table and a TensorBoard hint even
+    at ``verbose=0``; its legacy engine, chosen per call by this variable, keeps quiet. The
+    trials print their own lines."""
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def _row(result) -> dict:
