@@ -18,6 +18,7 @@ from fer_ray.choices import (MODEL_NAMES, OPTIMIZERS, SCHEDULES, SVM_DEFAULT_LAM
                              SVM_LOSSES, SVM_SOLVERS, TTA_MODES)
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
+OVERWRITE_RUN = "delete what --run-dir holds (another run, or this one with other settings) and start afresh"
 
 
 def _prepare(args) -> None:
@@ -89,7 +90,8 @@ def _train(args) -> None:
                       recipe=_recipe(args), workers=args.workers, gpu=args.gpu,
                       cpus_per_worker=args.cpus_per_worker, name=args.name,
                       checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-                      init_from=args.init_from, freeze=args.freeze, weights=args.weights, eval_tta=args.tta)
+                      init_from=args.init_from, freeze=args.freeze, weights=args.weights, eval_tta=args.tta,
+                      overwrite=args.overwrite)
     summary = train(cfg)
     print(f"artifact: {summary['artifact']}")
 
@@ -97,6 +99,10 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     from fer_ray.evaluation.evaluate import evaluate_artifact
 
+    out = Path(args.output)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--output {out} is not empty (an earlier report?); use another folder, "
+                         "or pass --overwrite to write over it")
     metrics = evaluate_artifact(args.artifact, args.catalog, args.split, args.output, tta=args.tta,
                                 device=args.device)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
@@ -125,7 +131,7 @@ def _baseline(args) -> None:
     from fer_ray.baseline.svm import run_baseline
 
     summary = run_baseline(args.catalog, args.run_dir, lam=args.lam, solver=args.solver, max_iter=args.max_iter,
-                           loss=args.loss)
+                           loss=args.loss, overwrite=args.overwrite)
     print(f"artifact: {summary['artifact']}")
 
 
@@ -135,7 +141,7 @@ def _sweep(args) -> None:
     if args.kind == "svm":
         cfg = SvmSweep(catalog=args.catalog, run_dir=args.run_dir, samples=args.samples, lambda_min=args.lambda_min,
                        lambda_max=args.lambda_max, solver=args.solver, loss=args.loss, max_iter=args.max_iter,
-                       concurrency=args.concurrency, seed=args.seed)
+                       concurrency=args.concurrency, seed=args.seed, overwrite=args.overwrite)
         run = sweep_svm
     else:
         fixed = {"batch_size": args.batch_size, "optimizer": args.optimizer, "schedule": args.schedule}
@@ -145,7 +151,8 @@ def _sweep(args) -> None:
                        epochs=args.epochs, lr_min=args.lr_min, lr_max=args.lr_max, wd_min=args.wd_min,
                        wd_max=args.wd_max, batch_sizes=tuple(args.batch_sizes), label_smoothing=args.label_smoothing,
                        recipe=fixed, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-                       concurrency=args.concurrency, grace_period=args.grace_period, seed=args.seed)
+                       concurrency=args.concurrency, grace_period=args.grace_period, seed=args.seed,
+                       overwrite=args.overwrite)
         run = sweep_cnn
     summary = run(cfg)
     print(f"best artifact: {summary['artifact']}")
@@ -155,7 +162,8 @@ def _ensemble(args) -> None:
     from fer_ray.ensemble.stack import C_GRID, run_ensemble
 
     summary = run_ensemble(args.members, args.catalog, args.run_dir, grid=tuple(args.c_grid or C_GRID),
-                           batch_size=args.batch_size, actors=args.actors, gpu=True if args.gpu else None)
+                           batch_size=args.batch_size, actors=args.actors, gpu=True if args.gpu else None,
+                           overwrite=args.overwrite)
     print(f"artifact: {summary['artifact']}; report: {args.run_dir}/report.md")
 
 
@@ -263,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
     p.add_argument("--catalog", required=True)
-    p.add_argument("--model", choices=sorted(MODEL_NAMES), default="small_cnn")
+    p.add_argument("--model", choices=sorted(MODEL_NAMES), default=None,
+                   help="architecture (default small_cnn; with --init-from, the artifact's)")
     p.add_argument("--run-dir", required=True, help="checkpoints, artifact, metrics and reports go here")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
     p.add_argument("--name", default="train", help="run name; rerunning the same run dir and name resumes")
     p.add_argument("--input-size", type=int, default=None,
                    help="network input side (default: the catalog's; e.g. 192 to upscale for resnet50)")
@@ -286,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--output", required=True, help="directory for metrics.json, report.md and plots")
+    p.add_argument("--overwrite", action="store_true", help="write over an earlier report in --output")
     p.add_argument("--tta", choices=TTA_MODES, default="none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_evaluate)
@@ -324,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels")
     p.add_argument("--catalog", required=True)
     p.add_argument("--run-dir", required=True, help="artifact, metrics.json and val/test reports go here")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
     p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
                    help="L2 weight in (1/N) sum hinge + lambda ||W||^2 (default %(default)s)")
     p.add_argument("--solver", choices=SVM_SOLVERS, default="liblinear",
@@ -340,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         k = kinds.add_parser(kind, help=text)
         k.add_argument("--catalog", required=True)
         k.add_argument("--run-dir", required=True, help="rerunning with the same run dir resumes the sweep")
+        k.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
         k.add_argument("--samples", type=int, default=6 if kind == "svm" else 4, help="trials")
         k.add_argument("--concurrency", type=int, default=None, help="trials at a time (default: what the cluster fits)")
         k.add_argument("--seed", type=int, default=0, help="seed of the random search")
@@ -373,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+", required=True, help="two or more CNN artifact directories")
     p.add_argument("--catalog", required=True)
     p.add_argument("--run-dir", required=True, help="features, artifact, report.md and reports go here")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
     p.add_argument("--c-grid", type=_floats, default=None,
                    help="inverse penalties tried on val, comma-separated (default 0.001,0.01,0.1,1,10)")
     p.add_argument("--batch-size", type=int, default=256, help="faces per featurizer batch")

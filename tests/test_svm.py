@@ -119,6 +119,15 @@ def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path):
     meta = json.loads((run / "artifact" / "model.json").read_text())
     assert meta["metrics"]["test"]["accuracy"] == summary["evaluations"]["test"]["accuracy"]
 
+    # Another lambda into the same run directory would replace this SVM: refused, then --overwrite.
+    other = ["baseline", "--catalog", str(synthetic_catalog), "--run-dir", str(run), "--lambda", "0.1"]
+    assert main(other) == 2
+    assert "different lambda" in capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text())["settings"]["lambda"] == 1.0
+    assert main([*other, "--overwrite"]) == 0
+    assert json.loads((run / "run.json").read_text())["settings"]["lambda"] == 0.1
+    assert json.loads((run / "metrics.json").read_text())["fit"]["lambda"] == 0.1
+
 
 @pytest.mark.ray
 @pytest.mark.realdata

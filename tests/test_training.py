@@ -46,6 +46,18 @@ def test_cli_train_one_worker_learns_and_evaluates(synthetic_catalog, tmp_path, 
     assert json.loads((out / "metrics.json").read_text())["accuracy"] > 0.6
     assert "val+tta-flip" in read_meta(run_dir / "artifact")["metrics"]
 
+    # Neither an earlier report nor a trained run is written over without --overwrite.
+    again = ["evaluate", "--artifact", str(run_dir / "artifact"), "--catalog", str(synthetic_catalog),
+             "--split", "test", "--output", str(out), "--device", "cpu"]
+    capsys.readouterr()
+    assert main(again) == 2 and "--overwrite" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["protocol"].startswith("split 'val'")
+    assert main([*again, "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["protocol"].startswith("split 'test'")
+    assert main(["baseline", "--catalog", str(synthetic_catalog), "--run-dir", str(run_dir)]) == 2
+    assert "holds a train run" in capsys.readouterr().err
+    assert read_meta(run_dir / "artifact")["kind"] == "cnn"
+
 
 @pytest.mark.timeout(300)
 def test_two_cpu_workers_learn(synthetic_catalog, tmp_path, ray_session):
@@ -99,6 +111,8 @@ def test_transfer_learning_freezes_early_stages(small_artifact, synthetic_catalo
                     log=lambda *_: None)
     meta, new = load_artifact(summary["artifact"])
     _, old = load_artifact(small_artifact)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == meta["architecture"] == "small_cnn"  # recorded: what was trained
     assert meta["transfer"]["frozen_stages"] == ["block1", "block2", "block3", "block4", "head"]
     assert meta["parameters"]["trainable"] == 128 * 7 + 7
     assert meta["parameters"]["frozen"] == meta["parameters"]["total"] - meta["parameters"]["trainable"]
@@ -116,6 +130,10 @@ def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic
 
     with pytest.raises(ValueError, match="--freeze 6 is out of range"):
         train(config(init_from=str(small_artifact), freeze=6), log=lambda *_: None)
+    with pytest.raises(ValueError, match="--model vgg16 conflicts with --init-from .*small_cnn"):
+        train(config(init_from=str(small_artifact), model="vgg16"), log=lambda *_: None)
+    with pytest.raises(ValueError, match="is a folder \\(an artifact: fine-tune it with --init-from\\)"):
+        train(config(weights=str(small_artifact)), log=lambda *_: None)
     with pytest.raises(ValueError, match="--freeze needs --init-from"):
         config(freeze=-2)
     with pytest.raises(ValueError, match="--checkpoint-every must be at least 1"):

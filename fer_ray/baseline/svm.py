@@ -39,6 +39,7 @@ import torch
 from fer_ray.artifacts import ArtifactError, load_artifact, save_artifact
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
+from fer_ray.rundir import claim
 
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
 MIN_SCALE_FRACTION = 0.1
@@ -198,16 +199,19 @@ def train_svm(catalog: str, output: str, lam: float = DEFAULT_LAMBDA, solver: st
 
 
 def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
-                 max_iter: int = 1000, loss: str = "hinge", log=print) -> dict:
-    """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json."""
+                 max_iter: int = 1000, loss: str = "hinge", overwrite: bool = False, log=print) -> dict:
+    """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json.
+
+    A run directory holding another run (or this one with another lambda) is refused unless
+    ``overwrite``: a second SVM would silently replace the first."""
+    from fer_ray.data.catalog import read_manifest
     from fer_ray.evaluation.evaluate import evaluate_splits
     from fer_ray.evaluation.metrics import headline_figures
 
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    read_manifest(catalog)  # a wrong --catalog fails before the run directory is claimed
     config = {"catalog": str(Path(catalog).resolve()), "lambda": lam, "solver": solver, "loss": loss,
               "max_iter": max_iter}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    out = claim(run_dir, "baseline", config, overwrite)  # run.json records these settings
     t0 = time.perf_counter()
     artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
     log(f"baseline: {solver} {loss} lambda {lam:g} ({', '.join(f'{k} {info[k]:.3g}' for k in ('C', 'alpha') if k in info)}) "

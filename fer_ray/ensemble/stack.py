@@ -28,6 +28,7 @@ import torch
 from fer_ray.artifacts import ArtifactError, file_sha256, load_artifact, read_meta, save_artifact
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.features import MemberFeatures
+from fer_ray.rundir import claim
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -163,8 +164,10 @@ def save_ensemble(path: str, head: StackedHead, members: list[dict], widths: lis
 
 
 def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, batch_size: int = 256,
-                 actors: int | None = None, gpu: bool | None = None, log=print) -> dict:
-    """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side."""
+                 actors: int | None = None, gpu: bool | None = None, overwrite: bool = False, log=print) -> dict:
+    """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side.
+
+    The run directory is claimed for these members, catalog and grid (see ``fer_ray.rundir``)."""
     from fer_ray.data.catalog import read_manifest
     from fer_ray.ensemble.features import featurize, read_features
     from fer_ray.evaluation.evaluate import evaluate_artifact, protocol
@@ -178,8 +181,8 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, ba
         if split not in manifest["shards"]:
             raise ValueError(f"catalog {catalog} has no {split!r} split (the head is fitted on train, C chosen on val)")
     records = [member_record(m) for m in members]
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {"members": [r["path"] for r in records], "catalog": str(Path(catalog).resolve()), "grid": list(grid)}
+    out = claim(run_dir, "ensemble", settings, overwrite)
     t0 = time.perf_counter()
     paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=batch_size,
                       actors=actors, gpu=gpu)

@@ -36,6 +36,9 @@ def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channe
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load weights without ever unpickling code."""
     p = Path(path)
+    if p.is_dir():
+        hint = " (an artifact: fine-tune it with --init-from)" if (p / "model.json").is_file() else ""
+        raise ValueError(f"--weights takes a weights file (.safetensors or a state dict); {p} is a folder{hint}")
     if not p.is_file():
         raise FileNotFoundError(f"weights file not found: {p}")
     if p.suffix == ".safetensors":

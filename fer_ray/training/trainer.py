@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +27,22 @@ from fer_ray.data.catalog import read_manifest, split_dir
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
+from fer_ray.rundir import claim
 from fer_ray.training.local import artifact_meta
 from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
 
 STATE_FILE = "state.pt"
+# Settings that shape the training trajectory: a rerun that resumes must keep them.
+TRAJECTORY = ("catalog", "model", "input_size", "recipe", "workers", "init_from", "freeze", "weights")
+PATH_KEYS = ("catalog", "init_from", "weights")
 
 
 @dataclass
 class TrainConfig:
     catalog: str
     run_dir: str
-    model: str = "small_cnn"
+    model: str | None = None  # default: small_cnn, or the --init-from artifact's architecture
     input_size: int | None = None  # network input; default: the catalog's image size
     recipe: Recipe = field(default_factory=Recipe)
     workers: int = 1
@@ -51,6 +55,7 @@ class TrainConfig:
     freeze: int = 0  # stages frozen: first N, or all but the last K when negative
     weights: str | None = None  # local weights file to start from
     eval_tta: str = "none"
+    overwrite: bool = False  # replace what run_dir holds instead of resuming or refusing
     fault_epoch: int | None = None  # testing aid: fail once at this epoch to exercise recovery
 
     def __post_init__(self):
@@ -60,6 +65,8 @@ class TrainConfig:
             raise ValueError("--workers must be at least 1")
         if self.checkpoint_every < 1:
             raise ValueError("--checkpoint-every must be at least 1")
+        if self.model is None and not self.init_from:
+            self.model = "small_cnn"
         if self.freeze and not self.init_from:
             raise ValueError("--freeze needs --init-from (the artifact whose early stages to freeze)")
         # Ray Train runs each worker in a directory of its own: relative paths would not resolve.
@@ -74,6 +81,11 @@ def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
         meta = read_meta(cfg.init_from)
         if meta["kind"] != "cnn":
             raise ValueError(f"--init-from needs a CNN artifact; {cfg.init_from} is {meta['kind']}")
+        for flag, given, kept in (("--model", cfg.model, meta["architecture"]),
+                                  ("--input-size", cfg.input_size, meta["input_size"])):
+            if given is not None and given != kept:
+                raise ValueError(f"{flag} {given} conflicts with --init-from {cfg.init_from} ({kept}); "
+                                 f"fine-tuning keeps the artifact's {flag[2:]}, so drop {flag}")
         return {"architecture": meta["architecture"], "input_size": meta["input_size"],
                 "normalization": meta["normalization"]}
     return {"architecture": cfg.model, "input_size": cfg.input_size or manifest["image_size"],
@@ -109,9 +121,11 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     init_ray()
     if cfg.gpu:  # before anything is written: a refused run leaves no run directory behind
         require_gpus(cfg.workers)
-    run_dir = Path(cfg.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(run_dir, cfg)
+    # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
+    # name and storage path); other settings would silently mix two schedules, so they are refused.
+    cfg = replace(cfg, model=resolved["architecture"])  # what config.json records is what trains
+    stored = asdict(cfg)
+    run_dir = claim(cfg.run_dir, "train", {k: stored[k] for k in (*TRAJECTORY, "name")}, cfg.overwrite)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
 
     datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))
@@ -153,32 +167,6 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     evals = evaluate_splits(str(artifact), cfg.catalog, run_dir, tta=cfg.eval_tta, log=lambda line: log(f"train: {line}"))
     return {"artifact": str(artifact), "history": history, "evaluations": evals,
             "parameters": state["parameters"], "run_dir": str(run_dir)}
-
-
-# Settings that shape the training trajectory: a rerun that resumes must keep them.
-TRAJECTORY = ("catalog", "model", "input_size", "recipe", "workers", "init_from", "freeze", "weights")
-PATH_KEYS = ("catalog", "init_from", "weights")
-
-
-def _check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a run directory's checkpoints under different training settings.
-
-    Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
-    name and storage path); a changed recipe would silently mix two schedules instead.
-    """
-    previous = run_dir / "config.json"
-    if not (previous.exists() and (run_dir / "ray" / cfg.name).exists()):
-        return
-    old = json.loads(previous.read_text())
-    for key in PATH_KEYS:  # runs recorded before paths were made absolute
-        if old.get(key):
-            old[key] = os.path.abspath(old[key])
-    new = json.loads(json.dumps(asdict(cfg)))  # as stored: tuples become lists
-    changed = [k for k in TRAJECTORY if old.get(k) != new.get(k)]
-    if old.get("name") == cfg.name and changed:
-        raise ValueError(
-            f"{run_dir} holds run {cfg.name!r} trained with different {', '.join(changed)}; rerun with the "
-            "same settings to resume it, or use a new --run-dir (or --name) to start another run")
 
 
 def _shard_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ starting trial's data loading never waits behind running workers for the last CP
 
 A sweep's run directory::
 
-    sweep.json          settings; rerunning with other settings is refused
+    run.json            settings (fer_ray.rundir); other settings are refused unless --overwrite
     tune/<kind>/        Tune's experiment state: rerunning the same command resumes it
     trials/<trial_id>/  SVM: artifact/ ; CNN: the trial's whole training run dir
     results.csv         one row per trial: config, val_acc, epochs, status
@@ -48,6 +48,7 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler
 
 from fer_ray.baseline.svm import SOLVERS, fit_svm, save_svm
+from fer_ray.rundir import claim
 from fer_ray.runtime import Interrupted
 from fer_ray.data.catalog import load_split, read_manifest
 
@@ -71,6 +72,7 @@ class SvmSweep:
     max_iter: int = 1000
     concurrency: int | None = None  # default: one trial per cluster CPU
     seed: int = 0
+    overwrite: bool = False  # replace what run_dir holds instead of resuming or refusing
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -101,6 +103,7 @@ class CnnSweep:
     grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 2
     seed: int = 0
+    overwrite: bool = False  # replace what run_dir holds instead of resuming or refusing
 
     def __post_init__(self):
         self.batch_sizes = tuple(self.batch_sizes)
@@ -301,28 +304,15 @@ class CooperativeASHA(ASHAScheduler):
         return self.CONTINUE
 
 
-def _check_resumable(run_dir: Path, settings: dict) -> None:
-    """Refuse to resume a sweep under other settings: Tune would silently keep the old ones."""
-    previous = run_dir / "sweep.json"
-    if not previous.exists():
-        return
-    old = {k: v for k, v in json.loads(previous.read_text()).items() if k != "kind"}
-    changed = sorted(k for k in set(old) | set(settings) if json.dumps(old.get(k)) != json.dumps(settings.get(k)))
-    if changed:
-        raise ValueError(f"{run_dir} holds a sweep with different {', '.join(changed)}; rerun with the same "
-                         "settings to resume it, or use a new --run-dir")
-
-
 def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concurrency: int, scheduler,
          log=print) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    run_dir = Path(settings["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(run_dir, settings)
-    (run_dir / "sweep.json").write_text(json.dumps(settings | {"kind": kind}, indent=2))
+    # Tune would silently keep a resumed sweep's old settings: other ones are refused.
+    compared = {k: v for k, v in settings.items() if k != "overwrite"}
+    run_dir = claim(settings["run_dir"], f"sweep {kind}", compared, settings["overwrite"])
     experiment = run_dir / "tune" / kind
     t0 = time.time()
     if tune.Tuner.can_restore(str(experiment)):

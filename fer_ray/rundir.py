@@ -1,0 +1,47 @@
+"""A run directory holds one run: one stage with one set of settings.
+
+``train``, ``baseline``, ``sweep`` and ``ensemble`` write an artifact, metrics and reports
+under ``--run-dir``. Pointing a second run at the same folder used to replace them silently
+(a baseline over a trained CNN, a second lambda over the first SVM). ``claim`` records the
+owner in ``run.json`` and refuses any other owner; the same stage with the same settings
+passes, which is how an interrupted train run or sweep resumes. ``overwrite`` clears a folder
+that holds a fer-ray run, never one that holds anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+RECORD = "run.json"
+
+
+def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False) -> Path:
+    """Make ``run_dir`` this run's (creating it) and return its absolute path, or raise ValueError.
+
+    ``settings`` are those that shape the results: a rerun that changes one would mix two runs.
+    """
+    path = Path(run_dir).resolve()
+    settings = json.loads(json.dumps(settings, default=str))  # as stored: tuples become lists
+    record = path / RECORD
+    if path.is_dir() and any(path.iterdir()):
+        if not record.is_file():
+            raise ValueError(f"--run-dir {path} is not empty and holds no fer-ray run (no {RECORD}); "
+                             "use a new or empty folder")
+        old = json.loads(record.read_text())
+        if overwrite:
+            shutil.rmtree(path)
+        elif old["stage"] != stage:
+            raise ValueError(f"--run-dir {path} holds a {old['stage']} run; use another --run-dir, "
+                             "or pass --overwrite to replace it")
+        else:
+            changed = sorted(k for k in set(old["settings"]) | set(settings)
+                             if old["settings"].get(k) != settings.get(k))
+            if changed:
+                raise ValueError(f"--run-dir {path} holds a {stage} run with different {', '.join(changed)}; "
+                                 "rerun with the same settings (an unfinished run resumes), use another "
+                                 "--run-dir, or pass --overwrite to replace it")
+    path.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"stage": stage, "settings": settings}, indent=2))
+    return path

@@ -1,0 +1,40 @@
+"""One run directory, one run: stages and settings are not mixed unless --overwrite says so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fer_ray.rundir import RECORD, claim
+
+
+def test_a_rerun_with_the_same_settings_resumes_and_other_owners_are_refused(tmp_path):
+    run = tmp_path / "run"
+    assert claim(run, "train", {"model": "small_cnn", "epochs": 3}) == run.resolve()
+    (run / "artifact").mkdir()
+    claim(run, "train", {"model": "small_cnn", "epochs": 3})  # the same command again: resume
+    assert (run / "artifact").is_dir()
+    with pytest.raises(ValueError, match="holds a train run with different epochs, model"):
+        claim(run, "train", {"model": "vgg16", "epochs": 5})
+    with pytest.raises(ValueError, match="holds a train run; use another --run-dir, or pass --overwrite"):
+        claim(run, "baseline", {"lambda": 0.5})
+    assert json.loads((run / RECORD).read_text())["settings"]["epochs"] == 3  # refusals change nothing
+
+
+def test_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):
+    run = tmp_path / "run"
+    claim(run, "train", {"epochs": 3})
+    (run / "artifact").mkdir()
+    claim(run, "baseline", {"lambda": 0.5}, overwrite=True)
+    assert not (run / "artifact").exists()
+    assert json.loads((run / RECORD).read_text()) == {"stage": "baseline", "settings": {"lambda": 0.5}}
+
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not empty and holds no fer-ray run"):
+            claim(mine, "train", {}, overwrite=overwrite)
+    assert (mine / "notes").is_dir() and not (mine / RECORD).exists()
+    (tmp_path / "empty").mkdir()
+    claim(tmp_path / "empty", "train", {})  # an empty folder is fine
