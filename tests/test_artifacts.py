@@ -112,12 +112,20 @@ def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
         predictor.predict_proba(data["image"][:2], tta="rotate")
 
 
-def test_evaluations_on_another_catalog_are_kept_apart(synthetic_catalog):
-    from fer_ray.data.catalog import read_manifest
+def test_evaluations_on_another_catalog_are_kept_apart(synthetic_catalog, tmp_path):
+    from fer_ray.data.catalog import MANIFEST, read_manifest
     from fer_ray.evaluation.evaluate import metrics_key
 
-    own = {"catalog": {"sha256": read_manifest(str(synthetic_catalog))["catalog_sha256"]}}
+    checksum = read_manifest(str(synthetic_catalog))["catalog_sha256"]
+    own = {"catalog": {"sha256": checksum}}
     assert metrics_key(own, str(synthetic_catalog), "test", "none") == "test"
     assert metrics_key(own, str(synthetic_catalog), "val", "flip") == "val+tta-flip"
     other = {"catalog": {"sha256": "0" * 64}}  # trained elsewhere (e.g. FER2013, scored on KDEF)
-    assert metrics_key(other, str(synthetic_catalog), "test", "none") == f"{synthetic_catalog.name}:test"
+    key = metrics_key(other, str(synthetic_catalog), "test", "none")
+    assert key == f"{synthetic_catalog.name}@{checksum[:8]}:test"
+    # Another catalog in a folder of the same name (e.g. two `kdef` folders) gets its own key.
+    twin = tmp_path / "elsewhere" / synthetic_catalog.name
+    shutil.copytree(synthetic_catalog, twin)
+    manifest = json.loads((twin / MANIFEST).read_text())
+    (twin / MANIFEST).write_text(json.dumps(manifest | {"catalog_sha256": "f" * 64}))
+    assert metrics_key(other, str(twin), "test", "none") not in (key, "test")

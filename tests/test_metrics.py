@@ -56,3 +56,19 @@ def test_report_files_state_protocol(tmp_path, predictions):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = comparison_table([("a", m), ("b", m)], "split 'val'")
     assert table.count("| a |") == 1 and "split 'val'" in table
+
+
+def test_figure_titles_stay_inside_the_figure(predictions):
+    """A long protocol (deep input path) is wrapped, not cut off at the PNG's edges."""
+    from fer_ray.evaluation.report import confusion_figure, per_class_figure
+
+    protocol = ("split 'test' of catalog 'fer2013' (csv: /mnt/datasets/team/facial-expressions/raw/"
+                "fer2013/fer2013.csv; split mode source), 3589 images, test-time augmentation: none")
+    metrics = classification_metrics(*predictions)
+    for make in (confusion_figure, per_class_figure):
+        fig = make(metrics, f"cnn vgg16_bn on test\n{protocol}")
+        fig.canvas.draw()
+        title = fig.axes[0].title
+        box = title.get_window_extent()
+        assert title.get_text().count("\n") >= 3  # wrapped
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, make.__name__

@@ -37,12 +37,14 @@ def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta:
 
 def metrics_key(meta: dict, catalog: str, split: str, tta: str) -> str:
     """Where model.json records a result: the split's name on the catalog the artifact was
-    trained on (``val``, ``test+tta-flip``), prefixed by the catalog's folder name on any
-    other catalog (``kdef:test``), so evaluating elsewhere never overwrites those figures."""
+    trained on (``val``, ``test+tta-flip``), prefixed on any other catalog by its folder name
+    and the start of its checksum (``kdef@1f2e3d4c:test``), so evaluating elsewhere never
+    overwrites those figures, nor two catalogs in folders of the same name each other's."""
     key = split if tta == "none" else f"{split}+tta-{tta}"
     trained_on = (meta.get("catalog") or {}).get("sha256")
-    if trained_on != read_manifest(catalog)["catalog_sha256"]:
-        key = f"{Path(catalog).resolve().name}:{key}"
+    checksum = read_manifest(catalog)["catalog_sha256"]
+    if trained_on != checksum:
+        key = f"{Path(catalog).resolve().name}@{checksum[:8]}:{key}"
     return key
 
 

@@ -7,6 +7,7 @@ can't lose its protocol.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -53,6 +54,25 @@ def write_report(metrics: dict, output: str, title: str, protocol: str) -> Path:
 
 
 def plot_confusion(metrics: dict, path: Path, title: str) -> None:
+    _save(confusion_figure(metrics, title), path)
+
+
+def plot_per_class(metrics: dict, path: Path, title: str) -> None:
+    _save(per_class_figure(metrics, title), path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _title(text: str, width: int) -> str:
+    """Wrap each line of a figure title: a long protocol (a deep input path) would otherwise
+    run past the figure's edges and be cut off in the PNG."""
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
+
+
+def confusion_figure(metrics: dict, title: str):
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.float64)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     labels = metrics["labels"]
@@ -66,14 +86,13 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}\nrow-normalised (recall per emotion), counts in brackets", fontsize=9)
+    ax.set_title(_title(f"{title}\nrow-normalised (recall per emotion), counts in brackets", 90), fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_per_class(metrics: dict, path: Path, title: str) -> None:
+def per_class_figure(metrics: dict, title: str):
     labels = metrics["labels"]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -82,10 +101,9 @@ def plot_per_class(metrics: dict, path: Path, title: str) -> None:
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title(f"{title}\nper emotion (one-vs-rest)", fontsize=9)
+    ax.set_title(_title(f"{title}\nper emotion (one-vs-rest)", 100), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def comparison_table(rows: list[tuple[str, dict]], protocol: str) -> str:
