@@ -268,3 +268,20 @@ def test_killed_job_resumes_and_scores_every_file_exactly_once(tmp_path, ray_ses
     df = pd.read_csv(out)
     assert len(df) == 160 and df["path"].is_unique and (df["error"] == NO_FACE).all()
     assert sorted(df["path"]) == sorted(str(p) for p in root.rglob("*.png"))
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
+def test_parts_are_no_bigger_than_asked_even_below_a_detection_task(tmp_path, ray_session, small_artifact):
+    """--part-files 8 on 48 crops: parts land as files complete (a detection task of 1,024
+    crops would otherwise hold all 48 until the end, and an interruption would keep nothing)."""
+    root = tmp_path / "crops"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(48):
+        (root / f"c{i:02d}.png").write_bytes(encode(rng.integers(0, 256, (48, 48), dtype=np.uint8), "PNG"))
+    out = tmp_path / "scores.parquet"
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="none", part_files=8, log=print)
+    sizes = [pq.read_metadata(p).num_rows for p in PartStore(parts_folder(out)).parts()]
+    assert summary.files == 48 and sum(sizes) == 48
+    assert len(sizes) >= 3 and max(sizes) < 2 * 8, sizes

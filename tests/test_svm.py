@@ -105,9 +105,10 @@ def test_svm_artifact_round_trips_through_predictor(synthetic_svm, synthetic_cat
         predictor.predict_proba(val["image"][:2], tta="tencrop")
     # Faces of another size are resized by the Predictor, like for every other kind.
     assert predictor.predict(np.zeros((2, 96, 96), np.uint8)).shape == (2,)
+    assert predictor.predict_proba([]).shape == (0, NUM_CLASSES)  # like a CNN's
 
 
-def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path):
+def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path, capsys):
     from fer_ray.cli import main
 
     run = tmp_path / "baseline"

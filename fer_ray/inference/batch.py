@@ -499,13 +499,17 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
     init_ray(num_cpus)
     resources = ray.cluster_resources()
     plan = plan_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), config.mode, gpu, actors)
+    # No stage may gather more than a part's worth of files before passing them on, or a part
+    # smaller than a detection task (or a model batch) would be written only once all of it is
+    # done, and an interrupted small job would keep nothing.
+    files_per_task, batch_size = min(plan.files_per_task, part_files), min(batch_size, part_files)
     log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
-        f"each), detection tasks of {plan.files_per_task} files at {plan.task_cpus} CPU")
-    blocks = max(1, min(math.ceil(len(todo) / plan.files_per_task), 1000))
+        f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
+    blocks = max(1, min(math.ceil(len(todo) / files_per_task), 1000))
     ds = (
         ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
                             override_num_blocks=blocks)
-        .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=plan.files_per_task,
+        .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
                      num_cpus=plan.task_cpus)
         .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": plan.device,
                                                         "batch_size": batch_size, "threads": plan.threads},

@@ -108,7 +108,10 @@ class Predictor:
         """(N, 7) float32 probabilities in EMOTIONS order."""
         if tta not in TTA_MODES:
             raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
-        return np.asarray(self.backend.predict_proba(self.prepare(faces), tta), dtype=np.float32)
+        faces = self.prepare(faces)
+        if not len(faces):  # every kind answers an empty batch alike (the SVM's scaler would raise)
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return np.asarray(self.backend.predict_proba(faces, tta), dtype=np.float32)
 
     def predict(self, faces, tta: str = "none") -> np.ndarray:
         return self.predict_proba(faces, tta).argmax(axis=1)
