@@ -449,7 +449,8 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
     """Score every image under ``input`` into ``output`` (.parquet or .csv); see the module doc.
 
     ``part_files``: files per part (how much work an interruption can lose at most).
-    ``actors``: model actors (default: one per GPU with ``gpu``, else one per two CPUs).
+    ``actors``: model actors (default, from ``plan_resources``: one per GPU with ``gpu``; on CPUs
+    one per CPU with ``faces="none"``, one per four CPUs when detecting faces).
     """
     from fer_ray.artifacts import read_meta
 
