@@ -90,3 +90,22 @@ def test_a_file_too_big_for_any_allowed_image_is_refused_unread(tmp_path):
     assert len(read_image_file(big, max_pixels=1_000_000)) == 70 << 20  # 64 MiB + 8 MB allowed
     with pytest.raises(ImageError, match="file not found"):
         read_image_file(tmp_path / "gone.jpg", max_pixels=1000)
+
+
+def _tiff(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "TIFF")
+    return buf.getvalue()
+
+
+def test_float_images_are_rescaled_and_non_finite_pixels_refused():
+    """A float TIFF is stretched to 0..255; one NaN would have made every pixel NaN -> 0 (black)."""
+    ramp = np.linspace(-1.0, 3.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    grey = decode_grey(_tiff(ramp))
+    assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
+    assert np.all(np.diff(grey.astype(int).ravel()) >= 0)  # order kept
+    for bad in (np.nan, np.inf, -np.inf):
+        spoilt = ramp.copy()
+        spoilt[0, 0] = bad
+        with pytest.raises(ImageError, match="1 non-finite pixel"):
+            decode_grey(_tiff(spoilt))

@@ -100,12 +100,16 @@ def to_grey(img: Image.Image) -> np.ndarray:
 
     Pillow's "L" conversion is L = 0.299 R + 0.587 G + 0.114 B, the weights the paper (and
     MATLAB's rgb2gray) use for KDEF's colour photos. Transparent pixels are composited on
-    white, and 16-bit/float images are rescaled to 0..255 rather than clipped.
+    white, and 16-bit/float images are rescaled to 0..255 rather than clipped; a float image
+    with NaN or infinite pixels has no such scale and is an ImageError.
     """
     if img.mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:  # NaN would make the whole scaled image NaN, i.e. black, and still be "scored"
+            raise ImageError(f"float image with {bad} non-finite pixel(s) (NaN or infinity)")
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return np.round(scaled).astype(np.uint8)
