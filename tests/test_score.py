@@ -137,6 +137,29 @@ def test_links_special_files_and_foreign_names_are_listed_and_get_rows(tmp_path)
                        **{e: [float("nan")] * 4 for e in EMOTIONS}}).num_rows == 4  # UTF-8 all through
 
 
+def test_display_paths_never_collide():
+    """The output's key: a Latin-1 byte and a name that holds the text of its escape are two files."""
+    latin1, literal = os.fsdecode(b"caf\xe9.png"), "caf\\xe9.png"
+    assert display_path(latin1) == "caf\\xe9.png" and display_path(literal) == "caf\\x5cxe9.png"
+    assert display_path("a\\b.png") == "a\\b.png" and display_path("ünï.png") == "ünï.png"  # unchanged
+    names = [latin1, literal, "caf\\x5cxe9.png", os.fsdecode(b"\\\xe9.png"), "\\\\xe9.png", "\\xe9.png"]
+    assert len({display_path(n) for n in names}) == len(names)
+
+
+def test_an_output_that_is_a_folder_or_not_ours_is_refused_before_any_work(tmp_path):
+    spark_style = tmp_path / "scores.parquet"
+    spark_style.mkdir()
+    with pytest.raises(ScoreError, match="is a folder; name a file inside it"):
+        score_folder(str(tmp_path), str(tmp_path), str(spark_style))
+    mine = tmp_path / "mine.csv"
+    mine.write_text("user data\n")
+    with pytest.raises(ScoreError, match="exists and is no earlier result of fer-ray score"):
+        score_folder(str(tmp_path), str(tmp_path), str(mine))
+    assert mine.read_text() == "user data\n" and not parts_folder(mine).exists()
+    with pytest.raises(ScoreError, match="name the file too, e.g. scores.csv"):
+        score_folder(str(tmp_path), str(tmp_path), str(tmp_path / ".csv"))
+
+
 @pytest.mark.parametrize("mode", ["none", "all"])
 @pytest.mark.parametrize("cpus,gpus,gpu", [(1, 0, False), (2, 0, False), (3, 0, False), (16, 0, False),
                                            (2, 1, True), (8, 4, True)])

@@ -29,6 +29,7 @@ import glob
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,10 +95,17 @@ def list_images(input: str) -> tuple[list[str], int]:
     return sorted(images), others
 
 
+# A backslash that a name itself holds before "xNN", which an escaped byte would look like.
+_LITERAL_ESCAPE = re.compile(r"\\(?=x[0-9a-fA-F]{2})")
+
+
 def display_path(path: str) -> str:
-    """A path as the output stores it. Parquet and CSV strings must be UTF-8, and a file name
-    in another encoding (a Latin-1 name from an old archive) is not: its odd bytes are
-    written as ``\\xNN`` escapes. Valid names come back unchanged."""
+    """A path as the output stores it, one string per file. Parquet and CSV strings must be
+    UTF-8, and a file name in another encoding (a Latin-1 name from an old archive) is not: its
+    odd bytes are written as ``\\xNN`` escapes. So that no two files share a string (the output's
+    key), a backslash that a name holds before ``xNN`` is written ``\\x5c``; every other name
+    comes back unchanged."""
+    path = _LITERAL_ESCAPE.sub(r"\\x5c", path)
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
@@ -456,7 +464,14 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
 
     out = Path(output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
-        raise ScoreError(f"--output must end in {' or '.join(OUTPUT_FORMATS)}, got {out.name}")
+        unnamed = "; name the file too, e.g. scores" + out.name if out.name.lower() in OUTPUT_FORMATS else ""
+        raise ScoreError(f"--output must end in {' or '.join(OUTPUT_FORMATS)}, got {out.name}{unnamed}")
+    if out.is_dir():
+        raise ScoreError(f"--output {out} is a folder; name a file inside it, e.g. {out / ('scores' + out.suffix)}")
+    if out.exists() and not overwrite and not (parts_folder(out) / JOB_FILE).is_file():
+        # Only a file this command wrote (its parts and job.json beside it) is rewritten unasked.
+        raise ScoreError(f"{out} exists and is no earlier result of fer-ray score (no {parts_folder(out).name}/"
+                         f"{JOB_FILE} beside it); pass --overwrite to replace it, or choose another --output")
     if batch_size < 1 or part_files < 1:
         raise ScoreError("--batch-size and --part-files must be at least 1")
     meta = read_meta(artifact)
