@@ -88,6 +88,13 @@ def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp
     ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--actors", "0"],
     ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--part-files", "0"],
     ["baseline", "--catalog", "c", "--run-dir", "r", "--max-iter", "0"],
+    ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--num-cpus", "0"],  # hung for ever
+    ["serve", "--artifact", "a", "--num-cpus", "0"],
+    ["serve", "--artifact", "a", "--batch-wait-ms", "-5"],  # was a pydantic error naming internal fields
+    ["serve", "--artifact", "a", "--replica-cpus", "-1"],
+    ["serve", "--artifact", "a", "--max-files", "0"],
+    ["serve", "--artifact", "a", "--max-batch-size", "0"],
+    ["serve", "--artifact", "a", "--replicas", "0"],
 ])
 def test_nonsense_counts_and_margins_are_refused_by_the_parser(argv):
     from fer_ray.cli import parse_args
