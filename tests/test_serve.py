@@ -164,7 +164,8 @@ def test_batch_endpoint_reports_each_file(service, images):
     assert [x["filename"] for x in results] == ["a.png", "b.jpg", "c.txt", "d.gif"]
     assert [x["status"] for x in results] == [200, 400, 415, 415]
     assert len(results[0]["result"]["faces"]) == 1 and "truncated" in results[1]["error"]
-    _is_error(service.post("/predict/batch", files=[("files", ("a.png", images["crop"]))] * 5), 400, "too many files")
+    _is_error(service.post("/predict/batch", files=[("files", ("a.png", images["crop"]))] * 5), 400,
+              "too many files: at most 4 files")  # --max-files 4: a limit, not a "malformed" body
     _is_error(service.post("/predict/batch", content=images["crop"], headers={"content-type": "image/png"}), 415)
 
 
@@ -195,7 +196,26 @@ def test_client_mistakes_are_4xx_json_never_500(service, images):
     _is_error(service.post("/predict", content=images["gif"], headers={"content-type": "image/gif"}), 415, "GIF")
     _is_error(service.post("/predict?faces=sideways", content=images["crop"]), 422, "faces")
     _is_error(service.get("/predict"), 405)
+    assert service.head("/predict").headers.get("allow") == "POST"
     _is_error(service.get("/nowhere"), 404)
+
+
+def _multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"abc") -> bytes:
+    """A multipart/form-data body, closing delimiter included, built by hand so it can be cut."""
+    head = b'--%s\r\nContent-Disposition: form-data; name="files"; filename="%s"\r\nContent-Type: image/png\r\n\r\n'
+    return b"".join(head % (boundary, name) + data + b"\r\n" for name, data in parts) + b"--" + boundary + b"--\r\n"
+
+
+def test_a_multipart_body_cut_short_is_refused_not_answered_for_fewer_files(service, images):
+    """The multipart parser stops quietly at a body's end: a cut upload would lose its last file."""
+    headers = {"content-type": "multipart/form-data; boundary=abc"}
+    body = _multipart([(b"a.png", images["crop"]), (b"b.png", images["crop"])])
+    whole = service.post("/predict/batch?faces=none", content=body, headers=headers)
+    assert whole.status_code == 200 and [r["filename"] for r in whole.json()["results"]] == ["a.png", "b.png"]
+    without_close = body[:body.rindex(b"--abc--")]
+    for cut in (without_close, body[:-4], without_close[:-len(images["crop"]) // 2]):
+        _is_error(service.post("/predict/batch?faces=none", content=cut, headers=headers), 400, "closing boundary")
+        _is_error(service.post("/predict?faces=none", content=cut, headers=headers), 400, "closing boundary")
 
 
 @pytest.mark.ray

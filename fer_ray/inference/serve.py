@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from python_multipart.multipart import parse_options_header
 from starlette.formparsers import MultiPartException
 
 from fer_ray.data.faces import FaceDetector
@@ -211,8 +212,8 @@ api = FastAPI(
 )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message, "status": status})
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, "status": status}, headers=headers)
 
 
 @api.exception_handler(ApiError)
@@ -222,7 +223,7 @@ async def _api_error(_request, exc: ApiError):
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_request, exc: StarletteHTTPException):
-    return _error(exc.status_code, str(exc.detail))
+    return _error(exc.status_code, str(exc.detail), exc.headers)  # a 405 keeps its Allow header
 
 
 @api.exception_handler(RequestValidationError)
@@ -257,7 +258,17 @@ def _accepted_type(media_type: str) -> bool:
 
 
 async def uploaded_files(request: Request, body: bytes, max_files: int) -> list[tuple[str | None, bytes, str]]:
-    """(filename, bytes, declared type) of every file part of a multipart body."""
+    """(filename, bytes, declared type) of every file part of a multipart body.
+
+    A body cut short (a dropped connection, a client's size cap) parses without complaint up to
+    its last whole part, and the part being cut is silently left out; so a body without its
+    closing delimiter (``--BOUNDARY--``) is refused rather than answered for fewer files.
+    """
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:
+        raise ApiError(400, "malformed multipart body: it ends before its closing boundary "
+                            f"(--{boundary.decode('latin-1')}--); was the upload cut short?")
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
@@ -268,6 +279,8 @@ async def uploaded_files(request: Request, body: bytes, max_files: int) -> list[
         scope = {k: v for k, v in request.scope.items() if k != "app"}
         form = await Request(scope, replay).form(max_files=max_files, max_fields=max_files)
     except MultiPartException as exc:
+        if exc.message.startswith(("Too many files", "Too many fields")):
+            raise ApiError(400, f"too many files: at most {max_files} files (and form fields) per request") from None
         raise ApiError(400, f"malformed multipart body: {exc.message}") from None
     files = []
     for _, value in form.multi_items():
