@@ -257,3 +257,13 @@ def test_input_with_nothing_usable_is_an_input_error(tmp_path):
         build_catalog(FolderSource(str(tmp_path / "in")), str(tmp_path / "out"), overwrite=True, **QUIET)
     assert (tmp_path / "out" / "keep.txt").read_text() == "old catalog"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+@pytest.mark.ray
+def test_a_csv_of_a_header_and_blank_lines_is_a_source_error(tmp_path, ray_session):
+    """The planner sees bytes after the header, the reader finds no row: a KeyError traceback before."""
+    path = tmp_path / "blank.csv"
+    path.write_text("emotion,pixels,Usage\n\n\n")
+    with pytest.raises(SourceError, match="no rows in the input"):
+        build_catalog(Fer2013CsvSource(str(path)), str(tmp_path / "cat"))
+    assert not (tmp_path / "cat").exists()
