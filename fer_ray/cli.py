@@ -437,7 +437,36 @@ def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
         sub.error(f"unknown keys in {path}: {unknown}")
     for key in values:
         actions[key].required = False
-    sub.set_defaults(**values)
+    sub.set_defaults(**{k: _config_value(sub, path, actions[k], v) for k, v in values.items() if k != "config"})
+
+
+def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Action, value):
+    """A YAML value parsed as the flag's own text would be. argparse checks neither types nor
+    choices of defaults, so without this ``gpu: "false"`` switched --gpu on, ``epochs: 2.5``
+    went through, and a bad ``tta`` was only refused after the whole training run."""
+    flag = f"{action.option_strings[0] if action.option_strings else action.dest} (in {path})"
+    if value is None:  # `key:` with no value: the flag's default
+        return action.default
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            sub.error(f"{flag} must be true or false, got {value!r}")
+        return value
+    many = action.nargs in ("+", "*")
+    if isinstance(value, list) and not many:  # MIN,MAX flags: a YAML list reads as the comma list
+        value = ",".join(map(str, value))
+    items = value if isinstance(value, list) else [value]
+    parsed = []
+    for item in items:
+        if isinstance(item, (dict, list)):
+            sub.error(f"{flag} takes {'a list of values' if many else 'one value'}, got {value!r}")
+        try:
+            item = action.type(str(item)) if action.type else str(item)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            sub.error(f"{flag}: invalid value {item!r} ({exc})")
+        if action.choices is not None and item not in action.choices:
+            sub.error(f"{flag}: {item!r} is not one of {', '.join(map(str, action.choices))}")
+        parsed.append(item)
+    return parsed if many else parsed[0]
 
 
 def _check_output_folders(args) -> None:

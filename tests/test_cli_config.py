@@ -127,3 +127,33 @@ def test_ctrl_c_outside_a_sweep_exits_130_without_a_traceback(monkeypatch, tmp_p
     monkeypatch.setattr(catalog, "build_catalog", interrupted)
     assert main(["prepare", "--source", "synthetic", "--output", str(tmp_path / "c")]) == 130
     assert "interrupted (Ctrl+C)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,message", [
+    ('gpu: "false"\n', "--gpu (in"),                      # a string would have switched --gpu on
+    ("no_augment: 'no'\n", "must be true or false"),
+    ("epochs: 2.5\n", "--epochs (in"),
+    ("tta: tencrop2\n", "'tencrop2' is not one of"),     # was refused only after the training run
+    ("model: resnet5\n", "'resnet5' is not one of"),
+    ("batch_size: [32, 64]\n", "--batch-size (in"),
+])
+def test_yaml_values_are_checked_as_the_flags_would_be(tmp_path, capsys, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_yaml_values_get_the_flags_types(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nlr: 1e-3\ngpu: false\ntta: flip\ninput_size:\n")
+    args = parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"])
+    assert (args.epochs, args.lr, args.gpu, args.tta, args.input_size) == (3, 0.001, False, "flip", None)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("storage: out\nmodels: [small_cnn, vgg16]\nepochs: 2\n")
+    assert parse_args(["pipeline", "--config", str(pipeline)]).models == ["small_cnn", "vgg16"]
+    pipeline.write_text("storage: out\nmodels: [small_cnn, vgg61]\n")
+    with pytest.raises(SystemExit):
+        parse_args(["pipeline", "--config", str(pipeline)])
