@@ -154,3 +154,13 @@ def test_ensemble_gpu_without_a_gpu_is_refused_not_waited_for(members, synthetic
 
     with pytest.raises(ValueError, match="--gpu needs 1 GPU"):
         featurize_split(members, str(synthetic_catalog), "val", str(tmp_path / "f"), gpu=True)
+
+
+@pytest.mark.ray
+def test_the_same_member_twice_is_refused(small_artifact, synthetic_catalog, tmp_path):
+    """`--members A A` passed the two-member check as a one-model ensemble."""
+    from fer_ray.ensemble.stack import run_ensemble
+
+    with pytest.raises(ValueError, match="names the same artifact more than once"):
+        run_ensemble([str(small_artifact), f"{small_artifact}/"], str(synthetic_catalog), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -144,3 +144,41 @@ def test_svm_beats_chance_on_real_csv_sample(fer_csv_sample, ray_session, tmp_pa
     # 500 real training faces give 28% on the 100 val faces: P(>= 28 right | p = 1/7) < 0.001.
     # (Always answering the commonest emotion would score 32% here; the SVM needs more data.)
     assert accuracy(model, val) > CHANCE + 0.08
+
+
+def test_baseline_refusals_leave_the_run_directory_unclaimed(synthetic_catalog, tmp_path):
+    """A bad --lambda or a catalog without train fails before run.json is written."""
+    import shutil
+
+    from fer_ray.baseline.svm import run_baseline
+    from fer_ray.data.catalog import MANIFEST
+
+    run = tmp_path / "run"
+    for lam in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="--lambda must be a positive finite number"):
+            run_baseline(str(synthetic_catalog), str(run), lam=lam)
+    no_train = tmp_path / "no-train"
+    shutil.copytree(synthetic_catalog, no_train)
+    manifest = json.loads((no_train / MANIFEST).read_text())
+    manifest["shards"].pop("train")
+    (no_train / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="has no 'train' split"):
+        run_baseline(str(no_train), str(run))
+    assert not run.exists()
+
+
+def test_a_catalog_rebuilt_in_place_is_not_resumed_as_the_old_one(synthetic_catalog, tmp_path):
+    """Runs compare the catalog's checksum, not only its path: the same folder with other
+    images would otherwise pass as the run's own catalog."""
+    import shutil
+
+    from fer_ray.baseline.svm import run_baseline
+    from fer_ray.data.catalog import MANIFEST
+
+    catalog, run = tmp_path / "catalog", tmp_path / "run"
+    shutil.copytree(synthetic_catalog, catalog)
+    run_baseline(str(catalog), str(run), log=lambda *_: None)
+    manifest = json.loads((catalog / MANIFEST).read_text())
+    (catalog / MANIFEST).write_text(json.dumps(manifest | {"catalog_sha256": "e" * 64}))  # "rebuilt"
+    with pytest.raises(ValueError, match="different catalog_sha256"):
+        run_baseline(str(catalog), str(run), log=lambda *_: None)

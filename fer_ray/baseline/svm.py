@@ -104,8 +104,8 @@ class LinearSvm:
 
 def solver_parameter(solver: str, lam: float, n: int) -> dict:
     """scikit-learn's regularisation parameter for ``lambda`` (see the module docstring)."""
-    if lam <= 0:
-        raise ValueError(f"lambda must be positive, got {lam}")
+    if not 0 < lam < float("inf"):  # NaN too: scikit-learn would complain about C instead
+        raise ValueError(f"--lambda must be a positive finite number, got {lam}")
     if solver == "liblinear":
         return {"C": 1.0 / (2.0 * lam * n)}
     if solver == "sgd":
@@ -208,9 +208,13 @@ def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver
     from fer_ray.evaluation.evaluate import evaluate_splits
     from fer_ray.evaluation.metrics import headline_figures
 
-    read_manifest(catalog)  # a wrong --catalog fails before the run directory is claimed
-    config = {"catalog": str(Path(catalog).resolve()), "lambda": lam, "solver": solver, "loss": loss,
-              "max_iter": max_iter}
+    # A wrong --catalog or --lambda fails before the run directory is claimed.
+    manifest = read_manifest(catalog)
+    if "train" not in manifest["shards"]:
+        raise ValueError(f"catalog {catalog} has no 'train' split to fit the SVM on")
+    solver_parameter(solver, lam, 1)
+    config = {"catalog": str(Path(catalog).resolve()), "catalog_sha256": manifest["catalog_sha256"], "lambda": lam,
+              "solver": solver, "loss": loss, "max_iter": max_iter}
     out = claim(run_dir, "baseline", config, overwrite)  # run.json records these settings
     t0 = time.perf_counter()
     artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)

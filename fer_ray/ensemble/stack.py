@@ -181,7 +181,12 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, ba
         if split not in manifest["shards"]:
             raise ValueError(f"catalog {catalog} has no {split!r} split (the head is fitted on train, C chosen on val)")
     records = [member_record(m) for m in members]
-    settings = {"members": [r["path"] for r in records], "catalog": str(Path(catalog).resolve()), "grid": list(grid)}
+    member_paths = [r["path"] for r in records]
+    if len(set(member_paths)) < len(member_paths):
+        twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
+        raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
+    settings = {"members": member_paths, "catalog": str(Path(catalog).resolve()),
+                "catalog_sha256": manifest["catalog_sha256"], "grid": list(grid)}
     out = claim(run_dir, "ensemble", settings, overwrite)
     t0 = time.perf_counter()
     paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=batch_size,

@@ -116,6 +116,10 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     from fer_ray.runtime import init_ray, require_gpus
 
     manifest = read_manifest(cfg.catalog)
+    missing = [s for s in ("train", "val") if s not in manifest["shards"]]
+    if missing:
+        raise ValueError(f"catalog {cfg.catalog} has no {' or '.join(map(repr, missing))} split (train on train, "
+                         "validate each epoch on val)")
     resolved = _resolve(cfg, manifest)
     _check_start(cfg, resolved)
     init_ray()
@@ -125,7 +129,9 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     # name and storage path); other settings would silently mix two schedules, so they are refused.
     cfg = replace(cfg, model=resolved["architecture"])  # what config.json records is what trains
     stored = asdict(cfg)
-    run_dir = claim(cfg.run_dir, "train", {k: stored[k] for k in (*TRAJECTORY, "name")}, cfg.overwrite)
+    # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
+    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
+    run_dir = claim(cfg.run_dir, "train", settings, cfg.overwrite)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
 
     datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))

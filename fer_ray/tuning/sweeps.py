@@ -234,7 +234,8 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
     manifest = read_manifest(cfg.catalog)
     if "val" not in manifest["shards"]:
         raise ValueError(f"catalog {cfg.catalog} has no val split to choose lambda on")
-    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve())}
+    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
+                "catalog_sha256": manifest["catalog_sha256"]}
     init_ray()
     concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
     trainable = tune.with_resources(
@@ -256,8 +257,9 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
     Recipe.from_dict({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
-    read_manifest(cfg.catalog)
-    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve())}
+    manifest = read_manifest(cfg.catalog)
+    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
+                "catalog_sha256": manifest["catalog_sha256"]}
     init_ray()
     resources = cluster_capacity()
     if cfg.gpu:
