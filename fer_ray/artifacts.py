@@ -109,6 +109,11 @@ def _check_fields(p: Path, meta: dict) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm.values())):
         raise ArtifactError(f"{p / META_FILE}: 'normalization' must be {{\"mean\": number, \"std\": number}}, "
                             f"got {norm!r}")
+    if meta["kind"] == "cnn" and not 0 < norm["std"] < float("inf"):  # inputs are divided by it
+        raise ArtifactError(f"{p / META_FILE}: 'normalization' std must be a positive number, got {norm['std']!r}")
+    for key in ("catalog", "metrics"):  # optional, but evaluation reads and merges them as objects
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ArtifactError(f"{p / META_FILE}: {key!r} must be a JSON object, got {meta[key]!r}")
 
 
 def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
