@@ -37,7 +37,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # running, it finds this Ray instead of failing with a traceback in every training run, or
     # finding another Ray on the same machine.
     port = _free_port()
-    with _environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
+    with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING)
 
 
@@ -48,9 +48,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _environ(**values: str):
-    """Set environment variables while the local Ray starts, so that its processes (and every
-    worker they spawn) inherit them, then restore this process's own environment."""
+def environ(**values: str):
+    """Set environment variables for the ``with`` block, then restore this process's own
+    environment (e.g. while the local Ray starts, so that its processes and every worker they
+    spawn inherit them)."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:

@@ -35,11 +35,9 @@ storage on a cluster), as for ``fer-ray train``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,7 +47,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from fer_ray.baseline.svm import SOLVERS, fit_svm, save_svm
 from fer_ray.rundir import claim
-from fer_ray.runtime import Interrupted
+from fer_ray.runtime import Interrupted, environ
 from fer_ray.data.catalog import load_split, read_manifest
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
@@ -234,8 +232,7 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
     manifest = read_manifest(cfg.catalog)
     if "val" not in manifest["shards"]:
         raise ValueError(f"catalog {cfg.catalog} has no val split to choose lambda on")
-    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
-                "catalog_sha256": manifest["catalog_sha256"]}
+    settings = _settings(cfg, manifest)
     init_ray()
     concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
     trainable = tune.with_resources(
@@ -258,8 +255,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
     Recipe.from_dict({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     manifest = read_manifest(cfg.catalog)
-    settings = {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
-                "catalog_sha256": manifest["catalog_sha256"]}
+    settings = _settings(cfg, manifest)
     init_ray()
     resources = cluster_capacity()
     if cfg.gpu:
@@ -306,6 +302,13 @@ class CooperativeASHA(ASHAScheduler):
         return self.CONTINUE
 
 
+def _settings(cfg, manifest: dict) -> dict:
+    """What a sweep's trials and its run.json see: the config with absolute paths, and the
+    catalog's checksum (a catalog rebuilt in place is another catalog)."""
+    return {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
+            "catalog_sha256": manifest["catalog_sha256"]}
+
+
 def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concurrency: int, scheduler,
          log=print) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
@@ -329,7 +332,10 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
                                         search_alg=BasicVariantGenerator(random_state=settings["seed"],
                                                                          max_concurrent=concurrency)),
             run_config=tune.RunConfig(name=kind, storage_path=str(run_dir / "tune"), verbose=0))
-    with _legacy_tune_output():
+    # Tune 2.60's new output engine prints a configuration table and a TensorBoard hint even at
+    # verbose=0; its legacy engine, chosen per fit by this variable, keeps quiet (the trials
+    # print their own lines).
+    with environ(RAY_AIR_NEW_OUTPUT="0"):
         grid = tuner.fit()
     rows = [_row(r) for r in grid]
     _write_results(run_dir / "results.csv", rows)
@@ -340,22 +346,6 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
     return _keep_best(best, rows, settings, seconds, log)
-
-
-@contextlib.contextmanager
-def _legacy_tune_output():
-    """Tune 2.60's new output engine prints a configuration table and a TensorBoard hint even
-    at ``verbose=0``; its legacy engine, chosen per call by this variable, keeps quiet. The
-    trials print their own lines."""
-    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["RAY_AIR_NEW_OUTPUT"]
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def _row(result) -> dict:
