@@ -204,14 +204,13 @@ def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver
 
     A run directory holding another run (or this one with another lambda) is refused unless
     ``overwrite``: a second SVM would silently replace the first."""
-    from fer_ray.data.catalog import read_manifest
+    from fer_ray.data.catalog import read_manifest, split_dir
     from fer_ray.evaluation.evaluate import evaluate_splits
     from fer_ray.evaluation.metrics import headline_figures
 
     # A wrong --catalog or --lambda fails before the run directory is claimed.
     manifest = read_manifest(catalog)
-    if "train" not in manifest["shards"]:
-        raise ValueError(f"catalog {catalog} has no 'train' split to fit the SVM on")
+    split_dir(catalog, "train")
     solver_parameter(solver, lam, 1)
     config = {"catalog": str(Path(catalog).resolve()), "catalog_sha256": manifest["catalog_sha256"], "lambda": lam,
               "solver": solver, "loss": loss, "max_iter": max_iter}

@@ -116,10 +116,8 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     from fer_ray.runtime import init_ray, require_gpus
 
     manifest = read_manifest(cfg.catalog)
-    missing = [s for s in ("train", "val") if s not in manifest["shards"]]
-    if missing:
-        raise ValueError(f"catalog {cfg.catalog} has no {' or '.join(map(repr, missing))} split (train on train, "
-                         "validate each epoch on val)")
+    for split in ("train", "val"):  # trained on, validated on each epoch: checked before anything is written
+        split_dir(cfg.catalog, split)
     resolved = _resolve(cfg, manifest)
     _check_start(cfg, resolved)
     init_ray()
