@@ -130,6 +130,29 @@ def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(str(weights))
 
 
+def linear_arrays(path, arrays: dict, names: tuple[str, str, str, str], width: int | None = None) -> list[np.ndarray]:
+    """A linear model's (coef, intercept, centre, scale) as float32, checked against each other.
+
+    SVM and ensemble-head artifacts store these four arrays: coef (7, D), intercept (7,), the
+    input centre (D,) and scale (D,) or (1,). An artifact whose arrays are not these (a
+    model.json whose ``kind`` was edited, weights from another model) is refused by name here
+    instead of a KeyError or a broadcasting error on the first prediction. ``width``: the D the
+    inputs will have, when known.
+    """
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ArtifactError(f"artifact {path}: its weights lack {', '.join(missing)} (a {'/'.join(names)} "
+                            "linear model is expected); is model.json's 'kind' right?")
+    coef, intercept, centre, scale = (np.asarray(arrays[n], np.float32) for n in names)
+    d = coef.shape[1] if coef.ndim == 2 else -1
+    if (coef.shape[0] != len(EMOTIONS) or d < 1 or intercept.shape != (len(EMOTIONS),) or centre.shape != (d,)
+            or scale.shape not in ((d,), (1,)) or (width is not None and d != width)):
+        shapes = ", ".join(f"{n} {tuple(np.shape(arrays[n]))}" for n in names)
+        raise ArtifactError(f"artifact {path}: array shapes {shapes} do not make a {len(EMOTIONS)}-class linear "
+                            f"model{f' on {width} inputs' if width is not None else ''}")
+    return [coef, intercept, centre, scale]
+
+
 def update_metrics(path: str | Path, metrics: dict) -> dict:
     """Merge ``metrics`` into the artifact's recorded metrics (keyed by split/protocol)."""
     meta = read_meta(path)

@@ -72,6 +72,8 @@ def test_tampered_or_broken_artifacts_are_refused(tmp_path):
     (lambda m: m.update(architecture="vgg16"), "weights do not fit the vgg16 .*size mismatch"),
     (lambda m: m.update(num_classes=5), "weights do not fit the small_cnn .*size mismatch"),
     (lambda m: [m], "must hold a JSON object, not list"),
+    (lambda m: m.update(kind="svm"), "its weights lack coef, intercept, mean, scale .*'kind' right"),
+    (lambda m: m.update(kind="ensemble"), "'members' must be a JSON list"),
 ])
 def test_a_hand_edited_model_json_is_refused_by_name(tmp_path, edit, message):
     """Every loader path (Predictor, evaluate, score, serve, transfer) starts from read_meta

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from fer_ray.artifacts import ArtifactError
 from fer_ray.baseline.svm import MIN_SCALE_FRACTION, LinearSvm, SvmBackend, fit_svm, save_svm, solver_parameter
 from fer_ray.data.catalog import load_split, read_manifest
 from fer_ray.emotions import NUM_CLASSES
@@ -106,6 +107,13 @@ def test_svm_artifact_round_trips_through_predictor(synthetic_svm, synthetic_cat
     # Faces of another size are resized by the Predictor, like for every other kind.
     assert predictor.predict(np.zeros((2, 96, 96), np.uint8)).shape == (2,)
     assert predictor.predict_proba([]).shape == (0, NUM_CLASSES)  # like a CNN's
+
+    # A model.json edited to another image size no longer matches the coefficients: refused by
+    # name, not a broadcasting error on the first prediction.
+    meta["image_size"] = 24
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"coef \(7, 2304\).* do not make a 7-class linear model on 576 inputs"):
+        Predictor(path, device="cpu")
 
 
 def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path, capsys):

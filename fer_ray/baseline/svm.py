@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_ray.artifacts import ArtifactError, load_artifact, save_artifact
+from fer_ray.artifacts import ArtifactError, linear_arrays, load_artifact, save_artifact
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.rundir import claim
@@ -97,9 +97,8 @@ class LinearSvm:
                 "scale": self.scale}
 
     @classmethod
-    def from_arrays(cls, arrays: dict) -> "LinearSvm":
-        a = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)).astype(np.float32) for k, v in arrays.items()}
-        return cls(a["coef"], a["intercept"], a["mean"], a["scale"])
+    def from_arrays(cls, arrays: dict, path: str = "", width: int | None = None) -> "LinearSvm":
+        return cls(*linear_arrays(path, arrays, ("coef", "intercept", "mean", "scale"), width))
 
 
 def solver_parameter(solver: str, lam: float, n: int) -> dict:
@@ -168,7 +167,7 @@ class SvmBackend:
         self.meta, arrays = load_artifact(path)
         if self.meta["kind"] != "svm":
             raise ArtifactError(f"{path} is a {self.meta['kind']} artifact, not an SVM")
-        self.model = LinearSvm.from_arrays(arrays)
+        self.model = LinearSvm.from_arrays(arrays, path, width=self.meta["image_size"] ** 2)
 
     def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
         return self.model.predict_proba(images, tta)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_ray.artifacts import ArtifactError, file_sha256, load_artifact, read_meta, save_artifact
+from fer_ray.artifacts import ArtifactError, file_sha256, linear_arrays, load_artifact, read_meta, save_artifact
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.features import MemberFeatures
 from fer_ray.rundir import claim
@@ -59,9 +59,8 @@ class StackedHead:
                 "feature_scale": self.scale}
 
     @classmethod
-    def from_arrays(cls, arrays: dict) -> "StackedHead":
-        a = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)).astype(np.float32) for k, v in arrays.items()}
-        return cls(a["coef"], a["intercept"], a["feature_mean"], a["feature_scale"])
+    def from_arrays(cls, arrays: dict, path: str = "") -> "StackedHead":
+        return cls(*linear_arrays(path, arrays, ("coef", "intercept", "feature_mean", "feature_scale")))
 
 
 def fit_head(features: np.ndarray, labels: np.ndarray, C: float, seed: int = 0) -> StackedHead:
@@ -136,7 +135,7 @@ class EnsembleBackend:
         if self.meta["kind"] != "ensemble":
             raise ArtifactError(f"{path} is a {self.meta['kind']} artifact, not an ensemble")
         self.members = MemberFeatures(verify_members(self.meta["members"]), device=str(device), batch_size=batch_size)
-        self.head = StackedHead.from_arrays(arrays)
+        self.head = StackedHead.from_arrays(arrays, path)
         if sum(self.members.widths) != self.head.coef.shape[1]:
             raise ArtifactError(f"{path}: members give {sum(self.members.widths)} features, the head expects "
                                 f"{self.head.coef.shape[1]}")
