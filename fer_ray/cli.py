@@ -430,14 +430,17 @@ def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
         sub.error(f"cannot read --config {path}: {exc}")
     if not isinstance(values, dict):
         sub.error(f"{path} must hold a mapping of flag names to values")
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    actions = {a.dest: a for a in sub._actions}
-    unknown = sorted(set(values) - set(actions) - {"config"})
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    # A key is a flag's name (`lambda`) or its destination (`lam`), as the help texts show the former.
+    actions = {name: a for a in sub._actions if not isinstance(a, argparse._HelpAction)
+               for name in [a.dest] + [o[2:].replace("-", "_") for o in a.option_strings if o.startswith("--")]}
+    unknown = sorted(set(values) - set(actions))
     if unknown:
         sub.error(f"unknown keys in {path}: {unknown}")
     for key in values:
         actions[key].required = False
-    sub.set_defaults(**{k: _config_value(sub, path, actions[k], v) for k, v in values.items() if k != "config"})
+    sub.set_defaults(**{actions[k].dest: _config_value(sub, path, actions[k], v)
+                        for k, v in values.items() if actions[k].dest != "config"})
 
 
 def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Action, value):

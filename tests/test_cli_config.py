@@ -149,3 +149,26 @@ def test_yaml_values_get_the_flags_types(tmp_path):
     pipeline.write_text("storage: out\nmodels: [small_cnn, vgg61]\n")
     with pytest.raises(SystemExit):
         parse_args(["pipeline", "--config", str(pipeline)])
+
+
+
+def test_yaml_keys_may_be_the_flags_names_or_their_destinations(tmp_path):
+    """A flag stored under another name (`--lambda` into `lam`) is set by the key users read in
+    --help (`lambda`) and by its destination; `help` is not a settable key."""
+    import argparse
+
+    from fer_ray.cli import _apply_config
+
+    def parse(text, *argv):
+        sub = argparse.ArgumentParser(exit_on_error=False)
+        sub.add_argument("--config")
+        sub.add_argument("--lambda", dest="lam", type=float, required=True)
+        config.write_text(text)
+        _apply_config(sub, str(config))
+        return sub.parse_args(["--config", str(config), *argv])
+
+    config = tmp_path / "c.yaml"
+    assert parse("lambda: 0.5\n").lam == parse("lam: 0.5\n").lam == 0.5
+    assert parse("lambda: 0.5\n", "--lambda", "2").lam == 2.0  # the flag wins
+    with pytest.raises(SystemExit):
+        parse("help: true\n")
