@@ -121,3 +121,17 @@ def test_synthetic_prepare_through_the_cli(tmp_path, ray_session, capsys):
     assert [manifest["counts"][s]["total"] for s in ("train", "val", "test")] == [112, 14, 14]
     assert load_split(str(tmp_path / "out"), "val")["image"].shape == (14, 40, 40)
     assert "catalog written to" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_catalog_without_train_records_no_pixel_statistics(tmp_path, ray_session, capsys):
+    """A test-only catalog (e.g. FER2013's PrivateTest rows, to evaluate on) has no train split:
+    its manifest says so with null statistics, not a mean and std of 0 that look measured."""
+    lines = [fer_line(i % 7, p, usage="PrivateTest") for i, p in enumerate(face_pixels(14))]
+    path = write_fer_csv(tmp_path / "test.csv", lines)
+    assert prepare("--source", "fer2013-csv", "--input", path, "--output", tmp_path / "out") == 0
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert list(manifest["counts"]) == ["test"]
+    assert manifest["pixel_mean"] is None and manifest["pixel_std"] is None
+    assert "train pixel mean: none (no train split" in capsys.readouterr().out

@@ -185,8 +185,9 @@ def _manifest(source, ok, rejected, light, mode, seed, shards) -> dict:
         "split_mode": mode,
         "seed": seed,
         "counts": counts,
-        "pixel_mean": round(mean / 255.0, 6),
-        "pixel_std": round(std / 255.0, 6),
+        # null without a train split: there are no statistics to normalise with (train refuses it)
+        "pixel_mean": round(mean / 255.0, 6) if len(train) else None,
+        "pixel_std": round(std / 255.0, 6) if len(train) else None,
         "pixel_stats_note": "train split, all pixels, on the 0..1 scale",
         "catalog_sha256": _sha256_lines(cat_lines),
         "duplicates": _duplicates(ok),
@@ -279,7 +280,10 @@ def audit(manifest: dict) -> str:
     for split, c in manifest["counts"].items():
         lines.append(f"{split:<6}" + "".join(f"{c[e]:>9}" for e in EMOTIONS) + f"{c['total']:>9}")
     d, r = manifest["duplicates"], manifest["rejected"]
-    lines.append(f"train pixel mean {manifest['pixel_mean']:.4f} std {manifest['pixel_std']:.4f} (0..1 scale)")
+    if manifest["pixel_mean"] is None:
+        lines.append("train pixel mean: none (no train split; a catalog to evaluate on, not to train on)")
+    else:
+        lines.append(f"train pixel mean {manifest['pixel_mean']:.4f} std {manifest['pixel_std']:.4f} (0..1 scale)")
     lines.append(f"duplicates: {d['groups']} groups ({d['extra_copies']} extra copies, "
                  f"{d['cross_split_groups']} across splits, {d['conflicting_label_groups']} with conflicting labels)")
     lines.append(f"blank images: {manifest['blank_images']['count']}")
