@@ -27,9 +27,10 @@ def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = Fal
     record = path / RECORD
     if path.is_dir() and any(path.iterdir()):
         if not record.is_file():
-            raise ValueError(f"--run-dir {path} is not empty and holds no fer-ray run (no {RECORD}); "
-                             "use a new or empty folder")
-        old = json.loads(record.read_text())
+            raise ValueError(f"--run-dir {path} is not empty and holds no fer-ray run (no {RECORD}: another "
+                             "program's files, or a run from a fer-ray before run directories recorded "
+                             "their owner, which cannot be resumed in place); use a new or empty folder")
+        old = _read_record(record)
         if overwrite:
             shutil.rmtree(path)
         elif old["stage"] != stage:
@@ -45,3 +46,15 @@ def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = Fal
     path.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"stage": stage, "settings": settings}, indent=2))
     return path
+
+
+def _read_record(record: Path) -> dict:
+    """run.json as written by ``claim``; a damaged one is refused, not guessed at (nor cleared)."""
+    try:
+        old = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        old = exc
+    if not (isinstance(old, dict) and isinstance(old.get("stage"), str) and isinstance(old.get("settings"), dict)):
+        raise ValueError(f"{record} is damaged ({old if isinstance(old, Exception) else 'not a run record'}); "
+                         "delete the folder yourself or use another --run-dir")
+    return old

@@ -38,3 +38,17 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):
     assert (mine / "notes").is_dir() and not (mine / RECORD).exists()
     (tmp_path / "empty").mkdir()
     claim(tmp_path / "empty", "train", {})  # an empty folder is fine
+
+
+@pytest.mark.parametrize("text", ['{"stage": "tr', "[1, 2]", '{"stage": "train"}', "\xff\xfe"])
+def test_a_damaged_run_record_is_refused_and_kept(tmp_path, text):
+    """A truncated or hand-edited run.json was a JSONDecodeError/KeyError traceback; it is one
+    clear error, and even --overwrite leaves the folder alone (its owner is unknown)."""
+    run = tmp_path / "run"
+    claim(run, "train", {"epochs": 3})
+    (run / "artifact").mkdir()
+    (run / RECORD).write_bytes(text.encode("latin-1"))
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=f"{RECORD} is damaged .*delete the folder yourself"):
+            claim(run, "train", {"epochs": 3}, overwrite=overwrite)
+    assert (run / "artifact").is_dir()
