@@ -37,10 +37,19 @@ def test_choose_best_takes_the_highest_val_accuracy_among_completed_trials():
     ({"batch_sizes": (0, 64)}, "--batch-sizes must all be at least 1"),
     ({"cpus_per_worker": 0}, "--cpus-per-worker must be more than 0"),
     ({"grace_period": 0}, "--grace-period must be at least 1"),
+    # an infinite bound reached Tune, whose error said "requires a upper bound greater than 0. Got: 0.005"
+    ({"lr_max": float("inf")}, "need 0 < --lr-min < --lr-max < inf"),
+    ({"wd_min": float("nan")}, "0 < --wd-min < --wd-max < inf"),
 ])
 def test_cnn_sweep_settings_are_checked_before_ray_starts(bad, message):
     with pytest.raises(ValueError, match=message):
         CnnSweep(catalog="c", run_dir="r", **bad)
+
+
+@pytest.mark.parametrize("bounds", [(0.3, float("inf")), (float("nan"), 3.0), (3.0, 0.3), (0.0, 1.0)])
+def test_svm_sweep_lambda_range_is_checked_before_ray_starts(bounds):
+    with pytest.raises(ValueError, match="need 0 < --lambda-min < --lambda-max < inf"):
+        SvmSweep(catalog="c", run_dir="r", lambda_min=bounds[0], lambda_max=bounds[1])
 
 
 def test_cluster_capacity_counts_what_an_autoscaler_can_add(ray_session, monkeypatch):

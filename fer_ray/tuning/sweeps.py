@@ -75,8 +75,8 @@ class SvmSweep:
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown SVM solver {self.solver!r}; expected one of {SOLVERS}")
-        if not 0 < self.lambda_min < self.lambda_max:
-            raise ValueError("need 0 < --lambda-min < --lambda-max")
+        if not 0 < self.lambda_min < self.lambda_max < math.inf:
+            raise ValueError(f"need 0 < --lambda-min < --lambda-max < inf, got {self.lambda_min}, {self.lambda_max}")
         if self.samples < 1:
             raise ValueError("--samples must be at least 1")
 
@@ -112,8 +112,9 @@ class CnnSweep:
                                  f"got {','.join(map(str, self.label_smoothing))}")
         if self.samples < 1 or self.epochs < 1:
             raise ValueError("--samples and --epochs must be at least 1")
-        if not (0 < self.lr_min < self.lr_max and 0 < self.wd_min < self.wd_max):
-            raise ValueError("need 0 < lr_min < lr_max and 0 < wd_min < wd_max")
+        if not (0 < self.lr_min < self.lr_max < math.inf and 0 < self.wd_min < self.wd_max < math.inf):
+            raise ValueError("need 0 < --lr-min < --lr-max < inf and 0 < --wd-min < --wd-max < inf, got "
+                             f"{self.lr_min}, {self.lr_max}, {self.wd_min}, {self.wd_max}")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"--batch-sizes must all be at least 1, got {list(self.batch_sizes)}")
         if self.cpus_per_worker <= 0:
