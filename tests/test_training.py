@@ -13,7 +13,7 @@ from fer_ray.artifacts import load_artifact, read_meta
 from fer_ray.cli import main
 from fer_ray.models import build_model
 from fer_ray.models.inputs import Normalization
-from fer_ray.training.loop import Recipe, Run, to_device
+from fer_ray.training.loop import Recipe, Run, TrainingDiverged, to_device
 from fer_ray.training.trainer import TrainConfig, train
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
 
@@ -198,6 +198,18 @@ def _roundtrip(obj):
 def test_recipe_validation():
     with pytest.raises(ValueError, match="unknown optimizer"):
         Recipe(optimizer="rmsprop")
+    # refused here, before any worker starts (a NaN lr trained silently; torch refused the rest
+    # only inside every worker's first step)
+    for bad, message in [({"lr": float("nan")}, "--lr must be a positive finite number, got nan"),
+                         ({"momentum": 1.0}, "--momentum must be in \\[0, 1\\)"),
+                         ({"weight_decay": -1e-4}, "--weight-decay must be a finite number >= 0"),
+                         ({"label_smoothing": 1.5}, "--label-smoothing must be in"),
+                         ({"warmup_epochs": 4, "epochs": 3}, "--warmup-epochs must be in \\[0, 3\\]"),
+                         ({"augment": {"scale": 1.0}}, "augmentation --scale must be in \\[0, 1\\)"),
+                         ({"augment": {"erase_p": 2}}, "augmentation --erase-p must be a probability"),
+                         ({"augment": {"erase_area": [0.3, 0.1]}}, "erase_area must be MIN,MAX")]:
+        with pytest.raises(ValueError, match=message):
+            Recipe.from_dict(bad)
     with pytest.raises(ValueError, match="unknown recipe keys"):
         Recipe.from_dict({"epochs": 2, "learning_rate": 1})
     assert Recipe.from_dict(Recipe(epochs=3).to_dict()) == Recipe(epochs=3)
@@ -239,3 +251,28 @@ def test_gpu_training_on_a_cluster_without_gpus_is_refused_not_waited_for(synthe
     rc = main(["train", "--catalog", str(synthetic_catalog), "--model", "small_cnn", "--epochs", "1",
                "--workers", "1", "--gpu", "--run-dir", str(tmp_path / "run")])
     assert rc == 2 and not (tmp_path / "run").exists()
+
+
+def _random_run(recipe: Recipe) -> Run:
+    rng = np.random.default_rng(0)
+    data = to_device(rng.integers(0, 256, (96, 48, 48), dtype=np.uint8), rng.integers(0, 7, 96), torch.device("cpu"))
+    torch.manual_seed(0)
+    return Run(build_model("small_cnn"), recipe, 48, Normalization(0.5, 0.25), data, data)
+
+
+def test_a_diverged_epoch_stops_the_run_instead_of_training_nan_weights():
+    run = _random_run(Recipe(epochs=2, batch_size=32, lr=1e12))
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1: the train loss is nan; lower --lr \(it was 1e\+12\)"):
+        run.epoch()
+    assert run.history == []  # the broken epoch is not recorded (nor checkpointed)
+
+
+@pytest.mark.timeout(300)
+def test_a_diverged_ray_train_run_is_one_error_line_and_no_artifact(synthetic_catalog, tmp_path, ray_session, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--catalog", str(synthetic_catalog), "--epochs", "2", "--batch-size", "32",
+                 "--lr", "1e12", "--max-failures", "0", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fer-ray train: error: training diverged in epoch 1: the train loss is nan")
+    assert err.endswith("start afresh (--overwrite or another --run-dir)")
+    assert not (run_dir / "artifact").exists()

@@ -21,6 +21,10 @@ from fer_ray.models.inputs import Normalization, to_model_input
 from fer_ray.training.augment import Augment, augment_batch
 
 
+class TrainingDiverged(ValueError):
+    """The loss went to inf/NaN: every later epoch would train (and save) a broken model."""
+
+
 @dataclass
 class Recipe:
     """How to train. Defaults are the reference VGG16-BN FER2013 recipe (see issue 3)."""
@@ -47,8 +51,19 @@ class Recipe:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size and eval_batch_size must be at least 1")
+        # Checked here, not in a worker: torch refuses some only inside the first step on every
+        # worker (retried by FailureConfig); a NaN learning rate it accepts and trains garbage.
+        rules = {"lr": (self.lr, 0 < self.lr < math.inf, "a positive finite number"),
+                 "momentum": (self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+                 "weight-decay": (self.weight_decay, 0 <= self.weight_decay < math.inf, "a finite number >= 0"),
+                 "warmup-epochs": (self.warmup_epochs, 0 <= self.warmup_epochs <= self.epochs,
+                                   f"in [0, {self.epochs}] (the epochs)"),
+                 "label-smoothing": (self.label_smoothing, 0 <= self.label_smoothing < 1, "in [0, 1)")}
+        for name, (value, ok, rule) in rules.items():
+            if not ok:
+                raise ValueError(f"--{name} must be {rule}, got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +229,9 @@ class Run:
                "val_loss": v_loss / max(1, v_count), "val_acc": v_correct / max(1, v_count),
                "lr": self.opt.param_groups[0]["lr"], "images_per_s": n_img / max(seconds, 1e-9),
                "epoch_seconds": seconds}
+        if not math.isfinite(row["train_loss"]):  # the same reduced number on every rank: all stop together
+            raise TrainingDiverged(f"training diverged in epoch {row['epoch']}: the train loss is "
+                                   f"{row['train_loss']}; lower --lr (it was {self.recipe.lr:g})")
         self.history.append(row)
         return row
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
 from fer_ray.rundir import claim
 from fer_ray.training.local import artifact_meta
-from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
+from fer_ray.training.loop import Recipe, Run, TrainingDiverged, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
 
 STATE_FILE = "state.pt"
@@ -110,6 +111,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     each epoch's report reaches its scheduler).
     """
     import ray.data
+    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -149,7 +151,14 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
         datasets=datasets,
     )
     t0 = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:  # a diverged run is the recipe's fault: say so in one line
+        # the workers' error as Ray prints it (traceback, then "TrainingDiverged: <message>")
+        diverged = re.findall(r"TrainingDiverged: (training diverged in epoch \d+[^\n]*)", str(exc))
+        if not diverged:
+            raise
+        raise TrainingDiverged(f"{diverged[-1]}, and start afresh (--overwrite or another --run-dir)") from None
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as d:
