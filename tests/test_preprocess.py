@@ -98,6 +98,19 @@ def _tiff(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_keep_their_brightness(fmt):
+    """A 16-bit face reads as the same face saved with 8 bits (within rounding): it used to be
+    stretched per image, so an all-white image came out black and a dim face came out bright."""
+    face = np.random.default_rng(0).integers(100, 151, (32, 32)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(face.astype(np.uint16) * 257).save(buf, fmt)
+    assert np.abs(decode_grey(buf.getvalue()).astype(int) - face).max() <= 1
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(buf, fmt)
+    assert (decode_grey(buf.getvalue()) == 255).all()
+
+
 def test_float_images_are_rescaled_and_non_finite_pixels_refused():
     """A float TIFF is stretched to 0..255; one NaN would have made every pixel NaN -> 0 (black)."""
     ramp = np.linspace(-1.0, 3.0, 64 * 64, dtype=np.float32).reshape(64, 64)
@@ -109,3 +122,17 @@ def test_float_images_are_rescaled_and_non_finite_pixels_refused():
         spoilt[0, 0] = bad
         with pytest.raises(ImageError, match="1 non-finite pixel"):
             decode_grey(_tiff(spoilt))
+    unit = np.full((8, 8), 0.5, np.float32)  # a float image on 0..1 keeps its brightness
+    assert (decode_grey(_tiff(unit)) == 128).all()
+
+
+@pytest.mark.parametrize("fmt,options", [("WEBP", {"lossless": True}), ("PNG", {}), ("TIFF", {})])
+def test_multi_frame_images_are_refused_not_cut_to_their_first_frame(fmt, options):
+    frames = [Image.fromarray(np.full((32, 32), v, np.uint8)) for v in (10, 100, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], **options)
+    with pytest.raises(ImageError, match=f"3-frame image \\(animated or multi-page {fmt}\\)"):
+        decode_grey(buf.getvalue())
+    buf = io.BytesIO()
+    frames[1].save(buf, fmt, **options)  # one frame of the same format is fine
+    assert (decode_grey(buf.getvalue()) == 100).all()

@@ -43,9 +43,10 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
 
     Checks, in order: empty input, a recognisable image header, an accepted format, the
     pixel limit (read from the header, before any pixel is decoded, so a decompression bomb
-    costs nothing), then a full decode that catches truncated and corrupt files. Pillow's
-    parsers meet hostile bytes with many kinds of exception (struct.error, TypeError, ...):
-    every one of them is this image's problem, so every one becomes an ImageError.
+    costs nothing), a single frame, then a full decode that catches truncated and corrupt
+    files. Pillow's parsers meet hostile bytes with many kinds of exception (struct.error,
+    TypeError, ...): every one of them is this image's problem, so every one becomes an
+    ImageError.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -65,6 +66,12 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
             f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}"
         )
     try:
+        # Animated WebP/PNG and multi-page TIFF: decoding would silently keep frame 1 of many.
+        # (A camera's MPO is one photo plus previews: its first frame is the photo.)
+        frames = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
+        if frames > 1:
+            raise ImageError(f"{frames}-frame image (animated or multi-page {img.format}); "
+                             "save the frame to use as an image of its own")
         _load_strictly(img)
         img = _upright(img)
     except ImageError:
@@ -100,8 +107,11 @@ def to_grey(img: Image.Image) -> np.ndarray:
 
     Pillow's "L" conversion is L = 0.299 R + 0.587 G + 0.114 B, the weights the paper (and
     MATLAB's rgb2gray) use for KDEF's colour photos. Transparent pixels are composited on
-    white, and 16-bit/float images are rescaled to 0..255 rather than clipped; a float image
-    with NaN or infinite pixels has no such scale and is an ImageError.
+    white. 16-bit images keep their brightness: 0..65535 maps to 0..255 as the same photo
+    saved with 8 bits would be (a white 16-bit face is white, not stretched per image). Float
+    images on 0..1 map to 0..255; other ranges (and 32-bit integers beyond 16 bits) have no
+    known white, so they are stretched from their minimum to their maximum. A float image
+    with NaN or infinite pixels has no scale at all and is an ImageError.
     """
     if img.mode == "L":
         return np.asarray(img, dtype=np.uint8)
@@ -111,7 +121,12 @@ def to_grey(img: Image.Image) -> np.ndarray:
         if bad:  # NaN would make the whole scaled image NaN, i.e. black, and still be "scored"
             raise ImageError(f"float image with {bad} non-finite pixel(s) (NaN or infinity)")
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        if img.mode != "F" and 0 <= lo and hi <= 65535:
+            scaled = arr / 257.0  # 65535 / 257 = 255
+        elif img.mode == "F" and 0 <= lo and hi <= 1:
+            scaled = arr * 255.0
+        else:
+            scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return np.round(scaled).astype(np.uint8)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
