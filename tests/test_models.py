@@ -87,10 +87,28 @@ def test_weights_loading_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
         pickle.dump({"w": _Exploit()}, fh)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="evil.pt is not a safetensors file or a torch state dict .*Unpickling"):
         load_state_dict(str(path))
     with pytest.raises(FileNotFoundError):
         load_state_dict(str(tmp_path / "missing.safetensors"))
+
+
+def test_foreign_weights_files_are_one_clear_error(tmp_path):
+    """Each was a different traceback (KeyError, EOFError, SafetensorError, TypeError...) from
+    the driver's start check; the format is told by content, so a misnamed file still loads."""
+    state = build_model("small_cnn").state_dict()
+    files = {"text.pt": b"hello", "empty.pt": b"", "bad.safetensors": b"\x10\0\0\0\0\0\0\0{not json}xxxxx"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name} is not a safetensors file or a torch state dict"):
+            load_state_dict(str(tmp_path / name))
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match="holds a Tensor, not a state dict of tensors"):
+        load_state_dict(str(tmp_path / "tensor.pt"))
+    save_file(dict(state), str(tmp_path / "really-safetensors.pt"))
+    torch.save(dict(state), tmp_path / "really-torch.safetensors")
+    for name in ("really-safetensors.pt", "really-torch.safetensors"):
+        assert set(load_state_dict(str(tmp_path / name))) == set(state)
 
 
 def test_to_model_input_normalises_and_upscales():

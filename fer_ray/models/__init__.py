@@ -34,18 +34,35 @@ def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channe
 
 
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Load weights without ever unpickling code."""
+    """Load weights without ever unpickling code; any other file is one clear ValueError.
+
+    The format is told by content, not name: safetensors begins with an 8-byte header length
+    and a JSON ``{``; everything else goes to ``torch.load(weights_only=True)``.
+    """
     p = Path(path)
     if p.is_dir():
         hint = " (an artifact: fine-tune it with --init-from)" if (p / "model.json").is_file() else ""
         raise ValueError(f"--weights takes a weights file (.safetensors or a state dict); {p} is a folder{hint}")
     if not p.is_file():
         raise FileNotFoundError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    with open(p, "rb") as fh:
+        head = fh.read(9)
+    try:
+        if head[8:9] == b"{":
+            from safetensors.torch import load_file
 
-        return load_file(str(p))
-    return torch.load(p, map_location="cpu", weights_only=True)
+            state = load_file(str(p))
+        else:  # from an open file: torch.load would pick a loader by the file's name itself
+            with open(p, "rb") as fh:
+                state = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a foreign file fails in many ways; each is this file's problem
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--weights {p} is not a safetensors file or a torch state dict "
+                         f"({type(exc).__name__}: {reason})") from None
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ValueError(f"--weights {p} holds a {type(state).__name__}, not a state dict of tensors "
+                         "(save model.state_dict(), not the model or a tensor)")
+    return state
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
