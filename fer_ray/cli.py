@@ -7,6 +7,7 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -176,8 +177,15 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0, got 0")
     return value
 
 
@@ -193,8 +201,8 @@ def _positive_int(text: str) -> int:
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--batch-size", type=int, default=128, help="per worker")
+    g.add_argument("--epochs", type=_positive_int, default=30)
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="per worker")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd = SGD with Nesterov momentum")
     g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     g.add_argument("--momentum", type=float, default=0.9)
@@ -221,12 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES)}")
     p.add_argument("--input", help="CSV file or folder (not needed for synthetic)")
     p.add_argument("--output", required=True, help="catalog directory to write")
-    p.add_argument("--size", type=int, default=48, help="image side in pixels (default 48)")
+    p.add_argument("--size", type=_positive_int, default=48, help="image side in pixels (default 48)")
     p.add_argument("--split", choices=SPLIT_MODES, default=None,
                    help="source: the source's own split (default; KDEF: subject); random: the "
                         "paper's stratified 80/10/10; subject: identity-disjoint 80/10/10")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--count", type=int, default=3500, help="synthetic: number of faces")
+    p.add_argument("--count", type=_positive_int, default=3500, help="synthetic: number of faces")
     p.add_argument("--angles", help="KDEF: comma-separated angles to keep (FL,HL,S,HR,FR)")
     p.add_argument("--face-crop", action="store_true", help="KDEF: crop the largest detected face")
     p.add_argument("--max-pixels", type=_positive_int, default=None, help="reject images above this many pixels")
@@ -236,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
     p.add_argument("--output", default="demo-output", help="where every output goes (rerun to resume)")
-    p.add_argument("--count", type=int, default=3500, help="synthetic faces")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per small CNN")
+    p.add_argument("--count", type=_positive_int, default=3500, help="synthetic faces")
+    p.add_argument("--epochs", type=_positive_int, default=8, help="epochs per small CNN")
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
     p.set_defaults(func=_demo)
 
@@ -248,22 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="with a URI --storage: shared directory stages write to (default: temp dir)")
     p.add_argument("--source", choices=SOURCES, default="synthetic")
     p.add_argument("--input", help="the source's CSV file or folder")
-    p.add_argument("--count", type=int, default=3500, help="synthetic faces")
-    p.add_argument("--size", type=int, default=48)
+    p.add_argument("--count", type=_positive_int, default=3500, help="synthetic faces")
+    p.add_argument("--size", type=_positive_int, default=48)
     p.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet50"], choices=sorted(MODEL_NAMES))
     p.add_argument("--input-sizes", nargs="*", default=[], metavar="MODEL=PIXELS",
                    help="network input size per model, e.g. resnet50=192 (the paper upscaled ResNet inputs)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_positive_int, default=1)
     p.add_argument("--gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--svm-samples", type=int, default=4)
+    p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
+    p.add_argument("--svm-samples", type=_positive_int, default=4)
     p.add_argument("--kdef", help="KDEF folder: fine-tune the best CNN on it (transfer learning)")
     p.add_argument("--no-kdef-face-crop", action="store_true")
     p.add_argument("--transfer-freeze", type=int, default=-2)
-    p.add_argument("--transfer-epochs", type=int, default=20)
+    p.add_argument("--transfer-epochs", type=_positive_int, default=20)
     p.add_argument("--score-input", help="folder of photos to score with the ensemble at the end")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_pipeline)
@@ -276,12 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="checkpoints, artifact, metrics and reports go here")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
     p.add_argument("--name", default="train", help="run name; rerunning the same run dir and name resumes")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--input-size", type=_positive_int, default=None,
                    help="network input side (default: the catalog's; e.g. 192 to upscale for resnet50)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16, channels_last)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint")
     p.add_argument("--init-from", help="artifact to fine-tune (transfer learning); sets model, input size, normalisation")
     p.add_argument("--freeze", type=int, default=0,
@@ -307,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
     p.add_argument("--faces", choices=("all", "largest", "none"), default="all",
                    help="all/largest: detect faces in photos; none: images are already face crops")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per model call")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="faces per model call")
     p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
     p.add_argument("--actors", type=_positive_int, default=None, help="model actors (default: GPUs; on CPUs, CPUs with --faces none, else CPUs / 4)")
     p.add_argument("--margin", type=_non_negative_float, default=0.2, help="face box enlargement on each side")
@@ -353,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--catalog", required=True)
         k.add_argument("--run-dir", required=True, help="rerunning with the same run dir resumes the sweep")
         k.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
-        k.add_argument("--samples", type=int, default=6 if kind == "svm" else 4, help="trials")
-        k.add_argument("--concurrency", type=int, default=None, help="trials at a time (default: what the cluster fits)")
+        k.add_argument("--samples", type=_positive_int, default=6 if kind == "svm" else 4, help="trials")
+        k.add_argument("--concurrency", type=_positive_int, default=None, help="trials at a time (default: what the cluster fits)")
         k.add_argument("--seed", type=int, default=0, help="seed of the random search")
         k.set_defaults(func=_sweep)
         if kind == "svm":
@@ -365,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
             k.add_argument("--max-iter", type=_positive_int, default=1000)
             continue
         k.add_argument("--model", choices=sorted(MODEL_NAMES), default="small_cnn")
-        k.add_argument("--epochs", type=int, default=6, help="epochs per trial (ASHA's max_t)")
+        k.add_argument("--epochs", type=_positive_int, default=6, help="epochs per trial (ASHA's max_t)")
         k.add_argument("--gpu", action="store_true", help="one GPU per trial")
-        k.add_argument("--cpus-per-worker", type=float, default=1.0)
+        k.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
         k.add_argument("--lr-min", type=float, default=0.005)
         k.add_argument("--lr-max", type=float, default=0.2)
         k.add_argument("--wd-min", type=float, default=1e-5)
@@ -376,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also tune the batch size over these, e.g. 64,128,256")
         k.add_argument("--label-smoothing", type=_floats, default=None, metavar="MIN,MAX",
                        help="also tune label smoothing uniformly in this range, e.g. 0,0.2")
-        k.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-        k.add_argument("--batch-size", type=int, default=128, help="fixed batch size (when not tuned)")
+        k.add_argument("--grace-period", type=_positive_int, default=1, help="ASHA: epochs before a trial can be stopped")
+        k.add_argument("--batch-size", type=_positive_int, default=128, help="fixed batch size (when not tuned)")
         k.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
         k.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
         k.add_argument("--no-augment", action="store_true")
@@ -389,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
     p.add_argument("--c-grid", type=_floats, default=None,
                    help="inverse penalties tried on val, comma-separated (default 0.001,0.01,0.1,1,10)")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per featurizer batch")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="faces per featurizer batch")
     p.add_argument("--actors", type=_positive_int, default=None, help="featurizer actors (default: GPUs, or CPUs - 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per featurizer actor (default: when the cluster has GPUs)")
     p.set_defaults(func=_ensemble)

@@ -79,7 +79,6 @@ def test_an_interrupted_stage_exits_130_with_its_message(monkeypatch, tmp_path, 
 @pytest.mark.parametrize("flags,message", [
     (["--input-sizes", "resnet=192"], "--input-sizes names \\['resnet'\\]"),
     (["--input-sizes", "resnet50=0"], "--input-sizes must be at least 32"),
-    (["--epochs", "0"], "--epochs, --workers and --transfer-epochs must be at least 1"),
     (["--kdef", "no/such/KDEF"], "--kdef folder not found"),
     (["--score-input", "no/such/*.jpg"], "--score-input not found"),
 ])
@@ -103,6 +102,16 @@ def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp
     ["serve", "--artifact", "a", "--max-files", "0"],
     ["serve", "--artifact", "a", "--max-batch-size", "0"],
     ["serve", "--artifact", "a", "--replicas", "0"],
+    ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--margin", "inf"],  # error row per photo
+    ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--batch-size", "0"],
+    ["train", "--catalog", "c", "--run-dir", "r", "--input-size", "-3"],  # failed inside the workers
+    ["train", "--catalog", "c", "--run-dir", "r", "--checkpoint-every", "0"],
+    ["train", "--catalog", "c", "--run-dir", "r", "--cpus-per-worker", "0"],
+    ["train", "--catalog", "c", "--run-dir", "r", "--epochs", "0"],
+    ["prepare", "--source", "synthetic", "--output", "o", "--count", "0"],
+    ["sweep", "cnn", "--catalog", "c", "--run-dir", "r", "--grace-period", "0"],
+    ["pipeline", "--storage", "s", "--svm-samples", "0"],
+    ["pipeline", "--storage", "s", "--epochs", "0"],  # the parser refuses it before the pipeline checks
 ])
 def test_nonsense_counts_and_margins_are_refused_by_the_parser(argv):
     from fer_ray.cli import parse_args

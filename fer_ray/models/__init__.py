@@ -23,6 +23,9 @@ def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channe
                 weights: str | None = None) -> FERNet:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    if input_size < 1 or in_channels < 1 or num_classes < 1:
+        raise ValueError(f"input size, channels and classes must be at least 1, got {input_size}, {in_channels}, "
+                         f"{num_classes}")
     model = MODELS[name](num_classes=num_classes, input_size=input_size, in_channels=in_channels)
     if weights:
         try:
