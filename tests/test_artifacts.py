@@ -115,6 +115,14 @@ def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
         predictor.predict_proba(data["image"][:2].astype(np.float32) / 255)
     with pytest.raises(ValueError, match="test-time"):
         predictor.predict_proba(data["image"][:2], tta="rotate")
+    # One colour image was scored as 100 "faces" (its rows); an empty face as a black one.
+    with pytest.raises(ValueError, match=r"\(100, 80, 3\): that looks like one colour image"):
+        predictor.predict_proba(np.zeros((100, 80, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"face 0: empty image \(0, 10\)"):
+        predictor.predict_proba([np.zeros((0, 10), np.uint8)])
+    mirrored = data["image"][:4][..., ::-1]  # a view with negative strides: torch refused it
+    np.testing.assert_allclose(predictor.predict_proba(mirrored),
+                               predictor.predict_proba(mirrored.copy()), atol=1e-6)
 
 
 def test_evaluations_on_another_catalog_are_kept_apart(synthetic_catalog, tmp_path):

@@ -43,6 +43,10 @@ def test_metrics_reject_bad_input():
         classification_metrics([], [])
     with pytest.raises(ValueError, match="labels but"):
         classification_metrics([0, 1], [0])
+    # -1 (an unknown emotion) was counted as "neutral", 7 an IndexError, 1.7 truncated to 1
+    for y_true, y_pred in (([0, 1], [0, -1]), ([0, 7], [0, 1]), ([0, 1.7], [0, 1])):
+        with pytest.raises(ValueError, match="must be integer class indices 0..6"):
+            classification_metrics(y_true, y_pred)
 
 
 def test_report_files_state_protocol(tmp_path, predictions):

@@ -35,6 +35,11 @@ def classification_metrics(y_true, y_pred, labels=EMOTIONS) -> dict:
         raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
     if len(y_true) == 0:
         raise ValueError("no examples to evaluate")
+    for name, y in (("labels", y_true), ("predictions", y_pred)):
+        # np.add.at would count -1 (an unknown emotion) as the last class, and truncate 1.7 to 1
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(labels):
+            raise ValueError(f"{name} must be integer class indices 0..{len(labels) - 1}, "
+                             f"got {y.dtype} values {y.min()}..{y.max()}")
     cm = confusion_matrix(y_true, y_pred, len(labels))
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1)

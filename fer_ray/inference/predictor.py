@@ -91,16 +91,21 @@ class Predictor:
 
     def prepare(self, faces) -> np.ndarray:
         """Grey uint8 faces (a list of (H, W) arrays, or one (N, H, W) array) -> (N, S, S)."""
-        if isinstance(faces, np.ndarray) and faces.ndim == 3:
-            if faces.dtype != np.uint8:  # a 0..1 float array would silently become black faces
-                raise ValueError(f"expected grey uint8 faces (N, H, W), got {faces.dtype}")
+        if isinstance(faces, np.ndarray):
+            if faces.ndim != 3 or faces.dtype != np.uint8:  # a 0..1 float array would become black faces
+                raise ValueError(f"expected grey uint8 faces (N, H, W), got {faces.dtype} {faces.shape}")
+            if faces.shape[2] in (3, 4) and faces.shape[1] > 4:  # rows of one colour image, not N faces
+                raise ValueError(f"expected grey faces (N, H, W), got {faces.shape}: that looks like one "
+                                 "colour image (H, W, channels); convert it to grey first")
             if faces.shape[1:] == (self.image_size,) * 2:
-                return faces
+                return np.ascontiguousarray(faces)  # a mirrored view (negative strides) is copied
         out = np.empty((len(faces), self.image_size, self.image_size), dtype=np.uint8)
         for i, face in enumerate(faces):
             face = np.asarray(face)
             if face.ndim != 2 or face.dtype != np.uint8:
                 raise ValueError(f"face {i}: expected a grey uint8 (H, W) array, got {face.dtype} {face.shape}")
+            if face.size == 0:
+                raise ValueError(f"face {i}: empty image {face.shape}")
             out[i] = resize(face, self.image_size)
         return out
 
