@@ -109,8 +109,9 @@ def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_
     from fer_ray.ensemble.features import read_features
 
     catalog, run = str(synthetic_catalog), tmp_path / "ensemble"
+    # 3 actors on 2 CPUs: with a whole CPU each they never all started and nothing was read
     assert main(["ensemble", "--members", *members, "--catalog", catalog, "--run-dir", str(run),
-                 "--batch-size", "128", "--actors", "1"]) == 0
+                 "--batch-size", "128", "--actors", "3"]) == 0
 
     # The Ray Data featurizer wrote exactly the direct forward pass, for every val row.
     val = load_split(catalog, "val", columns=("image", "label", "id"))
@@ -157,6 +158,18 @@ def test_ensemble_gpu_without_a_gpu_is_refused_not_waited_for(members, synthetic
 
 
 @pytest.mark.ray
+def test_featurizer_actors_always_leave_a_cpu_for_reading():
+    """A one-CPU cluster (`fer-ray demo --num-cpus 1`) waited for ever: the one actor held the
+    only CPU that Ray Data's read task needed."""
+    from fer_ray.ensemble.features import plan_actors
+
+    assert plan_actors(1, 0, False, None, 1.0) == (1, 0.0)
+    assert plan_actors(2, 0, False, None, 1.0) == (1, 1.0)
+    assert plan_actors(8, 0, False, None, 1.0) == (7, 1.0)
+    assert plan_actors(2, 0, False, 3, 1.0) == (3, 0.333)
+    assert plan_actors(4, 2, True, None, 1.0) == (2, 0.0)
+
+
 def test_the_same_member_twice_is_refused(small_artifact, synthetic_catalog, tmp_path):
     """`--members A A` passed the two-member check as a one-model ensemble."""
     from fer_ray.ensemble.stack import run_ensemble

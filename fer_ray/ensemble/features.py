@@ -14,6 +14,7 @@ Output columns: ``features`` float32 (sum of member widths), ``probs`` float32
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,20 @@ class MemberFeatures:
         return out
 
 
+def plan_actors(cpus: float, gpus: int, gpu: bool, actors: int | None, cpus_per_actor: float) -> tuple[int, float]:
+    """(actors, CPUs each) for the featurizer pool.
+
+    Ray Data's read and write tasks take one whole CPU, and the pool's actors keep theirs for
+    the whole run: if the actors leave less than one CPU free, nothing is ever read and the
+    job waits for ever (``--num-cpus 1`` did). So the actors' CPUs are shrunk to leave one
+    free, down to 0 (sharing the cores) on a one-CPU cluster. GPU actors take no CPU.
+    """
+    if gpu:
+        return actors or gpus, 0.0
+    actors = actors or max(1, int((cpus - 1) // max(cpus_per_actor, 1)))
+    return actors, max(0.0, min(cpus_per_actor, math.floor((cpus - 1) / actors * 1000) / 1000))
+
+
 def featurize_split(members: list[str], catalog: str, split: str, output: str, batch_size: int = 256,
                     actors: int | None = None, gpu: bool | None = None, cpus_per_actor: float = 1.0):
     """Write ``output/*.parquet`` for one split through an actor pool; returns the output path.
@@ -68,16 +83,15 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
         gpu = resources.get("GPU", 0) >= 1
     elif gpu:
         require_gpus(1)
-    if actors is None:  # on CPUs, leave one CPU for the read and write tasks, or the pipeline stalls
-        cpus = int(resources.get("CPU", 1))
-        actors = int(resources.get("GPU", 0)) if gpu else max(1, int((cpus - 1) // max(cpus_per_actor, 1)))
+    actors, cpus_per_actor = plan_actors(resources.get("CPU", 1), int(resources.get("GPU", 0)), gpu, actors,
+                                         cpus_per_actor)
     ds = ray.data.read_parquet(str(split_dir(catalog, split))).select_columns(["image", "label", "id"])
     ds = ds.map_batches(MemberFeatures, fn_constructor_kwargs={"members": [str(m) for m in members],
                                                                "device": "cuda" if gpu else "cpu",
                                                                "batch_size": batch_size},
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
                         num_gpus=1 if gpu else 0,
-                        num_cpus=0 if gpu else cpus_per_actor, batch_format="numpy")
+                        num_cpus=cpus_per_actor, batch_format="numpy")
     out = Path(output)
     # Ray Data appends new files to a folder: a rerun (after an interruption, or with other
     # members) would otherwise read every face twice, or mix two models' features.
