@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,14 @@ def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic
         train(config(weights=str(tmp_path / "other.pt")), log=lambda *_: None)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         train(config(weights="nowhere.safetensors"), log=lambda *_: None)
+    with pytest.raises(ValueError, match="--weights and --init-from both give starting weights"):
+        config(init_from=str(small_artifact), weights=str(tmp_path / "other.pt"))  # the file was ignored
+    edited = tmp_path / "edited"
+    shutil.copytree(small_artifact, edited)
+    meta = json.loads((edited / "model.json").read_text())
+    (edited / "model.json").write_text(json.dumps({**meta, "architecture": "vgg16"}))
+    with pytest.raises(ValueError, match="weights do not fit the vgg16 described in model.json"):  # was a traceback
+        train(config(init_from=str(edited)), log=lambda *_: None)
     assert not (tmp_path / "run" / "ray").exists()  # no Ray Train run was started
     assert config(weights="w.pt").weights == str(Path.cwd() / "w.pt")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_ray.artifacts import read_meta, save_cnn, load_artifact
+from fer_ray.artifacts import load_artifact, load_cnn, read_meta, save_cnn
 from fer_ray.data.catalog import read_manifest, split_dir
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.models import build_model, parameter_counts
@@ -70,6 +70,8 @@ class TrainConfig:
             self.model = "small_cnn"
         if self.freeze and not self.init_from:
             raise ValueError("--freeze needs --init-from (the artifact whose early stages to freeze)")
+        if self.weights and self.init_from:  # the artifact's weights would silently replace the file's
+            raise ValueError("--weights and --init-from both give starting weights; pass one of them")
         # Ray Train runs each worker in a directory of its own: relative paths would not resolve.
         for key in PATH_KEYS:
             if getattr(self, key):
@@ -97,11 +99,11 @@ def _check_start(cfg: TrainConfig, resolved: dict) -> None:
     """Build the starting model on the driver, as each worker will: a wrong architecture,
     weights file, artifact or ``--freeze`` is one clear error here, not a failure in every
     worker (retried by FailureConfig) before Ray gives up."""
-    model = build_model(resolved["architecture"], NUM_CLASSES, resolved["input_size"], weights=cfg.weights)
-    if cfg.init_from:
-        _, state = load_artifact(cfg.init_from)
-        model.load_state_dict(state)
+    if cfg.init_from:  # load_cnn: weights that do not fit model.json's architecture are an ArtifactError
+        model, _ = load_cnn(cfg.init_from)
         resolve_freeze(model, cfg.freeze)
+    else:
+        build_model(resolved["architecture"], NUM_CLASSES, resolved["input_size"], weights=cfg.weights)
 
 
 def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
