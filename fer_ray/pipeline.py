@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import glob
 import json
-import tempfile
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,9 +27,11 @@ PAPER = {  # Savoiu & Wong, test accuracy on FER2013 (transfer: on KDEF)
 # Settings that shape what a finished stage holds. A rerun that resumes may change anything
 # else (storage, resources, --gpu, what to score, adding --kdef), but not these.
 STAGE_SETTINGS = ("source", "input", "count", "size", "models", "input_sizes", "epochs", "batch_size", "lr",
-                  "workers", "svm_samples", "svm_lambda", "kdef_face_crop", "transfer_freeze", "transfer_epochs",
-                  "seed")
+                  "workers", "svm_samples", "svm_lambda", "seed")
+# ...and these shape the transfer stage, so they matter only once a run has had one (--kdef).
+TRANSFER_SETTINGS = ("kdef", "kdef_face_crop", "transfer_freeze", "transfer_epochs")
 CONFIG_FILE = "pipeline-config.json"
+TIMINGS_FILE = "stage-timings.json"
 
 
 @dataclass
@@ -39,7 +41,7 @@ class PipelineConfig:
     input: str | None = None
     count: int = 3500  # synthetic faces
     size: int = 48
-    work_dir: str | None = None  # where stages write when storage is a URI (default: a temp dir)
+    work_dir: str | None = None  # where stages write when storage is a URI (required then)
     models: tuple[str, ...] = ("vgg16_bn", "resnet50")
     input_sizes: dict = field(default_factory=dict)  # per model, e.g. {"resnet50": 192}
     epochs: int = 30
@@ -72,8 +74,21 @@ class PipelineConfig:
             raise ValueError(f"--input-sizes must be at least 32 pixels, got {self.input_sizes}")
         if self.epochs < 1 or self.workers < 1 or self.transfer_epochs < 1:
             raise ValueError("--epochs, --workers and --transfer-epochs must be at least 1")
+        from fer_ray.training.loop import Recipe
+
+        Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)  # --lr 0 failed after the SVM sweep
+        if is_uri(self.storage) and not self.work_dir:
+            raise ValueError("a URI --storage needs --work-dir: a folder every node sees, where the stages write "
+                             "(a rerun with the same one resumes)")
         if self.kdef and not Path(self.kdef).is_dir():
             raise ValueError(f"--kdef folder not found: {self.kdef}")
+        if self.kdef:  # the transfer stage comes last: a bad --transfer-freeze failed after every CNN
+            from fer_ray.models import build_model
+            from fer_ray.training.transfer import resolve_freeze
+
+            for model in set(self.models):  # any of them may be the best, whose artifact is fine-tuned
+                resolve_freeze(build_model(model, input_size=self.input_sizes.get(model, self.size)),
+                               self.transfer_freeze)
         if self.score_input and not (Path(self.score_input).exists()
                                      or next(glob.iglob(self.score_input, recursive=True), None)):
             raise ValueError(f"--score-input not found: {self.score_input} (a folder, a file or a glob)")
@@ -95,12 +110,11 @@ def upload(local: Path, uri: str) -> None:
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, log=print):
         self.cfg, self.log = cfg, log
-        if is_uri(cfg.storage):
-            self.work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="fer-ray-pipeline-"))
-        else:
-            self.work = Path(cfg.storage)
+        self.work = Path(cfg.work_dir if is_uri(cfg.storage) else cfg.storage)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.timings: dict[str, float] = {}
+        # Each stage's time when it ran: a resumed run reports those, not the ~0 s of skipping them.
+        timings = self.work / TIMINGS_FILE
+        self.timings: dict[str, float] = json.loads(timings.read_text()) if timings.is_file() else {}
 
     # ------------------------------------------------------------ stages
 
@@ -112,7 +126,8 @@ class Pipeline:
         else:
             self.log(f"[pipeline] {name} ...")
             fn()
-        self.timings[name] = round(time.perf_counter() - t0, 1)
+            self.timings[name] = round(time.perf_counter() - t0, 1)
+            (self.work / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2))
         if is_uri(self.cfg.storage):
             upload(self.work / name, f"{self.cfg.storage.rstrip('/')}/{name}")
 
@@ -185,8 +200,18 @@ class Pipeline:
         from fer_ray.inference.batch import score_folder
 
         out = self.work / "scores" / "scores.parquet"
-        self.stage("scores", out, lambda: score_folder(artifact, self.cfg.score_input, str(out), faces="all",
-                                                       gpu=self.cfg.gpu, log=self.log))
+        # The scores belong to one --score-input: another one (allowed on a rerun) is scored afresh.
+        record = self.work / "scores" / "input.json"
+        wanted = {"score_input": self.cfg.score_input, "artifact": artifact}
+        if record.is_file() and json.loads(record.read_text()) != wanted:
+            shutil.rmtree(self.work / "scores")
+
+        def run():
+            score_folder(artifact, self.cfg.score_input, str(out), faces="all", gpu=self.cfg.gpu, log=self.log)
+
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(wanted))
+        self.stage("scores", out, run)
         return str(out)
 
     # ------------------------------------------------------------ report
@@ -255,9 +280,8 @@ class Pipeline:
         path = self.work / CONFIG_FILE
         if path.exists() and (self.work / "catalog" / "manifest.json").exists():
             old, new = json.loads(path.read_text()), json.loads(json.dumps(asdict(self.cfg)))
-            changed = [k for k in STAGE_SETTINGS if old.get(k) != new.get(k)]
-            if old.get("kdef") and old.get("kdef") != new.get("kdef"):
-                changed.append("kdef")
+            compared = STAGE_SETTINGS + (TRANSFER_SETTINGS if old.get("kdef") else ())
+            changed = [k for k in compared if old.get(k) != new.get(k)]
             if changed:
                 raise ValueError(f"{self.work} holds a pipeline run made with other {', '.join(changed)}; rerun "
                                  "with the same settings to resume it, or use a new output folder (--storage; --output for fer-ray demo)")

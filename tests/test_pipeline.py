@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,68 @@ def test_pipeline_transfers_the_best_cnn_to_kdef(tmp_path, ray_session):
     changed = PipelineConfig(**{**cfg.__dict__, "epochs": 3})
     with pytest.raises(ValueError, match="made with other epochs"):
         Pipeline(changed, log=lambda *_: None).run()
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"lr": 0.0}, "--lr must be a positive finite number"),  # failed after the catalog and the SVM sweep
+    ({"storage": "s3://bucket/run"}, "a URI --storage needs --work-dir"),  # a temp dir each time: never resumed
+    ({"kdef": "KDEF", "transfer_freeze": 50}, "--freeze 50 is out of range"),  # failed after every CNN
+])
+def test_settings_of_late_stages_are_checked_before_the_first(tmp_path, changes, message):
+    (tmp_path / "KDEF").mkdir()
+    if "kdef" in changes:
+        changes = {**changes, "kdef": str(tmp_path / "KDEF")}
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig(**{"storage": str(tmp_path / "out"), "models": ("small_cnn", "small_cnn"), **changes})
+
+
+def _finished_run(tmp_path, **settings) -> PipelineConfig:
+    """A work directory whose catalog stage is done, as far as check_settings can tell."""
+    cfg = PipelineConfig(storage=str(tmp_path / "out"), models=("small_cnn", "small_cnn"), **settings)
+    Pipeline(cfg, log=lambda *_: None).check_settings()
+    (tmp_path / "out" / "catalog").mkdir()
+    (tmp_path / "out" / "catalog" / "manifest.json").write_text("{}")
+    return cfg
+
+
+def test_adding_kdef_on_a_rerun_may_bring_its_own_transfer_settings(tmp_path):
+    cfg = _finished_run(tmp_path)
+    (tmp_path / "KDEF").mkdir()
+    with_kdef = PipelineConfig(**{**cfg.__dict__, "kdef": str(tmp_path / "KDEF"), "kdef_face_crop": False,
+                                  "transfer_freeze": -1, "transfer_epochs": 3})
+    Pipeline(with_kdef, log=lambda *_: None).check_settings()  # no transfer stage ran: nothing to mix
+    other = PipelineConfig(**{**with_kdef.__dict__, "transfer_epochs": 4})
+    with pytest.raises(ValueError, match="made with other transfer_epochs"):  # now one exists
+        Pipeline(other, log=lambda *_: None).check_settings()
+
+
+def test_a_resumed_run_reports_each_stage_s_time_when_it_ran(tmp_path):
+    cfg = _finished_run(tmp_path)
+    done = tmp_path / "out" / "stage-a" / "done"
+    first = Pipeline(cfg, log=lambda *_: None)
+    first.stage("stage-a", done, lambda: (time.sleep(0.3), done.parent.mkdir(), done.touch()))
+    assert first.timings["stage-a"] >= 0.3
+    again = Pipeline(cfg, log=lambda *_: None)
+    again.stage("stage-a", done, lambda: pytest.fail("a finished stage ran again"))
+    assert again.timings == first.timings  # was 0.0: the time it took to skip it
+
+
+def test_another_score_input_on_a_rerun_is_scored_not_reused(tmp_path, monkeypatch):
+    import fer_ray.inference.batch as batch
+
+    scored = []
+
+    def fake_score_folder(artifact, input, output, **kwargs):
+        scored.append(input)
+        Path(output).write_text(input)
+
+    monkeypatch.setattr(batch, "score_folder", fake_score_folder)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    cfg = _finished_run(tmp_path, score_input=str(tmp_path / "a"))
+    out = Pipeline(cfg, log=lambda *_: None).score("artifact")
+    Pipeline(cfg, log=lambda *_: None).score("artifact")  # the same input: done, skipped
+    other = PipelineConfig(**{**cfg.__dict__, "score_input": str(tmp_path / "b")})
+    Pipeline(other, log=lambda *_: None).score("artifact")
+    assert scored == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert Path(out).read_text() == str(tmp_path / "b")
