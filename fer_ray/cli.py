@@ -26,6 +26,10 @@ def _prepare(args) -> None:
     from fer_ray.data.catalog import audit, build_catalog
     from fer_ray.data.sources import KDEF_ANGLES, make_source
 
+    if args.source != "kdef" and (args.angles or args.face_crop):  # they would be ignored
+        raise ValueError(f"--angles and --face-crop apply to --source kdef, not --source {args.source}")
+    if args.max_pixels is not None and args.source not in ("folders", "kdef"):
+        raise ValueError(f"--max-pixels applies to image files (--source folders or kdef), not --source {args.source}")
     options = {}
     if args.source == "synthetic":
         options = {"count": args.count, "seed": args.seed}
@@ -483,9 +487,11 @@ def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Acti
 def _check_output_folders(args) -> None:
     """A folder to write whose path runs into an existing file: one error line before any work,
     not a FileExistsError once the work is done."""
-    folders = [getattr(args, "run_dir", None)]
-    if args.stage == "evaluate":
+    folders = [getattr(args, "run_dir", None), getattr(args, "work_dir", None)]
+    if args.stage in ("evaluate", "demo"):
         folders.append(args.output)
+    if args.stage == "pipeline" and "://" not in args.storage:
+        folders.append(args.storage)
     if args.stage == "score":
         folders.append(str(Path(args.output).parent))
     for folder in filter(None, folders):

@@ -129,7 +129,11 @@ def test_an_output_folder_that_runs_into_a_file_is_refused_before_any_work(tmp_p
     for argv in (["baseline", "--catalog", str(tmp_path / "missing"), "--run-dir", str(afile)],
                  ["train", "--catalog", str(tmp_path / "missing"), "--model", "small_cnn", "--run-dir", str(afile / "r")],
                  ["evaluate", "--artifact", str(tmp_path), "--catalog", str(tmp_path), "--output", str(afile)],
-                 ["score", "--artifact", str(tmp_path), "--input", str(tmp_path), "--output", str(afile / "x.csv")]):
+                 ["score", "--artifact", str(tmp_path), "--input", str(tmp_path), "--output", str(afile / "x.csv")],
+                 # these were FileExistsError / NotADirectoryError tracebacks
+                 ["pipeline", "--storage", str(afile)],
+                 ["pipeline", "--storage", "s3://bucket/x", "--work-dir", str(afile / "work")],
+                 ["demo", "--output", str(afile)]):
         assert main(argv) == 2
         assert f"{afile} is a file, not a folder" in capsys.readouterr().err
 

@@ -46,14 +46,21 @@ def input_cases(tmp_path):
         "unknown kdef angle": (["--source", "kdef", "--input", tmp_path / "kdef", "--angles", "S,UP"],
                                "unknown KDEF angle"),
         "too few synthetic": (["--source", "synthetic", "--count", 3], "at least 7"),
-        "size zero": (["--source", "synthetic", "--size", 0], "image size 0 is outside 8..1024"),
+        "size too big": (["--source", "synthetic", "--size", 2000], "image size 2000 is outside 8..1024"),
+        # flags another source would silently ignore
+        "angles without kdef": (["--source", "synthetic", "--angles", "XX"], "--angles and --face-crop apply to "
+                                "--source kdef, not --source synthetic"),
+        "face crop without kdef": (["--source", "folders", "--input", tmp_path / "odd", "--face-crop"],
+                                   "apply to --source kdef"),
+        "max pixels on a csv": (["--source", "fer2013-csv", "--input", tmp_path / "header.csv", "--max-pixels", 9],
+                                "--max-pixels applies to image files"),
     }, out
 
 
 @pytest.mark.parametrize("case", [
     "missing csv", "empty csv", "csv without rows", "csv is a folder", "missing folder",
     "empty folder", "unknown split folder", "no --input", "empty kdef", "unknown kdef angle",
-    "too few synthetic", "size zero"])
+    "too few synthetic", "size too big", "angles without kdef", "face crop without kdef", "max pixels on a csv"])
 def test_input_level_problem_is_one_line_and_exit_2(tmp_path, capsys, case):
     cases, out = input_cases(tmp_path)
     args, message = cases[case]
