@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "transfer to KDEF, scoring")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
     p.add_argument("--storage", required=True, help="output directory, or a URI (s3://...) results are uploaded to")
-    p.add_argument("--work-dir", help="with a URI --storage: shared directory stages write to (default: temp dir)")
+    p.add_argument("--work-dir", help="with a URI --storage (required then): shared directory stages write to; "
+                                        "a rerun with the same one resumes")
     p.add_argument("--source", choices=SOURCES, default="synthetic")
     p.add_argument("--input", help="the source's CSV file or folder")
     p.add_argument("--count", type=_positive_int, default=3500, help="synthetic faces")
