@@ -159,7 +159,7 @@ def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic
 def test_freeze_rules():
     model = build_model("small_cnn")
     assert resolve_freeze(model, 2) == 2 and resolve_freeze(model, -1) == len(model.stage_names()) - 1
-    for bad in (len(model.stage_names()), -len(model.stage_names()) - 1):
+    for bad in (len(model.stage_names()), -len(model.stage_names()), -len(model.stage_names()) - 1):
         with pytest.raises(ValueError, match="out of range"):
             resolve_freeze(model, bad)
     frozen = freeze_stages(model, 2)
