@@ -140,3 +140,20 @@ def test_cnn_sweep_reports_every_epoch_and_keeps_the_best_completed_trial(synthe
     for r in rows:
         progress = next(Path(run, "tune", "cnn").glob(f"*{r['trial_id']}*/progress.csv")).read_text()
         assert "epoch" in progress.splitlines()[0] and len(progress.splitlines()) >= 2
+
+
+def test_a_catalog_without_val_is_refused_before_any_trial(synthetic_catalog, tmp_path):
+    """Every CNN trial failed on its own (after Ray and Tune started); the SVM sweep read train first."""
+    import json
+    import shutil
+
+    catalog = tmp_path / "no-val"
+    shutil.copytree(synthetic_catalog, catalog)
+    manifest = json.loads((catalog / "manifest.json").read_text())
+    del manifest["shards"]["val"]
+    (catalog / "manifest.json").write_text(json.dumps(manifest))
+    for sweep in (lambda: sweep_svm(SvmSweep(catalog=str(catalog), run_dir=str(tmp_path / "s")), **QUIET),
+                  lambda: sweep_cnn(CnnSweep(catalog=str(catalog), run_dir=str(tmp_path / "c")), **QUIET)):
+        with pytest.raises(ValueError, match="has no 'val' split"):
+            sweep()
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()

@@ -48,7 +48,7 @@ from ray.tune.schedulers import ASHAScheduler
 from fer_ray.baseline.svm import SOLVERS, fit_svm, save_svm
 from fer_ray.rundir import claim
 from fer_ray.runtime import Interrupted, environ
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import load_split, read_manifest, split_dir
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
 RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config", "artifact", "error")
@@ -231,8 +231,8 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
     from fer_ray.runtime import cluster_capacity, init_ray
 
     manifest = read_manifest(cfg.catalog)
-    if "val" not in manifest["shards"]:
-        raise ValueError(f"catalog {cfg.catalog} has no val split to choose lambda on")
+    for split in ("train", "val"):  # fitted on, chosen on: checked before Ray starts
+        split_dir(cfg.catalog, split)
     settings = _settings(cfg, manifest)
     init_ray()
     concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
@@ -256,6 +256,8 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
     Recipe.from_dict({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     manifest = read_manifest(cfg.catalog)
+    for split in ("train", "val"):  # every trial would fail on a catalog without them
+        split_dir(cfg.catalog, split)
     settings = _settings(cfg, manifest)
     init_ray()
     resources = cluster_capacity()
