@@ -28,7 +28,11 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        except ConnectionError as exc:  # e.g. RAY_ADDRESS=auto with no cluster on this machine
+            raise ClusterUnreachable(f"RAY_ADDRESS={address}: {str(exc).strip().splitlines()[0]}") from None
         return
     # address="local": without it Ray 2.60 joins any cluster someone started with `ray start`
     # on this machine (and then refuses num_cpus), instead of the local Ray promised above.
@@ -39,6 +43,23 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     port = _free_port()
     with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING)
+
+
+class ClusterUnreachable(ValueError):
+    """RAY_ADDRESS names a cluster that is not there: one line for the user, not a traceback."""
+
+
+def _check_reachable(address: str) -> None:
+    """A GCS address (``host:port``) that nobody answers at would have ``ray.init`` retry for
+    minutes, logging the same line again and again: try the port once, for a few seconds."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", ray:// and http:// addresses: ray.init reports those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterUnreachable(f"no Ray cluster answers at RAY_ADDRESS={address} ({exc}); start one "
+                                 "(`ray start --head`, cluster/local.sh) or unset RAY_ADDRESS for a local Ray") from None
 
 
 def _free_port() -> int:
