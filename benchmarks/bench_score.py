@@ -39,7 +39,8 @@ DEFAULT_FER = ROOT.parent / "shared" / "data" / "fer2013"
 
 
 def make_photos(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` 640x480 PNG photos holding 0-3 synthetic faces each (kept between runs)."""
+    """``count`` 640x480 PNG photos holding 0-3 synthetic faces each (kept between runs;
+    photos beyond ``count`` from an earlier run are removed)."""
     from fer_ray.data.preprocess import encode_png
     from fer_ray.data.synthetic import synthetic_faces
 
@@ -61,6 +62,15 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> list[str]:
             y = int(rng.integers(0, 480 - side))
             img[y : y + side, x : x + side] = face
         path.write_bytes(encode_png(np.clip(img, 0, 255).astype(np.uint8)))
+    # The command scores the whole folder and the plain loop these paths: they must be the same
+    # images, or the ratio compares two sets (a folder kept from a run with more photos did).
+    extra = sorted(set(map(str, folder.iterdir())) - set(paths))
+    for leftover in [e for e in extra if Path(e).name.startswith("photo") and e.endswith(".png")]:
+        Path(leftover).unlink()
+    foreign = [e for e in extra if Path(e).exists()]
+    if foreign:
+        raise SystemExit(f"--photo-dir {folder} holds {len(foreign)} other files ({foreign[0]}, ...): use a folder "
+                         "of its own")
     return paths
 
 
