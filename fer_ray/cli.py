@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--lr-max", type=float, default=0.2)
         k.add_argument("--wd-min", type=float, default=1e-5)
         k.add_argument("--wd-max", type=float, default=1e-3)
-        k.add_argument("--batch-sizes", type=lambda t: [int(v) for v in _floats(t)], default=[],
+        k.add_argument("--batch-sizes", type=lambda t: [_positive_int(v) for v in t.split(",") if v.strip()], default=[],
                        help="also tune the batch size over these, e.g. 64,128,256")
         k.add_argument("--label-smoothing", type=_floats, default=None, metavar="MIN,MAX",
                        help="also tune label smoothing uniformly in this range, e.g. 0,0.2")

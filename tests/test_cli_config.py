@@ -111,6 +111,7 @@ def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp
     ["prepare", "--source", "synthetic", "--output", "o", "--count", "0"],
     ["sweep", "cnn", "--catalog", "c", "--run-dir", "r", "--grace-period", "0"],
     ["pipeline", "--storage", "s", "--svm-samples", "0"],
+    ["sweep", "cnn", "--catalog", "c", "--run-dir", "r", "--batch-sizes", "64.9,128"],  # was truncated to 64
     ["pipeline", "--storage", "s", "--epochs", "0"],  # the parser refuses it before the pipeline checks
 ])
 def test_nonsense_counts_and_margins_are_refused_by_the_parser(argv):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,12 @@ def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog,
     assert meta["fit"]["lambda"] == pytest.approx(best["lambda"])
     assert meta["metrics"]["val"]["accuracy"] == pytest.approx(best["val_acc"])
     assert (run / "eval-test" / "report.md").is_file()
+    # The same command again: finished, so nothing runs (it said "resuming the interrupted
+    # sweep" and rewrote best.json with the 0.1 s of restoring it).
+    lines, stamp = [], (run / "best.json").stat().st_mtime_ns
+    assert sweep_svm(cfg, log=lines.append) == json.loads((run / "best.json").read_text())
+    assert lines == [f"sweep svm: already finished ({run / 'best.json'}; --overwrite to run it again)"]
+    assert (run / "best.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="different samples"):
         sweep_svm(SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=4, lambda_min=0.3,
                            lambda_max=3.0), **QUIET)
@@ -110,6 +117,9 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(synthetic_c
     before = {r["trial_id"]: r for r in results_table(str(run))}
     finished = {t: r for t, r in before.items() if r["status"] == "complete"}
     assert 1 <= len(finished) < 6, f"the interruption came too late to test resuming: {before}"
+    # Tune marks interrupted trials terminated: counted from them, the message said more had
+    # finished (and once every trial had started, a CNN sweep went on to pick a "best", exit 0).
+    assert f"stopped with {len(finished)} of 6 trials finished" in out
     stamps = {t: Path(r["artifact"], "model.json").stat().st_mtime_ns for t, r in finished.items()}
 
     from fer_ray.cli import main
@@ -144,7 +154,6 @@ def test_cnn_sweep_reports_every_epoch_and_keeps_the_best_completed_trial(synthe
 
 def test_a_catalog_without_val_is_refused_before_any_trial(synthetic_catalog, tmp_path):
     """Every CNN trial failed on its own (after Ray and Tune started); the SVM sweep read train first."""
-    import json
     import shutil
 
     catalog = tmp_path / "no-val"
@@ -157,3 +166,10 @@ def test_a_catalog_without_val_is_refused_before_any_trial(synthetic_catalog, tm
         with pytest.raises(ValueError, match="has no 'val' split"):
             sweep()
     assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_train_worker_bigger_than_the_cluster_is_refused_not_waited_for(synthetic_catalog, ray_session, tmp_path):
+    with pytest.raises(ValueError, match="--cpus-per-worker 4 is more than the Ray cluster's 2 CPUs"):
+        sweep_cnn(CnnSweep(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "c"), cpus_per_worker=4), **QUIET)

@@ -11,8 +11,10 @@ group: Train's cleaner needs the State API, which a local Ray started without a 
 (as fer-ray starts it) does not have. The leaked CPU starves every later trial: on 2 CPUs
 the sweep hung. So ``CooperativeASHA`` records "stop" on a small named actor and lets the
 trial continue; the trial's Train callback sees it at the next report and ends the run the
-normal way (workers stopped, placement group removed). A stopped trial runs one epoch more
-than plain ASHA would give it.
+normal way (workers stopped, placement group removed). A stopped trial runs at least one
+epoch more than plain ASHA would give it: its worker does not wait for the decision, so
+epochs much shorter than a report's round trip (tiny CPU demos) may run to the end anyway;
+results.csv's ``epochs`` counts the reports Tune judged.
 
 Resources: an SVM trial takes 1 CPU (liblinear is single-threaded). A CNN trial's driver
 function takes no CPU and its one Train worker takes ``cpus_per_worker`` (or a GPU);
@@ -267,6 +269,9 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
             raise ValueError("--gpu given but the Ray cluster has no GPU")
     else:
         fits = int(resources.get("CPU", 1) // cfg.cpus_per_worker)
+        if fits < 1:  # the trial's Train worker would wait for its CPUs for ever
+            raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the Ray cluster's "
+                             f"{resources.get('CPU', 0):g} CPUs")
     concurrency = cfg.concurrency or max(1, fits)
     space = {"lr": tune.loguniform(cfg.lr_min, cfg.lr_max), "weight_decay": tune.loguniform(cfg.wd_min, cfg.wd_max)}
     if cfg.batch_sizes:
@@ -321,6 +326,9 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
     # Tune would silently keep a resumed sweep's old settings: other ones are refused.
     compared = {k: v for k, v in settings.items() if k != "overwrite"}
     run_dir = claim(settings["run_dir"], f"sweep {kind}", compared, settings["overwrite"])
+    if (run_dir / "best.json").is_file():  # written last: the sweep finished; restoring it redid the ending
+        log(f"sweep {kind}: already finished ({run_dir / 'best.json'}; --overwrite to run it again)")
+        return json.loads((run_dir / "best.json").read_text())
     experiment = run_dir / "tune" / kind
     t0 = time.time()
     if tune.Tuner.can_restore(str(experiment)):
@@ -342,7 +350,8 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
         grid = tuner.fit()
     rows = [_row(r) for r in grid]
     _write_results(run_dir / "results.csv", rows)
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    # From the rows, not Tune's counts: after Ctrl+C Tune marks the interrupted trials terminated.
+    unfinished = sum(r["status"] == "unfinished" for r in rows)
     if unfinished or len(grid) < samples:
         raise SweepInterrupted(f"sweep {kind} stopped with {len(rows) - unfinished} of {samples} trials finished "
                                f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
