@@ -108,3 +108,11 @@ def require_gpus(count: float) -> None:
     if have < count:
         raise ValueError(f"--gpu needs {count:g} GPU(s) but the Ray cluster has {have:g} "
                          "(and cannot scale up to more)")
+
+
+def require_cpus(count: float, what: str) -> None:
+    """Refuse work whose CPU request the cluster can never meet (``what`` says whose): Ray
+    Train's worker group would wait for it for ever, retrying its start every minute."""
+    have = cluster_capacity().get("CPU", 0)
+    if have < count:
+        raise ValueError(f"{what} need {count:g} CPUs but the Ray cluster has {have:g} (and cannot scale up to more)")

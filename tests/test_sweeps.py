@@ -171,5 +171,6 @@ def test_a_catalog_without_val_is_refused_before_any_trial(synthetic_catalog, tm
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_a_train_worker_bigger_than_the_cluster_is_refused_not_waited_for(synthetic_catalog, ray_session, tmp_path):
-    with pytest.raises(ValueError, match="--cpus-per-worker 4 is more than the Ray cluster's 2 CPUs"):
+    with pytest.raises(ValueError, match="--cpus-per-worker 4: a trial.s Train worker would need 4 CPUs but "
+                                         "the Ray cluster has 2"):
         sweep_cnn(CnnSweep(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "c"), cpus_per_worker=4), **QUIET)

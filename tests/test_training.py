@@ -260,6 +260,10 @@ def test_gpu_training_on_a_cluster_without_gpus_is_refused_not_waited_for(synthe
     rc = main(["train", "--catalog", str(synthetic_catalog), "--model", "small_cnn", "--epochs", "1",
                "--workers", "1", "--gpu", "--run-dir", str(tmp_path / "run")])
     assert rc == 2 and not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="--workers 2 x --cpus-per-worker 1.5 need 3 CPUs but the Ray cluster has 2"):
+        train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), workers=2,
+                          cpus_per_worker=1.5), log=lambda *_: None)  # waited for ever, too
+    assert not (tmp_path / "run").exists()
 
 
 def _random_run(recipe: Recipe) -> Run:

@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fer_ray.runtime import init_ray, require_gpus
+    from fer_ray.runtime import init_ray, require_cpus, require_gpus
 
     manifest = read_manifest(cfg.catalog)
     for split in ("train", "val"):  # trained on, validated on each epoch: checked before anything is written
@@ -125,7 +125,10 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     resolved = _resolve(cfg, manifest)
     _check_start(cfg, resolved)
     init_ray()
-    if cfg.gpu:  # before anything is written: a refused run leaves no run directory behind
+    # before anything is written: a refused run leaves no run directory behind
+    require_cpus(cfg.workers * cfg.cpus_per_worker, f"--workers {cfg.workers} x --cpus-per-worker "
+                                                    f"{cfg.cpus_per_worker:g}")
+    if cfg.gpu:
         require_gpus(cfg.workers)
     # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
     # name and storage path); other settings would silently mix two schedules, so they are refused.

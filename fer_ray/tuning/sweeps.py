@@ -251,7 +251,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     from ray import tune
 
     from fer_ray.models import MODELS
-    from fer_ray.runtime import cluster_capacity, init_ray
+    from fer_ray.runtime import cluster_capacity, init_ray, require_cpus
     from fer_ray.training.loop import Recipe
 
     if cfg.model not in MODELS:
@@ -268,10 +268,8 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
         if fits < 1:
             raise ValueError("--gpu given but the Ray cluster has no GPU")
     else:
+        require_cpus(cfg.cpus_per_worker, f"--cpus-per-worker {cfg.cpus_per_worker:g}: a trial's Train worker would")
         fits = int(resources.get("CPU", 1) // cfg.cpus_per_worker)
-        if fits < 1:  # the trial's Train worker would wait for its CPUs for ever
-            raise ValueError(f"--cpus-per-worker {cfg.cpus_per_worker:g} is more than the Ray cluster's "
-                             f"{resources.get('CPU', 0):g} CPUs")
     concurrency = cfg.concurrency or max(1, fits)
     space = {"lr": tune.loguniform(cfg.lr_min, cfg.lr_max), "weight_decay": tune.loguniform(cfg.wd_min, cfg.wd_max)}
     if cfg.batch_sizes:
