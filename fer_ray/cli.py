@@ -176,6 +176,10 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def _positive_ints(text: str) -> list[int]:
+    return [_positive_int(v) for v in text.split(",") if v.strip()]
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -385,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--lr-max", type=float, default=0.2)
         k.add_argument("--wd-min", type=float, default=1e-5)
         k.add_argument("--wd-max", type=float, default=1e-3)
-        k.add_argument("--batch-sizes", type=lambda t: [_positive_int(v) for v in t.split(",") if v.strip()], default=[],
+        k.add_argument("--batch-sizes", type=_positive_ints, default=[],
                        help="also tune the batch size over these, e.g. 64,128,256")
         k.add_argument("--label-smoothing", type=_floats, default=None, metavar="MIN,MAX",
                        help="also tune label smoothing uniformly in this range, e.g. 0,0.2")
@@ -491,8 +495,11 @@ def _check_output_folders(args) -> None:
     folders = [getattr(args, "run_dir", None), getattr(args, "work_dir", None)]
     if args.stage in ("evaluate", "demo"):
         folders.append(args.output)
-    if args.stage == "pipeline" and "://" not in args.storage:
-        folders.append(args.storage)
+    if args.stage == "pipeline":
+        from fer_ray.pipeline import is_uri
+
+        if not is_uri(args.storage):
+            folders.append(args.storage)
     if args.stage == "score":
         folders.append(str(Path(args.output).parent))
     for folder in filter(None, folders):

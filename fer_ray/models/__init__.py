@@ -48,15 +48,14 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"--weights takes a weights file (.safetensors or a state dict); {p} is a folder{hint}")
     if not p.is_file():
         raise FileNotFoundError(f"weights file not found: {p}")
-    with open(p, "rb") as fh:
-        head = fh.read(9)
     try:
-        if head[8:9] == b"{":
-            from safetensors.torch import load_file
+        with open(p, "rb") as fh:
+            if fh.read(9)[8:9] == b"{":
+                from safetensors.torch import load_file
 
-            state = load_file(str(p))
-        else:  # from an open file: torch.load would pick a loader by the file's name itself
-            with open(p, "rb") as fh:
+                state = load_file(str(p))
+            else:  # from the open file: given a path, torch.load picks a loader by the file's name
+                fh.seek(0)
                 state = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a foreign file fails in many ways; each is this file's problem
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
