@@ -224,7 +224,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--translate", type=float, default=4.0, help="max shift, pixels at 48 px")
     g.add_argument("--erase-p", type=float, default=0.0, help="random-erasing probability")
     g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
-    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast (on by default on CUDA and on CPUs with native bf16)")
     g.add_argument("--seed", type=int, default=0)
 
 

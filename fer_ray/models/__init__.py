@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 
 from fer_ray.models.base import FERNet
+from fer_ray.models.fast import VARIANTS as FAST_CNN
 from fer_ray.models.resnet import resnet50
 from fer_ray.models.small import small_cnn
 from fer_ray.models.vgg import vgg16, vgg16_bn
 
-MODELS = {"vgg16": vgg16, "vgg16_bn": vgg16_bn, "resnet50": resnet50, "small_cnn": small_cnn}
+MODELS = {"vgg16": vgg16, "vgg16_bn": vgg16_bn, "resnet50": resnet50, "small_cnn": small_cnn, **FAST_CNN}
 
 
 def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channels: int = 1,

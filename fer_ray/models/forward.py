@@ -18,10 +18,19 @@ from fer_ray.models.inputs import Normalization, to_model_input
 TENCROP_FRACTION = 0.875
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX).
+
+    There, oneDNN's bf16 convolutions train small CNNs 2-2.5x faster than fp32; on CPUs
+    without it bf16 is emulated and slower than fp32, so autocast stays off.
+    """
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; plain fp32 elsewhere (CPU bf16 is slower here)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast when ``amp``: on CUDA always, on a CPU when it has native bf16."""
+    if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

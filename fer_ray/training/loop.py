@@ -39,7 +39,7 @@ class Recipe:
     warmup_epochs: float = 0.0  # cosine only; one-cycle has its own warm-up
     label_smoothing: float = 0.1
     augment: Augment = field(default_factory=Augment)
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (models.forward.autocast)
     channels_last: bool = True  # NHWC memory layout: faster convolutions on GPUs and on CPUs
     eval_batch_size: int = 1024
     seed: int = 0
