@@ -137,6 +137,28 @@ def test_links_special_files_and_foreign_names_are_listed_and_get_rows(tmp_path)
                        **{e: [float("nan")] * 4 for e in EMOTIONS}}).num_rows == 4  # UTF-8 all through
 
 
+@pytest.mark.timeout(60)  # glob.glob on the two loops below never ends
+def test_a_glob_lists_each_file_once_through_link_loops(tmp_path, monkeypatch):
+    """``g/**/*.jpg`` followed ``g/d/loop -> ..`` until the path was too long: 41 rows for one
+    file; with a second loop beside it glob never finished. A glob and a folder must list the
+    same files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g" / "d").mkdir(parents=True)
+    (tmp_path / "g" / "d" / "face.jpg").write_bytes(encode(background(64, 48, seed=1), "JPEG"))
+    (tmp_path / "g" / "d" / "loop").symlink_to("..", target_is_directory=True)
+    (tmp_path / "g" / "d" / "loop2").symlink_to("../..", target_is_directory=True)
+    (tmp_path / "g" / ".hidden.jpg").write_bytes(b"not matched by a wildcard, as in glob")
+    face, hidden = str(tmp_path / "g" / "d" / "face.jpg"), str(tmp_path / "g" / ".hidden.jpg")
+    assert list_images("g/**/*.jpg") == ([face], 0)
+    assert list_images("g") == ([hidden, face], 0)
+    assert list_images(str(tmp_path / "g" / "*" / "*.jpg")) == ([face], 0)
+    assert list_images("g/**/.*.jpg") == ([hidden], 0)
+    assert list_images("g/d/loop/*/face.jpg") == ([str(tmp_path / "g" / "d" / "loop" / "d" / "face.jpg")], 0)
+    for nothing in ("g/*.jpg", "g/**/*.png"):
+        with pytest.raises(FileNotFoundError, match="input not found"):
+            list_images(nothing)
+
+
 def test_display_paths_never_collide():
     """The output's key: a Latin-1 byte and a name that holds the text of its escape are two files."""
     latin1, literal = os.fsdecode(b"caf\xe9.png"), "caf\\xe9.png"

@@ -251,6 +251,23 @@ def test_folders_links_and_special_files_are_listed_never_lost(tmp_path):
                                         "train/happy/pipe.png"}
 
 
+def test_folders_links_to_an_ancestor_or_a_sibling_read_each_file_once_under_its_own_label(tmp_path):
+    """A link that re-enters the tree (``happy/up -> ../..``) listed every file again as happy,
+    test images included (5 files in, 8 rows out); a link to another emotion folder, or to a
+    file already listed, must not relabel or repeat what it points at either."""
+    written = write_folder_tree(tmp_path, {"train": {"happy": 2, "sad": 2}, "test": {"happy": 1}})
+    happy = tmp_path / "train" / "happy"
+    (happy / "up").symlink_to("../..", target_is_directory=True)
+    (happy / "also_sad").symlink_to("../sad", target_is_directory=True)
+    first = next(rel for rel in written if rel.startswith("train/happy/"))
+    (happy / "zz_again.png").symlink_to(first.split("/")[-1])
+    rows = by_id(run_source(FolderSource(str(tmp_path))))
+    assert set(rows) == set(written)
+    for rel in written:
+        split, emotion, _ = rel.split("/")
+        assert rows[rel]["split"] == split and rows[rel]["label"] == EMOTIONS.index(emotion)
+
+
 def test_folders_pixel_limit_is_configurable(tmp_path):
     write_image(tmp_path / "train" / "happy" / "large.png", np.full((200, 300), 128, np.uint8))
     write_image(tmp_path / "train" / "happy" / "small.png", face_pixels(1)[0])

@@ -11,19 +11,33 @@ import os
 from pathlib import Path
 
 
-def files_under(folder: Path | str) -> list[Path]:
+def files_under(folder: Path | str, seen: set[str] | None = None, depth: int | None = None) -> list[Path]:
     """Every non-folder entry below ``folder``, sorted: files, broken links, sockets, FIFOs.
 
-    Links to folders are followed, each real folder once, so a link cycle ends.
+    Links are followed, but each real folder is entered once and each real file listed once,
+    wherever links point: a link cycle ends, and a link back to an ancestor does not list the
+    tree a second time under another name. ``seen`` holds the real paths taken so far; a caller
+    that lists several folders of one tree passes the same set to each call (after adding the
+    folders it will list itself, so that a link into one of them is not followed), which makes
+    the rule hold across the whole tree. ``folder`` itself is always listed. ``depth``: how
+    many folder levels below ``folder`` to enter (None: all).
     """
-    found, seen = [], set()
+    folder, seen, found = os.fspath(folder), set() if seen is None else seen, []
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
-        if real in seen:
+        if top != folder and real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        found += [Path(top, name) for name in files]
+        dirs.sort()  # so that which of two names of one file is listed does not depend on the disk
+        level = 0 if top == folder else os.path.relpath(top, folder).count(os.sep) + 1
+        if depth is not None and level >= depth:
+            dirs[:] = []
+        for name in sorted(files):
+            path = Path(top, name)
+            if os.path.realpath(path) not in seen:
+                seen.add(os.path.realpath(path))
+                found.append(path)
     return sorted(found)
 
 

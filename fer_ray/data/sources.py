@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,21 +136,24 @@ class FolderSource:
                         f"unknown split folder {p.name!r} in {root}; expected one of "
                         f"{sorted(FOLDER_SPLITS)} (or emotion folders directly)")
                 layout.append((p, split))
-        for split_dir, split in layout:
-            for entry in sorted(split_dir.iterdir()):
-                if entry.is_dir():
-                    try:
-                        label, error = label_from_name(entry.name), ""
-                    except ValueError:
-                        label, error = -1, f"unknown emotion folder {entry.name!r}"
-                    files = files_under(entry)
-                else:
-                    label, error, files = -1, "file is not inside an emotion folder", [entry]
-                for f in files:
-                    reason = error or not_a_file(f) or (
-                        "" if has_image_extension(f.name) else "not an image file extension")
-                    items.append({"path": str(f), "id": str(f.relative_to(root)), "label": label,
-                                  "split": split, "error": reason})
+        # Every entry of the layout is listed here, under its own split and emotion: a link
+        # from inside an emotion folder to one of them (or to the root) is not followed.
+        entries = [(split, entry) for split_dir, split in layout for entry in sorted(split_dir.iterdir())]
+        seen = {os.path.realpath(p) for p in (root, *(d for d, _ in layout), *(e for _, e in entries))}
+        for split, entry in entries:
+            if entry.is_dir():
+                try:
+                    label, error = label_from_name(entry.name), ""
+                except ValueError:
+                    label, error = -1, f"unknown emotion folder {entry.name!r}"
+                files = files_under(entry, seen)
+            else:
+                label, error, files = -1, "file is not inside an emotion folder", [entry]
+            for f in files:
+                reason = error or not_a_file(f) or (
+                    "" if has_image_extension(f.name) else "not an image file extension")
+                items.append({"path": str(f), "id": str(f.relative_to(root)), "label": label,
+                              "split": split, "error": reason})
         if not items:
             raise SourceError(f"no files found under {root}")
         return items

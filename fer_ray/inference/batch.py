@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import functools
 import glob
 import json
@@ -72,7 +73,8 @@ def list_images(input: str) -> tuple[list[str], int]:
     Returns (sorted image paths, number of other files skipped for their extension). Only
     the name decides what is an image here: a text file named ``.jpg``, a broken link or a
     FIFO named ``.png`` is listed, and later gets an error row, so what was asked for is
-    always accounted for. Links to folders are followed, as a glob's ``**`` does.
+    always accounted for. Links are followed, each real file listed once however many links
+    lead to it (``files_under``), for a folder and a glob alike.
     """
     root = Path(input)
     if root.is_dir():
@@ -80,10 +82,9 @@ def list_images(input: str) -> tuple[list[str], int]:
     elif os.path.lexists(root):
         candidates = iter([str(root)])
     else:
-        matches = glob.glob(input, recursive=True)
-        if not matches:
+        candidates = [str(p) for p in glob_files(input)]
+        if not candidates:
             raise FileNotFoundError(f"input not found: {input} (a folder, a file or a glob)")
-        candidates = (m for m in matches if not os.path.isdir(m))
     images, others = set(), 0
     for path in candidates:
         if has_image_extension(path):
@@ -93,6 +94,37 @@ def list_images(input: str) -> tuple[list[str], int]:
     if not images:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {input}")
     return sorted(images), others
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The non-folder entries a recursive glob (``**`` for any folders) matches, sorted.
+
+    The folder before the first wildcard is listed by ``files_under`` and each entry matched
+    part by part: ``glob.glob`` itself follows a link loop under ``**`` until the path grows too
+    long (41 rows for one file) and would list a tree again wherever a link re-enters it. As in
+    glob, a wildcard matches a name that starts with "." only when its part does too.
+    """
+    parts = pattern.split("/")
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
+    rest = [part for part in parts[fixed:] if part]
+    depth = None if "**" in rest else max(0, len(rest) - 1)
+    return [path for path in files_under(base, depth=depth)
+            if _glob_match(os.path.relpath(path, base).split("/"), rest)]
+
+
+def _glob_match(names: list[str], parts: list[str]) -> bool:
+    if not parts:
+        return not names
+    if not names:
+        return parts == ["**"] * len(parts)
+    if parts[0] == "**":
+        return _glob_match(names, parts[1:]) or (not names[0].startswith(".") and _glob_match(names[1:], parts))
+    if glob.has_magic(parts[0]):
+        if names[0].startswith(".") and not parts[0].startswith("."):
+            return False
+        return fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:])
+    return names[0] == parts[0] and _glob_match(names[1:], parts[1:])
 
 
 # A backslash that a name itself holds before "xNN", which an escaped byte would look like.
