@@ -8,7 +8,9 @@ An artifact is a directory::
                         ensemble head), checksummed in model.json
 
 Loading reads JSON and safetensors only: nothing is unpickled, so an artifact from anywhere
-cannot run code. A checksum mismatch (a truncated copy, a swapped file) is refused.
+cannot run code. A checksum mismatch (a truncated copy, a swapped file) is refused, and so is
+a model.json that names a file outside its folder or sizes its weights do not bear out: an
+artifact is as untrusted as any other input.
 torch is imported only where arrays are read or written: reading the metadata (``read_meta``)
 stays light for the processes that only route work, like the ``fer-ray score`` driver.
 """
@@ -18,11 +20,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fer_ray.choices import MAX_SIDE
 from fer_ray.emotions import EMOTIONS
 
 if TYPE_CHECKING:  # annotations only: torch loads where arrays are read or written
@@ -99,11 +103,22 @@ _KIND_FIELDS = {
 }
 
 
+# Sizes the code around a model fixes: seven emotions out, grey faces in, and no side above
+# MAX_SIDE (memory grows with its square in every batch; a model.json is not to decide that).
+_SIZE_LIMITS = {"image_size": (1, MAX_SIDE), "input_size": (1, MAX_SIDE), "num_classes": (len(EMOTIONS),) * 2,
+                "in_channels": (1, 1)}
+
+
 def _check_fields(p: Path, meta: dict) -> None:
     for key, kind in (_FIELDS | _KIND_FIELDS[meta["kind"]]).items():
         value = meta.get(key)
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
             raise ArtifactError(f"{p / META_FILE}: {key!r} must be a {_TYPE_NAMES[kind]}, got {value!r}")
+        low, high = _SIZE_LIMITS.get(key, (1, float("inf")))
+        if kind is int and not low <= value <= high:
+            raise ArtifactError(f"{p / META_FILE}: {key!r} must be {low if low == high else f'{low}..{high}'}, "
+                                f"got {value!r}")
+    weights_file(p, meta)
     norm = meta.get("normalization")
     if meta["kind"] == "cnn" and not (set(norm) == {"mean", "std"} and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm.values())):
@@ -116,18 +131,35 @@ def _check_fields(p: Path, meta: dict) -> None:
             raise ArtifactError(f"{p / META_FILE}: {key!r} must be a JSON object, got {meta[key]!r}")
 
 
+def weights_file(path: str | Path, meta: dict) -> Path:
+    """The weights file model.json names, refused unless it lies inside the artifact's folder
+    (links resolved): ``../../x`` or ``/etc/shadow`` would otherwise be read, and the checksum
+    error would tell whether it exists. The answer does not depend on whether it does."""
+    p, name = Path(path), meta.get("weights", WEIGHTS_FILE)
+    folder = os.path.realpath(p)
+    target = os.path.realpath(p / name) if isinstance(name, str) and name else folder
+    if os.path.dirname(target) != folder:
+        raise ArtifactError(f"{p / META_FILE}: 'weights' must name a file in the artifact's own folder, "
+                            f"got {name!r}")
+    return p / name
+
+
 def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Return (metadata, arrays) after checking the weights' checksum."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path)
     meta = read_meta(p)
-    weights = p / meta.get("weights", WEIGHTS_FILE)
+    weights = weights_file(p, meta)
     if not weights.is_file():
         raise ArtifactError(f"artifact {p} is missing its weights file {weights.name}")
-    if file_sha256(weights) != meta.get("weights_sha256"):
-        raise ArtifactError(f"artifact {p}: {weights.name} does not match the checksum in {META_FILE}")
-    return meta, load_file(str(weights))
+    try:
+        if file_sha256(weights) != meta.get("weights_sha256"):
+            raise ArtifactError(f"artifact {p}: {weights.name} does not match the checksum in {META_FILE}")
+        return meta, load_file(str(weights))
+    except (SafetensorError, OSError) as exc:  # e.g. a pickle, or a cut file, given the checksum it has
+        raise ArtifactError(f"artifact {p}: {weights.name} is not a readable safetensors file ({exc})") from None
 
 
 def linear_arrays(path, arrays: dict, names: tuple[str, str, str, str], width: int | None = None) -> list[np.ndarray]:
@@ -171,14 +203,26 @@ def load_cnn(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild a CNN artifact's network; returns (model in eval mode, metadata)."""
     from fer_ray.models import build_model
 
+    import torch
+
     meta, state = load_artifact(path)
     if meta["kind"] != "cnn":
         raise ArtifactError(f"{path} is a {meta['kind']} artifact, not a CNN")
-    model = build_model(meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # shapes or names disagree with model.json's architecture
-        detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+    shape = (meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"])
+    # Built first without memory (torch's meta device) to compare with the weights: a vgg16
+    # whose model.json claims a larger input than its weights were trained at would otherwise
+    # allocate a first layer of the claimed size (100,000 px: hundreds of GB) before failing.
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in build_model(*shape).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if wanted != found:
+        resized = sorted(k for k in wanted.keys() & found.keys() if wanted[k] != found[k])
+        odd = sorted(wanted.keys() ^ found.keys())
+        detail = (f"size mismatch for {resized[0]}: the weights hold {found[resized[0]]}, {META_FILE} implies "
+                  f"{wanted[resized[0]]}" if resized else f"{len(odd)} tensors named in one and not the other, "
+                  f"e.g. {odd[0]}")
         raise ArtifactError(f"{path}: the weights do not fit the {meta['architecture']} described in "
-                            f"{META_FILE} ({detail[:300]})") from None
+                            f"{META_FILE} ({detail})")
+    model = build_model(*shape)
+    model.load_state_dict(state)
     return model.to(device).eval(), meta

@@ -14,3 +14,7 @@ SVM_SOLVERS = ("liblinear", "sgd")
 SVM_LOSSES = ("hinge", "squared_hinge")
 # Chosen by `fer-ray sweep svm` on FER2013 (benchmarks/RESULTS.md); a good start elsewhere.
 SVM_DEFAULT_LAMBDA = 0.56
+# The largest side, in pixels, of a catalog's images (prepare --size) and of a network's input
+# (train --input-size), so also the most an artifact's model.json may ask for: one face costs
+# memory by the square of it in every batch that scores or serves.
+MAX_SIDE = 1024

@@ -70,7 +70,12 @@ def test_tampered_or_broken_artifacts_are_refused(tmp_path):
     (lambda m: m.update(catalog="x"), "'catalog' must be a JSON object, got 'x'"),
     (lambda m: m.update(metrics=[]), "'metrics' must be a JSON object, got \\[\\]"),
     (lambda m: m.update(architecture="vgg16"), "weights do not fit the vgg16 .*size mismatch"),
-    (lambda m: m.update(num_classes=5), "weights do not fit the small_cnn .*size mismatch"),
+    (lambda m: m.update(num_classes=5), "'num_classes' must be 7, got 5"),
+    (lambda m: m.update(in_channels=3), "'in_channels' must be 1, got 3"),
+    (lambda m: m.update(input_size=100_000), "'input_size' must be 1..1024, got 100000"),
+    (lambda m: m.update(image_size=1025), "'image_size' must be 1..1024, got 1025"),
+    (lambda m: m.update(weights="../../x"), "'weights' must name a file in the artifact's own folder"),
+    (lambda m: m.update(weights=None), "'weights' must name a file in the artifact's own folder"),
     (lambda m: [m], "must hold a JSON object, not list"),
     (lambda m: m.update(kind="svm"), "its weights lack coef, intercept, mean, scale .*'kind' right"),
     (lambda m: m.update(kind="ensemble"), "'members' must be a JSON list"),
@@ -85,6 +90,57 @@ def test_a_hand_edited_model_json_is_refused_by_name(tmp_path, edit, message):
     (tmp_path / "a" / "model.json").write_text(json.dumps(edited if isinstance(edited, list) else meta))
     with pytest.raises(ArtifactError, match=message):
         Predictor(tmp_path / "a", device="cpu")
+
+
+def test_weights_outside_the_artifact_folder_are_refused_alike_whether_they_exist_or_not(tmp_path):
+    """model.json's 'weights' was read wherever it pointed, and the checksum error told whether
+    e.g. /etc/shadow exists; a link inside the folder that leads out counts as outside too."""
+    save_cnn(str(tmp_path / "a"), build_model("small_cnn"), _meta())
+    meta = read_meta(tmp_path / "a")
+    (tmp_path / "elsewhere.safetensors").write_bytes((tmp_path / "a" / "model.safetensors").read_bytes())
+    (tmp_path / "a" / "link.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    messages = set()
+    for name in ("../elsewhere.safetensors", "../missing.safetensors", str(tmp_path / "elsewhere.safetensors"),
+                 "/no/such/file", "link.safetensors", ".", ""):
+        (tmp_path / "a" / "model.json").write_text(json.dumps(meta | {"weights": name}))
+        with pytest.raises(ArtifactError) as caught:
+            load_artifact(tmp_path / "a")
+        messages.add(str(caught.value).replace(repr(name), "NAME"))
+    assert messages == {f"{tmp_path / 'a' / 'model.json'}: 'weights' must name a file in the artifact's own "
+                        "folder, got NAME"}
+
+
+def test_weights_that_are_not_safetensors_are_one_artifact_error_even_with_a_matching_checksum(tmp_path):
+    """A pickle (which must never be unpickled) or a cut file whose checksum was updated to
+    match: a SafetensorError traceback from evaluate before."""
+    from fer_ray.artifacts import file_sha256
+
+    save_cnn(str(tmp_path / "a"), build_model("small_cnn"), _meta())
+    weights, meta = tmp_path / "a" / "model.safetensors", read_meta(tmp_path / "a")
+    good = weights.read_bytes()
+    for data in (b"", good[:-100], b"\x80\x04K\x01."):  # the last: pickle.dumps(1)
+        weights.write_bytes(data)
+        (tmp_path / "a" / "model.json").write_text(json.dumps(meta | {"weights_sha256": file_sha256(weights)}))
+        with pytest.raises(ArtifactError, match="model.safetensors is not a readable safetensors file"):
+            Predictor(tmp_path / "a", device="cpu")
+
+
+def test_a_vgg_whose_model_json_claims_a_larger_input_is_refused_before_allocating_it(tmp_path, monkeypatch):
+    """vgg16's first dense layer grows with the input side: at a claimed 1024 px (weights for
+    48 px) it would take 8 GB before load_state_dict said the weights do not fit. Sizes are
+    compared on torch's meta device first, so no real model is built at all."""
+    import fer_ray.models as models
+
+    save_cnn(str(tmp_path / "a"), build_model("vgg16"), _meta() | {"architecture": "vgg16"})
+    meta = read_meta(tmp_path / "a")
+    (tmp_path / "a" / "model.json").write_text(json.dumps(meta | {"input_size": 1024}))
+    built = []
+    real_build = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: built.append(torch.empty(0).device) or real_build(*a, **k))
+    with pytest.raises(ArtifactError, match=r"do not fit the vgg16 .*size mismatch for backbone.fc1.1.weight: "
+                                            r"the weights hold \(4096, 512\), model.json implies \(4096, 524288\)"):
+        load_cnn(tmp_path / "a")
+    assert [d.type for d in built] == ["meta"]
 
 
 def test_metrics_updates_keep_weights_valid(tmp_path):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_ray.choices import MAX_SIDE
 from fer_ray.data.faces import FaceDetector, find_faces
 from fer_ray.data.files import files_under, not_a_file, read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
@@ -46,7 +47,7 @@ KDEF_PATTERN = re.compile(
 )
 KDEF_ANGLES = ("FL", "HL", "S", "HR", "FR")
 CSV_CHUNK_BYTES = 4 << 20
-SIZE_RANGE = (8, 1024)  # catalog image side: below 8 px nothing is left of a face; above 1024 a
+SIZE_RANGE = (8, MAX_SIDE)  # catalog image side: below 8 px nothing is left of a face; above 1024 a
 # catalog of FER2013's size would not fit in memory
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_ray.artifacts import ArtifactError, file_sha256, linear_arrays, load_artifact, read_meta, save_artifact
+from fer_ray.artifacts import (ArtifactError, file_sha256, linear_arrays, load_artifact, read_meta, save_artifact,
+                               weights_file)
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.features import MemberFeatures
 from fer_ray.rundir import claim
@@ -118,8 +119,7 @@ def verify_members(members: list[dict]) -> list[str]:
     """Paths of the members after checking each one's weights against the recorded hash."""
     paths = []
     for m in members:
-        meta = read_meta(m["path"])
-        weights = Path(m["path"]) / meta.get("weights", "model.safetensors")
+        weights = weights_file(m["path"], read_meta(m["path"]))
         if not weights.is_file() or file_sha256(weights) != m["weights_sha256"]:
             raise ArtifactError(f"ensemble member {m['path']} is not the artifact the ensemble was fitted on "
                                 "(its weights' SHA-256 differs); refit the ensemble on the current members")
