@@ -12,7 +12,7 @@ cannot run code. A checksum mismatch (a truncated copy, a swapped file) is refus
 a model.json that names a file outside its folder or sizes its weights do not bear out: an
 artifact is as untrusted as any other input.
 torch is imported only where arrays are read or written: reading the metadata (``read_meta``)
-stays light for the processes that only route work, like the ``fer-ray score`` driver.
+stays light for the processes that need no more than that.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from datagen import encode, truncated_jpeg
+from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.batch import (NO_FACE, SCHEMA, DetectConfig, FileAssembler, PartStore, ScoreError,
                                      detect_batch, display_path, list_images, parts_folder, plan_resources,
@@ -180,6 +180,23 @@ def test_an_output_that_is_a_folder_or_not_ours_is_refused_before_any_work(tmp_p
     assert mine.read_text() == "user data\n" and not parts_folder(mine).exists()
     with pytest.raises(ScoreError, match="name the file too, e.g. scores.csv"):
         score_folder(str(tmp_path), str(tmp_path), str(tmp_path / ".csv"))
+
+
+def test_a_broken_artifact_is_one_error_line_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Weights that are no safetensors file were found only by the model actors, after Ray's
+    start: ~60 s and hundreds of log lines for one error."""
+    import fer_ray.runtime
+    from fer_ray.cli import main
+
+    monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    artifact = pickled_weights_artifact(tmp_path / "artifact")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(encode(background(64, 48, seed=1), "PNG"))
+    out = tmp_path / "scores.parquet"
+    assert main(["score", "--artifact", str(artifact), "--input", str(tmp_path / "in"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors is not a readable safetensors file" in err[0]
+    assert not out.exists() and not parts_folder(out).exists()
 
 
 @pytest.mark.parametrize("mode", ["none", "all"])

@@ -4,13 +4,19 @@ mistake answered 4xx with a JSON error, and concurrent requests merged into one 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import httpx
 import numpy as np
 import pytest
 
-from datagen import encode, truncated_jpeg
+from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.data.preprocess import ImageError
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.serve import PhotoScorer, ServeConfig, app_builder, build_app, image_error_status
@@ -104,6 +110,21 @@ def test_a_content_length_of_anything_but_ascii_digits_is_a_400(declared):
     assert exc.value.status == 400
 
 
+def test_a_body_that_never_arrives_is_a_408_not_a_connection_held_for_ever():
+    from starlette.requests import Request
+
+    from fer_ray.inference.serve import ApiError, read_body
+
+    async def receive():  # a client that declared a body and sends nothing
+        await asyncio.Event().wait()
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"1000")]}
+    started = time.monotonic()
+    with pytest.raises(ApiError, match=r"body stopped arriving \(nothing for 0.2 s\)") as exc:
+        asyncio.run(read_body(Request(scope, receive), 10_000, timeout_s=0.2))
+    assert exc.value.status == 408 and time.monotonic() - started < 5
+
+
 def test_app_builder_validates_string_args(small_artifact):
     config = ServeConfig.model_validate({"artifact": str(small_artifact), "max_batch_size": "4"})
     assert config.max_batch_size == 4 and config.ongoing() >= 4
@@ -115,9 +136,13 @@ def test_app_builder_validates_string_args(small_artifact):
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
-def test_health_model_and_docs(service):
+def test_health_model_and_docs(service, small_artifact):
     assert service.get("/healthz").json()["status"] == "ok"
+    assert service.head("/healthz").status_code == 200  # load balancers ask with HEAD
     model = service.get("/model").json()
+    # which model answers, by name and checksum; not where the server keeps its files
+    assert model["artifact"] == small_artifact.name and len(model["weights_sha256"]) == 64
+    assert str(small_artifact.parent) not in json.dumps(model)
     assert model["kind"] == "cnn" and model["labels"] == list(EMOTIONS) and model["image_size"] == 48
     assert model["limits"]["max_body_bytes"] == LIMIT_BYTES and "batching" in model
     paths = service.get("/openapi.json").json()["paths"]
@@ -258,3 +283,56 @@ def test_serve_refuses_a_non_artifact_and_a_busy_or_impossible_port_before_start
         busy.listen()
         rc, err = serve("--artifact", str(small_artifact), "--port", str(busy.getsockname()[1]))
     assert rc == 2 and "cannot listen on 127.0.0.1" in err
+
+
+def test_serve_refuses_an_artifact_it_cannot_load_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Weights that are no safetensors file failed in every replica, after Ray and Serve had
+    started (~60 s and hundreds of log lines); the driver loads the artifact first."""
+    import fer_ray.runtime
+    from fer_ray.cli import main
+
+    monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    artifact = pickled_weights_artifact(tmp_path / "artifact")
+    assert main(["serve", "--artifact", str(artifact), "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.safetensors is not a readable safetensors file" in err[0]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.head(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:  # not listening yet
+        return False
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_sigterm_stops_serve_cleanly(tmp_path):
+    """SIGTERM is how Kubernetes and systemd stop a server: it exited 134 with a stack dump
+    from Ray's own handler; it must stop as Ctrl-C does."""
+    from fer_ray.artifacts import save_cnn
+    from fer_ray.models import build_model
+
+    artifact = save_cnn(str(tmp_path / "model"), build_model("small_cnn"), {
+        "architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48, "in_channels": 1,
+        "normalization": {"mean": 0.5, "std": 0.25}})
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-u", "-m", "fer_ray.cli", "serve", "--artifact", str(artifact), "--port", str(port),
+           "--num-cpus", "1", "--replica-cpus", "0.5"]
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:  # files: Ray logs a lot
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and not (
+                "serving" in (tmp_path / "out").read_text() and _healthy(port)):
+            time.sleep(1)
+        assert _healthy(port), (tmp_path / "err").read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    errors = (tmp_path / "err").read_text()
+    assert proc.returncode in (0, 143), errors[-3000:]
+    assert "SIGTERM received" not in errors and "stopping" in (tmp_path / "out").read_text()

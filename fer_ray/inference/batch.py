@@ -492,7 +492,7 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
     ``actors``: model actors (default, from ``plan_resources``: one per GPU with ``gpu``; on CPUs
     one per CPU with ``faces="none"``, one per four CPUs when detecting faces).
     """
-    from fer_ray.artifacts import read_meta
+    from fer_ray.inference.predictor import Predictor
 
     out = Path(output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
@@ -506,7 +506,9 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
                          f"{JOB_FILE} beside it); pass --overwrite to replace it, or choose another --output")
     if batch_size < 1 or part_files < 1:
         raise ScoreError("--batch-size and --part-files must be at least 1")
-    meta = read_meta(artifact)
+    # Loaded whole here, as each model actor will load it: a broken artifact (weights that do
+    # not fit, a pickle for weights) is one error line now, not actor tracebacks after Ray starts.
+    meta = Predictor(artifact, device="cpu").meta
     config = DetectConfig(mode=faces, image_size=int(meta["image_size"]), margin=margin, max_pixels=max_pixels)
     files, others = list_images(input)
     shown = {f: display_path(f) for f in files}

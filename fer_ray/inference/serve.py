@@ -5,8 +5,8 @@ Endpoints (FastAPI; OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
     POST /predict          one image, as a multipart upload (any file field) or as the raw
                            request body (Content-Type image/* or application/octet-stream)
     POST /predict/batch    several images in one multipart request (each file its own result)
-    GET  /healthz          liveness: the model is loaded
-    GET  /model            artifact metadata and metrics, limits, and batching counters
+    GET  /healthz          liveness: the model is loaded (HEAD too, as load balancers ask)
+    GET  /model            artifact name, checksum, metadata and metrics, limits, batching counters
 
 ``?faces=all|largest|none`` picks faces as in ``fer-ray score``: ``all`` (default) detects
 every face in a photo, ``largest`` keeps one, ``none`` takes the image as an already cropped
@@ -26,6 +26,7 @@ or a RayService whose ``import_path`` is ``fer_ray.inference.serve:app_builder``
 import asyncio
 import collections
 import dataclasses
+import os
 import threading
 from typing import Literal, Optional
 
@@ -64,6 +65,7 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(25_000_000, ge=1)
     max_files: int = Field(32, ge=1, description="files per /predict/batch request")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next part of a request body")
     margin: float = Field(0.2, ge=0)
     access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
 
@@ -184,7 +186,7 @@ class ErrorResponse(BaseModel):
     status: int
 
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422)}
 _IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -218,7 +220,8 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 @api.exception_handler(ApiError)
 async def _api_error(_request, exc: ApiError):
-    return _error(exc.status, exc.message)
+    # After a 408 the rest of the body may still come, or never: the connection is not reused
+    return _error(exc.status, exc.message, {"Connection": "close"} if exc.status == 408 else None)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -232,16 +235,24 @@ async def _validation_error(_request, exc: RequestValidationError):
     return _error(422, detail or "invalid request")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``, and with
+    408 when nothing of it arrives for ``timeout_s``: a client that declares a body and never
+    sends it would otherwise hold its connection, and a place in the replica, for ever."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):  # "²" is a digit to str.isdigit
             raise ApiError(400, f"invalid Content-Length {declared!r}")
         if int(declared) > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, stream = [], 0, request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ApiError(408, f"the request body stopped arriving (nothing for {timeout_s:g} s)") from None
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
@@ -330,7 +341,7 @@ class FerService:
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
               summary="Faces, boxes and emotion probabilities of one image")
     async def predict(self, request: Request, faces: FaceMode = Query("all", description="all, largest or none")):
-        body = await read_body(request, self.cfg.max_body_bytes)
+        body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
         media = _media_type(request.headers.get("content-type"))
         if media == "multipart/form-data":
             files = await uploaded_files(request, body, self.cfg.max_files)
@@ -350,7 +361,7 @@ class FerService:
     @api.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY,
               summary="Several images in one multipart request; each gets its own result or error")
     async def predict_batch(self, request: Request, faces: FaceMode = Query("all", description="all, largest or none")):
-        body = await read_body(request, self.cfg.max_body_bytes)
+        body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
         if _media_type(request.headers.get("content-type")) != "multipart/form-data":
             raise ApiError(415, "send the images as multipart/form-data (one file part per image)")
         files = await uploaded_files(request, body, self.cfg.max_files)
@@ -368,16 +379,19 @@ class FerService:
         except ApiError as exc:
             return {"filename": name, "status": exc.status, "error": exc.message}
 
-    @api.get("/healthz", summary="Liveness: the model is loaded")
+    @api.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the model is loaded")
     async def healthz(self) -> dict:
         return {"status": "ok", "kind": self.scorer.predictor.kind}
 
-    @api.get("/model", summary="Artifact metadata and metrics, limits and batching counters")
+    @api.get("/model", summary="Artifact name, checksum, metadata and metrics, limits and batching counters")
     async def model(self) -> dict:
         meta = self.scorer.predictor.meta
         sizes = dict(sorted(self.batches.items()))
         return {
-            "artifact": self.cfg.artifact,
+            # its folder's name and its weights' checksum: which model answers, without telling
+            # every client where the server keeps its files
+            "artifact": os.path.basename(os.path.normpath(self.cfg.artifact)),
+            "weights_sha256": meta.get("weights_sha256"),
             "kind": meta["kind"],
             "architecture": meta.get("architecture"),
             "image_size": self.scorer.predictor.image_size,
@@ -435,21 +449,23 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     import sys
     import time
 
-    from fer_ray.artifacts import read_meta
+    from fer_ray.inference.predictor import Predictor
     from fer_ray.runtime import init_ray, require_gpus
 
-    read_meta(config.artifact)  # not an artifact: say so here, not in replica tracebacks
     _check_port_free(host, port)
-    # A container or job runner stops us with SIGTERM: shut Serve down as for Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-
+    # Loaded whole here, as each replica will load it: a broken artifact is one error line
+    # now, not replica tracebacks after Ray and Serve have started.
+    Predictor(config.artifact, device="cpu")
     init_ray(num_cpus)
+    # A container or job runner stops us with SIGTERM: shut Serve down as for Ctrl-C. Set after
+    # Ray's start, whose own handler would dump a stack and abort (exit 134) instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if config.num_gpus:
         require_gpus(config.num_gpus * config.replicas)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name="fer-ray", route_prefix="/")
-    log(f"serving {config.artifact} at http://{host}:{port} (docs: /docs); Ctrl-C stops")
-    try:
+    try:  # a stop while Serve is still starting shuts it down too
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(config), name="fer-ray", route_prefix="/")
+        log(f"serving {config.artifact} at http://{host}:{port} (docs: /docs); Ctrl-C stops")
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
