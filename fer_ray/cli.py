@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -490,11 +491,16 @@ def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Acti
 
 
 def _check_output_folders(args) -> None:
-    """A folder to write whose path runs into an existing file: one error line before any work,
-    not a FileExistsError once the work is done."""
+    """A folder to write whose path runs into an existing file, or whose nearest existing folder
+    cannot be written (a read-only mount, an immutable folder): one error line before any work,
+    not an error once the work is done."""
     folders = [getattr(args, "run_dir", None), getattr(args, "work_dir", None)]
     if args.stage in ("evaluate", "demo"):
         folders.append(args.output)
+    if args.stage == "prepare":  # the catalog is built beside --output, then put in its place
+        folders.append(str(Path(args.output).parent))
+        if Path(args.output).is_dir():
+            folders.append(args.output)
     if args.stage == "pipeline":
         from fer_ray.pipeline import is_uri
 
@@ -507,6 +513,8 @@ def _check_output_folders(args) -> None:
             if path.exists():
                 if not path.is_dir():
                     raise ValueError(f"{folder}: {path} is a file, not a folder")
+                if not os.access(path, os.W_OK | os.X_OK):
+                    raise ValueError(f"{folder}: cannot write in {path} (read-only, or another user's)")
                 break
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -137,6 +138,40 @@ def test_an_output_folder_that_runs_into_a_file_is_refused_before_any_work(tmp_p
                  ["demo", "--output", str(afile)]):
         assert main(argv) == 2
         assert f"{afile} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """prepare failed after its 30 s of work, score after Ray's start. These tests run as root,
+    for whom mode bits allow everything, so the folder is made unwritable where the check asks
+    (os.access, which answers for read-only mounts and immutable folders even for root); the
+    next test asks a real read-only mount where there is one."""
+    import fer_ray.data.catalog as catalog
+    from fer_ray.cli import main
+
+    locked = tmp_path / "locked"
+    (locked / "old-catalog").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode)
+                        and not str(path).startswith(str(locked)))
+    monkeypatch.setattr(catalog, "build_catalog", lambda *a, **k: pytest.fail("prepare started its work"))
+    for argv in (["prepare", "--source", "synthetic", "--output", str(locked / "new" / "catalog")],
+                 ["prepare", "--source", "synthetic", "--output", str(locked / "old-catalog"), "--overwrite"],
+                 ["score", "--artifact", str(tmp_path), "--input", str(tmp_path), "--output", str(locked / "s.csv")],
+                 ["baseline", "--catalog", str(tmp_path), "--run-dir", str(locked / "run")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"cannot write in {locked}" in err[0], err
+    assert sorted(p.name for p in locked.iterdir()) == ["old-catalog"]
+
+
+@pytest.mark.skipif(os.access("/proc/sys", os.W_OK), reason="no read-only mount here (/proc/sys is writable)")
+def test_an_output_on_a_read_only_mount_is_refused_before_any_work(tmp_path, capsys):
+    from fer_ray.cli import main
+
+    for argv in (["prepare", "--source", "synthetic", "--output", "/proc/sys/fer-ray-catalog"],
+                 ["score", "--artifact", str(tmp_path), "--input", str(tmp_path), "--output", "/proc/sys/s.csv"]):
+        assert main(argv) == 2
+        assert "cannot write in /proc/sys (read-only" in capsys.readouterr().err
 
 
 def test_ctrl_c_outside_a_sweep_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
