@@ -23,29 +23,42 @@ def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = Fal
     ``settings`` are those that shape the results: a rerun that changes one would mix two runs.
     """
     path = Path(run_dir).resolve()
-    settings = json.loads(json.dumps(settings, default=str))  # as stored: tuples become lists
-    record = path / RECORD
-    if path.is_dir() and any(path.iterdir()):
-        if not record.is_file():
-            raise ValueError(f"--run-dir {path} is not empty and holds no fer-ray run (no {RECORD}: another "
-                             "program's files, or a run from a fer-ray before run directories recorded "
-                             "their owner, which cannot be resumed in place); use a new or empty folder")
-        old = _read_record(record)
-        if overwrite:
-            shutil.rmtree(path)
-        elif old["stage"] != stage:
-            raise ValueError(f"--run-dir {path} holds a {old['stage']} run; use another --run-dir, "
-                             "or pass --overwrite to replace it")
-        else:
-            changed = sorted(k for k in set(old["settings"]) | set(settings)
-                             if old["settings"].get(k) != settings.get(k))
-            if changed:
-                raise ValueError(f"--run-dir {path} holds a {stage} run with different {', '.join(changed)}; "
-                                 "rerun with the same settings (an unfinished run resumes), use another "
-                                 "--run-dir, or pass --overwrite to replace it")
+    if check_claim(path, stage, settings, overwrite):
+        shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"stage": stage, "settings": settings}, indent=2))
+    (path / RECORD).write_text(json.dumps({"stage": stage, "settings": _as_stored(settings)}, indent=2))
     return path
+
+
+def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False) -> bool:
+    """Raise the ValueError ``claim`` would raise, writing nothing; True when ``claim`` would
+    clear the folder (``overwrite`` of a fer-ray run). A stage asks this before it starts Ray,
+    so that a rerun with other settings is refused at once, not after Ray's start."""
+    path = Path(run_dir).resolve()
+    record = path / RECORD
+    if not (path.is_dir() and any(path.iterdir())):
+        return False
+    if not record.is_file():
+        raise ValueError(f"--run-dir {path} is not empty and holds no fer-ray run (no {RECORD}: another "
+                         "program's files, or a run from a fer-ray before run directories recorded "
+                         "their owner, which cannot be resumed in place); use a new or empty folder")
+    old = _read_record(record)
+    if overwrite:
+        return True
+    if old["stage"] != stage:
+        raise ValueError(f"--run-dir {path} holds a {old['stage']} run; use another --run-dir, "
+                         "or pass --overwrite to replace it")
+    settings = _as_stored(settings)
+    changed = sorted(k for k in set(old["settings"]) | set(settings) if old["settings"].get(k) != settings.get(k))
+    if changed:
+        raise ValueError(f"--run-dir {path} holds a {stage} run with different {', '.join(changed)}; "
+                         "rerun with the same settings (an unfinished run resumes), use another "
+                         "--run-dir, or pass --overwrite to replace it")
+    return False
+
+
+def _as_stored(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str))  # as run.json holds them: tuples become lists
 
 
 def _read_record(record: Path) -> dict:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fer_ray.rundir import RECORD, claim
+from fer_ray.rundir import RECORD, check_claim, claim
 
 
 def test_a_rerun_with_the_same_settings_resumes_and_other_owners_are_refused(tmp_path):
@@ -20,6 +20,19 @@ def test_a_rerun_with_the_same_settings_resumes_and_other_owners_are_refused(tmp
     with pytest.raises(ValueError, match="holds a train run; use another --run-dir, or pass --overwrite"):
         claim(run, "baseline", {"lambda": 0.5})
     assert json.loads((run / RECORD).read_text())["settings"]["epochs"] == 3  # refusals change nothing
+
+
+def test_check_claim_answers_as_claim_would_and_writes_nothing(tmp_path):
+    """What a stage asks before it starts Ray: the same refusals as claim, no folder made or cleared."""
+    run = tmp_path / "run"
+    assert check_claim(run, "train", {"epochs": 3}) is False and not run.exists()
+    claim(run, "train", {"epochs": 3})
+    (run / "artifact").mkdir()
+    assert check_claim(run, "train", {"epochs": 3}) is False
+    with pytest.raises(ValueError, match="holds a train run with different epochs"):
+        check_claim(run, "train", {"epochs": 5})
+    assert check_claim(run, "baseline", {}, overwrite=True) is True  # claim would clear it; this does not
+    assert (run / "artifact").is_dir() and json.loads((run / RECORD).read_text())["settings"] == {"epochs": 3}
 
 
 def test_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):

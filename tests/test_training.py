@@ -80,19 +80,44 @@ def test_worker_failure_is_recovered_from_checkpoint(synthetic_catalog, tmp_path
 
 
 @pytest.mark.timeout(400)
-def test_rerun_resumes_instead_of_restarting(synthetic_catalog, tmp_path, ray_session):
+def test_rerun_resumes_instead_of_restarting(synthetic_catalog, tmp_path, ray_session, capfd):
     cfg = TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), recipe=Recipe(epochs=3, **FAST),
                       fault_epoch=2, max_failures=0)
     with pytest.raises(Exception, match="injected failure"):
         train(cfg, log=lambda *_: None)  # "killed" during epoch 3, after checkpointing epoch 2
     first_two = [row for row in _checkpointed_history(tmp_path / "run")]
     assert [row["epoch"] for row in first_two] == [1, 2]
+    capfd.readouterr()
     summary = train(cfg, log=lambda *_: None)  # the same command again
     assert _history_epochs(summary) == [1, 2, 3]
+    assert "[train] resuming from epoch 3 of 3" in capfd.readouterr().out  # Ray forwards the worker's line
     assert summary["history"][:2] == first_two  # epochs 1-2 were not recomputed
 
     changed = TrainConfig(**{**cfg.__dict__, "recipe": Recipe(epochs=5, **FAST)})
     with pytest.raises(ValueError, match="different recipe"):
+        train(changed, log=lambda *_: None)
+
+
+def test_a_rerun_with_another_recipe_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """It was refused only after Ray's start (~40 s here). The catalog is a manifest alone:
+    nothing may read its shards before the refusal."""
+    from dataclasses import asdict
+
+    import fer_ray.runtime
+    from fer_ray.data.catalog import FORMAT, MANIFEST
+    from fer_ray.rundir import claim
+    from fer_ray.training.trainer import TRAJECTORY
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / MANIFEST).write_text(json.dumps({"format": FORMAT, "shards": {"train": 1, "val": 1}, "image_size": 48,
+                                                "pixel_mean": 0.5, "pixel_std": 0.25, "catalog_sha256": "0" * 64}))
+    first = TrainConfig(catalog=str(catalog), run_dir=str(tmp_path / "run"), recipe=Recipe(epochs=3, **FAST))
+    stored = asdict(first)
+    claim(first.run_dir, "train", {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": "0" * 64})
+    monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    changed = TrainConfig(**{**first.__dict__, "recipe": Recipe(epochs=5, **FAST)})
+    with pytest.raises(ValueError, match="holds a train run with different recipe;"):
         train(changed, log=lambda *_: None)
 
 

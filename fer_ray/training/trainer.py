@@ -28,7 +28,7 @@ from fer_ray.data.catalog import read_manifest, split_dir
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
-from fer_ray.rundir import claim
+from fer_ray.rundir import check_claim, claim
 from fer_ray.training.local import artifact_meta
 from fer_ray.training.loop import Recipe, Run, TrainingDiverged, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
@@ -124,18 +124,20 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
         split_dir(cfg.catalog, split)
     resolved = _resolve(cfg, manifest)
     _check_start(cfg, resolved)
+    # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
+    # name and storage path); other settings would silently mix two schedules, so they are
+    # refused, and before Ray starts.
+    cfg = replace(cfg, model=resolved["architecture"])  # what config.json records is what trains
+    stored = asdict(cfg)
+    # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
+    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
+    check_claim(cfg.run_dir, "train", settings, cfg.overwrite)
     init_ray()
     # before anything is written: a refused run leaves no run directory behind
     require_cpus(cfg.workers * cfg.cpus_per_worker, f"--workers {cfg.workers} x --cpus-per-worker "
                                                     f"{cfg.cpus_per_worker:g}")
     if cfg.gpu:
         require_gpus(cfg.workers)
-    # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
-    # name and storage path); other settings would silently mix two schedules, so they are refused.
-    cfg = replace(cfg, model=resolved["architecture"])  # what config.json records is what trains
-    stored = asdict(cfg)
-    # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
-    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
     run_dir = claim(cfg.run_dir, "train", settings, cfg.overwrite)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
 
@@ -236,6 +238,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         _progress(f"[train] {cfg['architecture']} {counts['total']:,} parameters "
                   f"({counts['trainable']:,} trainable, {counts['frozen']:,} frozen {frozen_names}); "
                   f"{ctx.get_world_size()} worker(s) on {device.type}; {run.steps} steps/epoch")
+    elif rank == 0:  # restored from a checkpoint: the same command rerun, or a worker failure recovered
+        _progress(f"[train] resuming from epoch {len(run.history) + 1} of {recipe.epochs}" if not run.done
+                  else f"[train] all {recipe.epochs} epochs were trained before; finishing the run")
 
     while not run.done:
         epoch = len(run.history)
