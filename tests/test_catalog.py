@@ -264,6 +264,6 @@ def test_a_csv_of_a_header_and_blank_lines_is_a_source_error(tmp_path, ray_sessi
     """The planner sees bytes after the header, the reader finds no row: a KeyError traceback before."""
     path = tmp_path / "blank.csv"
     path.write_text("emotion,pixels,Usage\n\n\n")
-    with pytest.raises(SourceError, match="no rows in the input"):
+    with pytest.raises(SourceError, match="no usable images in the input \\(2 rejected; first reason: blank line\\)"):
         build_catalog(Fer2013CsvSource(str(path)), str(tmp_path / "cat"))
     assert not (tmp_path / "cat").exists()

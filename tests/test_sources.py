@@ -136,6 +136,31 @@ def test_csv_pixel_value_beyond_64_bits_is_a_rejected_row(tmp_path):
     assert rows["line:2"]["error"] == rows["line:4"]["error"] == ""
 
 
+def test_csv_blank_lines_are_counted_as_rejections_not_skipped(tmp_path):
+    """A blank line was neither a row nor a rejection: the input's lines did not add up."""
+    good = face_pixels(2)
+    path = write_fer_csv(tmp_path / "f.csv", [fer_line(1, good[0]), "", "   \r", fer_line(2, good[1])])
+    rows = by_id(run_source(Fer2013CsvSource(str(path), chunk_bytes=5000), batch_size=1))
+    assert {k: r["error"] for k, r in rows.items()} == {
+        "line:2": "", "line:3": "blank line", "line:4": "blank line", "line:5": ""}  # the final line break: no line
+
+
+def test_a_binary_file_given_as_csv_is_one_short_escaped_line(tmp_path):
+    """It printed ~500 characters of the file's bytes; an unknown value in a row was quoted whole too."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "photo.csv").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + rng.integers(1, 256, 5000, np.uint8).tobytes())
+    (tmp_path / "one_line.csv").write_bytes(b"x" * 200_000)  # no line break at all: not read whole
+    (tmp_path / "wide.csv").write_bytes(b"\xe9" * 3000 + b",pixels\n")
+    for name in ("photo.csv", "one_line.csv", "wide.csv"):
+        with pytest.raises(SourceError, match="is not a FER2013 CSV") as caught:
+            Fer2013CsvSource(str(tmp_path / name)).plan()
+        message = str(caught.value).replace(str(tmp_path), "")
+        assert message.isascii() and len(message) < 250, message
+    path = write_fer_csv(tmp_path / "f.csv", [fer_line(0, face_pixels(1)[0], "Usage" * 1000)])
+    error = run_source(Fer2013CsvSource(str(path)))["error"][0]
+    assert error.startswith("unknown Usage: 'UsageUsage") and len(error) < 150
+
+
 def test_csv_with_cr_only_line_endings_is_an_input_error(tmp_path):
     (tmp_path / "mac.csv").write_bytes(b"emotion,pixels,Usage\r0,1 2,Training\r")
     with pytest.raises(SourceError, match="CR-only line endings"):

@@ -133,7 +133,7 @@ def _build(source, items: list[dict], out: Path, split_mode: str | None, seed: i
         .materialize()
     )
     light = rows.drop_columns(["image"]).to_pandas()
-    if "id" not in light.columns:  # every batch came back without rows (e.g. blank lines after a CSV header)
+    if "id" not in light.columns:  # every batch came back without rows (a source that gives none for an item)
         raise SourceError("no rows in the input (only blank lines?)")
     # Ray Data hands blocks back in completion order; sort so that the seeded split
     # assignment (which indexes rows by position) and the manifest are reproducible.

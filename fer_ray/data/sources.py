@@ -47,6 +47,7 @@ KDEF_PATTERN = re.compile(
 )
 KDEF_ANGLES = ("FL", "HL", "S", "HR", "FR")
 CSV_CHUNK_BYTES = 4 << 20
+HEADER_LIMIT = 1 << 16  # bytes; FER2013's header is 21
 SIZE_RANGE = (8, MAX_SIDE)  # catalog image side: below 8 px nothing is left of a face; above 1024 a
 # catalog of FER2013's size would not fit in memory
 
@@ -211,7 +212,10 @@ class Fer2013CsvSource:
             raise SourceError(f"input CSV is empty: {path}")
         items = []
         with open(path, "rb") as fh:
-            header = fh.readline()
+            header = fh.readline(HEADER_LIMIT)  # bounded: a binary file may have no line break at all
+            if b"\x00" in header or (len(header) == HEADER_LIMIT and not header.endswith(b"\n")):
+                raise SourceError(f"{path} is not a FER2013 CSV: its first line starts {_prefix(header)}, "
+                                  "which is no CSV header (a binary file?)")
             if b"\r" in header.rstrip(b"\r\n"):
                 raise SourceError(f"{path} has CR-only line endings (old Mac style); "
                                   "convert it to LF or CRLF line endings")
@@ -239,10 +243,14 @@ class Fer2013CsvSource:
             with open(path, "rb") as fh:
                 fh.seek(int(start))
                 chunk = fh.read(int(end) - int(start))
-            for offset, raw in enumerate(chunk.split(b"\n")):
-                if not raw.strip():
-                    continue  # blank line (e.g. the final newline): not a row
+            lines = chunk.split(b"\n")
+            if not lines[-1]:
+                lines.pop()  # what follows the chunk's last line break: no line
+            for offset, raw in enumerate(lines):
                 row_id = f"line:{int(first) + offset}"
+                if not raw.strip():  # counted like any other line that is no row
+                    rows.reject(row_id, "blank line", raw=raw)
+                    continue
                 try:
                     label, values, split = _parse_fer_row(raw, ci)
                 except ValueError as exc:
@@ -264,7 +272,7 @@ def _parse_fer_row(raw: bytes, ci: dict) -> tuple[int, np.ndarray, str]:
     try:
         label = label_from_index(int(fields[ci["emotion"]]))
     except ValueError:
-        raise ValueError(f"unknown emotion: {fields[ci['emotion']]!r} (expected 0..6)") from None
+        raise ValueError(f"unknown emotion: {_prefix(fields[ci['emotion']])} (expected 0..6)") from None
     try:
         values = np.array(fields[ci["pixels"]].split(), dtype=np.int64)
     except (ValueError, OverflowError):  # OverflowError: an integer beyond 64 bits
@@ -288,10 +296,18 @@ def _csv_header(line: str, path: Path) -> dict:
     missing = {"emotion", "pixels"} - set(names)
     if missing:
         raise SourceError(
-            f"{path} is not a FER2013 CSV: header {names} lacks {sorted(missing)} "
+            f"{path} is not a FER2013 CSV: header {_prefix(line.strip())} lacks {sorted(missing)} "
             "(expected 'emotion,pixels,Usage')")
     return {"n": len(names), "emotion": names.index("emotion"), "pixels": names.index("pixels"),
             "usage": names.index("usage") if "usage" in names else None}
+
+
+def _prefix(text: str | bytes, width: int = 60) -> str:
+    """``text`` quoted with every odd character escaped, cut to ``width`` characters: what a
+    message may show of input that could be any bytes (a binary file given as a CSV printed
+    ~500 of them)."""
+    quoted = ascii(text[:width])
+    return quoted if len(quoted) <= width + 2 and len(text) <= width else quoted[:width] + "..."
 
 
 def _count_lines(fh, length: int) -> int:
@@ -307,7 +323,7 @@ def _count_lines(fh, length: int) -> int:
 def _usage(value: str) -> str:
     split = FER_USAGE.get(value.strip().lower())
     if split is None:
-        raise ValueError(f"{value!r} (expected Training, PublicTest or PrivateTest)")
+        raise ValueError(f"{_prefix(value)} (expected Training, PublicTest or PrivateTest)")
     return split
 
 
