@@ -21,6 +21,7 @@ from fer_ray.choices import (MODEL_NAMES, OPTIMIZERS, SCHEDULES, SVM_DEFAULT_LAM
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
 OVERWRITE_RUN = "delete what --run-dir holds (another run, or this one with other settings) and start afresh"
+VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
 
 
 def _prepare(args) -> None:
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive_int, default=None, help="reject images above this many pixels")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_prepare)
 
     p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive_int, default=3500, help="synthetic faces")
     p.add_argument("--epochs", type=_positive_int, default=8, help="epochs per small CNN")
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_demo)
 
     p = stages.add_parser("pipeline", help="the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, "
@@ -284,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-epochs", type=_positive_int, default=20)
     p.add_argument("--score-input", help="folder of photos to score with the ensemble at the end")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_pipeline)
 
     p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
@@ -307,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local weights file to start from (safetensors or a state dict)")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation for the final evaluation")
     _add_recipe_args(p)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_train)
 
     p = stages.add_parser("evaluate", help="evaluate an artifact on a catalog split")
@@ -333,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-files", type=_positive_int, default=1000, help="write a resumable part once this many files are complete")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results for this output")
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_score)
 
     p = stages.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (batched)")
@@ -348,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive_int, default=25_000_000)
     p.add_argument("--max-files", type=_positive_int, default=32, help="images per /predict/batch request")
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_serve)
 
     p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels")
@@ -374,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--samples", type=_positive_int, default=6 if kind == "svm" else 4, help="trials")
         k.add_argument("--concurrency", type=_positive_int, default=None, help="trials at a time (default: what the cluster fits)")
         k.add_argument("--seed", type=int, default=0, help="seed of the random search")
+        k.add_argument("--verbose", action="store_true", help=VERBOSE)
         k.set_defaults(func=_sweep)
         if kind == "svm":
             k.add_argument("--lambda-min", type=float, default=0.3)
@@ -410,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=256, help="faces per featurizer batch")
     p.add_argument("--actors", type=_positive_int, default=None, help="featurizer actors (default: GPUs, or CPUs - 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per featurizer actor (default: when the cluster has GPUs)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_ensemble)
     return parser
 
@@ -519,7 +528,10 @@ def _check_output_folders(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import fer_ray.runtime
+
     args = parse_args(argv)
+    fer_ray.runtime.VERBOSE = getattr(args, "verbose", False)  # read when (if) the stage starts Ray
     try:
         _check_output_folders(args)
         args.func(args)

@@ -2,6 +2,12 @@
 
 Under ``ray job submit`` (or with RAY_ADDRESS set) this joins the cluster; otherwise it starts
 a local Ray on this machine, which is what the demo and a laptop user want.
+
+Unless ``VERBOSE`` is set (``--verbose`` on the command line), Ray's own console output is kept
+to its errors: fer-ray's stages print their own progress and summary lines, and Ray Data's
+INFO and progress lines, Ray Train's, and the worker-side ones otherwise flood any output that
+is not a terminal (hundreds of lines in ``make demo``). Everything still goes to the session's
+log files (``/tmp/ray/session_latest/logs``).
 """
 
 from __future__ import annotations
@@ -9,7 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import warnings
 from contextlib import contextmanager
+
+# Ray's own logs on the console too (``--verbose``): set by the command line before any stage runs.
+VERBOSE = False
 
 
 class Interrupted(RuntimeError):
@@ -26,13 +37,16 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray runs the hook in each of its worker processes as they start, on every node.
+    quiet = {} if VERBOSE else {"runtime_env": {"worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **quiet)
         except ConnectionError as exc:  # e.g. RAY_ADDRESS=auto with no cluster on this machine
             raise ClusterUnreachable(f"RAY_ADDRESS={address}: {str(exc).strip().splitlines()[0]}") from None
+        _quiet_ray_driver()
         return
     # address="local": without it Ray 2.60 joins any cluster someone started with `ray start`
     # on this machine (and then refuses num_cpus), instead of the local Ray promised above.
@@ -42,7 +56,63 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # finding another Ray on the same machine.
     port = _free_port()
     with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING, **quiet)
+    _quiet_ray_driver()
+
+
+def _quiet_ray_driver() -> None:
+    """In this process, unless VERBOSE: no Ray Data progress bars (in a terminal) or progress
+    log blocks (elsewhere), Ray Data's console logger shows errors only, Serve's its warnings.
+
+    Errors, not warnings: Ray Data's warnings name its own knobs (DataContext settings, e.g. how
+    to turn the progress bars back on), which a fer-ray user does not hold; they, and its INFO
+    lines, still go to the session's ray-data.log. Datasets carry the DataContext they were made
+    with, so the Ray Data runs inside Ray Train workers (SplitCoordinator) draw no bars either.
+    """
+    if VERBOSE:
+        return
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console; its file handlers keep everything
+            handler.setLevel(logging.ERROR)
+    # Serve sets its driver-side logger (console only: "Application ... is ready", "Deleting app")
+    # up when it is imported, which the serve stage has done by now; other stages never import it.
+    if "ray.serve" in sys.modules:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def quiet_ray_worker() -> None:
+    """Ray's worker_process_setup_hook when not VERBOSE: what each worker process writes to its
+    console is forwarded to the driver's, so it too is kept to errors.
+
+    Ray Data reconfigures its loggers in a worker for every dataset, from RAY_DATA_LOG_LEVEL (which
+    applies to its worker-side log files too, unlike the driver's console-only setting above).
+    Ray's deprecation warnings here come from Ray's own libraries calling each other (Ray Train's
+    dataset manager), nothing fer-ray's user can change. Ray Train's lines are quieted through its
+    RunConfig (``train_logging``): it sets up its loggers after this hook, and leaves alone the one
+    Ray Train 2.60 names by its file's path instead of ``ray.train...`` (its "Reporting training
+    result ..." line per report), which is quieted here.
+    """
+    import ray
+    from ray.util.annotations import RayDeprecationWarning
+
+    os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"
+    # Serve's controller, proxies and replicas then log to their files under logs/serve only.
+    os.environ["RAY_SERVE_LOG_TO_STDERR"] = "0"
+    warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+    reporter = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    logging.getLogger(reporter).setLevel(logging.WARNING)
+
+
+def train_logging():
+    """Ray Train's LoggingConfig: its controller's and workers' INFO lines ("Started training worker
+    group", "Checkpoint successfully created", ...) on the console only with VERBOSE. fer-ray's own
+    ``[train]`` progress lines are prints, which this leaves alone."""
+    from ray.train import LoggingConfig
+
+    return LoggingConfig(log_level="INFO" if VERBOSE else "WARNING")
 
 
 class ClusterUnreachable(ValueError):
@@ -108,6 +178,19 @@ def require_gpus(count: float) -> None:
     if have < count:
         raise ValueError(f"--gpu needs {count:g} GPU(s) but the Ray cluster has {have:g} "
                          "(and cannot scale up to more)")
+
+
+def default_cpus_per_worker(workers: int) -> int:
+    """CPUs per Train worker when the user names none: the cluster's CPUs shared equally among
+    the workers, but no more than the biggest node has (a worker lives on one node), and at least
+    one. One worker on a laptop then trains on every core, not on one of them; Ray sets each
+    worker's torch threads (OMP_NUM_THREADS) to what it was given."""
+    import ray
+
+    total = cluster_capacity().get("CPU", 0)
+    biggest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+    share = total / workers
+    return max(1, int(min(share, biggest) if biggest else share))
 
 
 def require_cpus(count: float, what: str) -> None:

@@ -193,18 +193,25 @@ def write_kdef(root: Path, subjects=(("F", 1), ("M", 1)), sessions=("A",),
 # ---------------------------------------------------------------- artifacts
 
 
+def untrained_artifact(path: Path) -> Path:
+    """A small_cnn artifact with its initial weights: for what needs a model, not a good one."""
+    from fer_ray.artifacts import save_cnn
+    from fer_ray.models import build_model
+
+    return save_cnn(str(path), build_model("small_cnn"), {
+        "architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48, "in_channels": 1,
+        "normalization": {"mean": 0.5, "std": 0.25}})
+
+
 def pickled_weights_artifact(path: Path) -> Path:
     """An untrained small_cnn artifact whose weights file is a pickle, its checksum updated to
     match: only the safetensors reader stands between it and running code."""
     import json
     import pickle
 
-    from fer_ray.artifacts import file_sha256, save_cnn
-    from fer_ray.models import build_model
+    from fer_ray.artifacts import file_sha256
 
-    save_cnn(str(path), build_model("small_cnn"), {
-        "architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48, "in_channels": 1,
-        "normalization": {"mean": 0.5, "std": 0.25}})
+    untrained_artifact(path)
     (path / "model.safetensors").write_bytes(pickle.dumps({"weights": list(range(10))}))
     meta = json.loads((path / "model.json").read_text())
     meta["weights_sha256"] = file_sha256(path / "model.safetensors")

@@ -43,3 +43,42 @@ def test_a_ray_address_nobody_answers_at_is_one_error_line_not_minutes_of_retrie
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"fer-ray prepare: error: no Ray cluster answers at RAY_ADDRESS={env['RAY_ADDRESS']}")
     assert not (tmp_path / "cat").exists()
+
+
+@pytest.mark.timeout(120)
+def test_ray_keeps_its_own_output_quiet_in_the_driver_and_every_worker(ray_session):
+    """Without --verbose: no Ray Data progress bars or INFO on the console, and the hook that
+    quiets Ray Data, Serve and Ray Train's reporter has run in each worker process Ray starts."""
+    import logging
+
+    import ray.data
+
+    from fer_ray import runtime
+
+    assert not runtime.VERBOSE
+    assert ray.data.DataContext.get_current().enable_progress_bars is False
+    from ray._private.log import PlainRayHandler  # Ray Data's console handler (pytest adds its own)
+
+    consoles = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, PlainRayHandler)]
+    assert consoles and all(h.level == logging.ERROR for h in consoles)
+
+    @ray_session.remote(num_cpus=0)
+    def worker_settings() -> tuple[str | None, str | None]:
+        return os.environ.get("RAY_DATA_LOG_LEVEL"), os.environ.get("RAY_SERVE_LOG_TO_STDERR")
+
+    assert ray_session.get(worker_settings.remote(), timeout=60) == ("ERROR", "0")
+    assert runtime.train_logging().log_level == "WARNING"
+
+
+def test_verbose_is_a_flag_of_every_stage_that_starts_ray_and_reaches_the_runtime(monkeypatch):
+    from fer_ray import cli, runtime
+
+    for argv in (["prepare", "--source", "synthetic", "--output", "c"], ["demo"], ["pipeline", "--storage", "s"],
+                 ["train", "--catalog", "c", "--run-dir", "r"], ["sweep", "svm", "--catalog", "c", "--run-dir", "r"],
+                 ["sweep", "cnn", "--catalog", "c", "--run-dir", "r"], ["score", "--artifact", "a", "--input", "i", "--output", "o.csv"],
+                 ["ensemble", "--members", "a", "b", "--catalog", "c", "--run-dir", "r"], ["serve", "--artifact", "a"]):
+        assert cli.parse_args([*argv, "--verbose"]).verbose, argv
+    seen = []
+    monkeypatch.setattr(runtime, "VERBOSE", False)
+    monkeypatch.setattr(cli, "_serve", lambda args: seen.append(runtime.VERBOSE))
+    assert cli.main(["serve", "--artifact", "a", "--verbose"]) == 0 and seen == [True]

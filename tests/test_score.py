@@ -347,3 +347,51 @@ def test_parts_are_no_bigger_than_asked_even_below_a_detection_task(tmp_path, ra
     sizes = [pq.read_metadata(p).num_rows for p in PartStore(parts_folder(out)).parts()]
     assert summary.files == 48 and sum(sizes) == 48
     assert len(sizes) >= 3 and max(sizes) < 2 * 8, sizes
+
+
+def test_the_summary_keeps_start_up_apart_and_rates_keep_their_figures():
+    from fer_ray.inference.batch import ScoreSummary, rate
+
+    assert [rate(r) for r in (0.4471, 5.0, 38.26, 481.7, 1180.2)] == ["0.447", "5", "38.3", "482", "1180"]
+    line = ScoreSummary("o.parquet", files=200, faces=200, scored_now=200, seconds=22.7, ray_seconds=12.7,
+                        startup_seconds=22.3, steady_files=180, steady_seconds=0.4, images_per_s=450.0).line()
+    assert "start-up 22.3 s (Ray 12.7 s, model actors and the first batch 9.6 s)" in line
+    assert "then 180 files in 0.4 s (450 img/s)" in line
+    small = ScoreSummary("o.parquet", files=6, scored_now=6, seconds=25.4, ray_seconds=12.0, startup_seconds=25.4,
+                         images_per_s=6 / 13.4).line()
+    assert "all of them in the first results (0.448 img/s after Ray start)" in small
+    assert "img/s" not in ScoreSummary("o.parquet", files=6, already_scored=6).line()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_a_score_run_prints_its_own_lines_and_ray_only_with_verbose(tmp_path):
+    """`fer-ray score` used to print a Ray core error for every model actor ("... has constructor
+    arguments in the object store and max_restarts > 0") and, off a terminal, dozens of Ray Data
+    INFO and progress lines; its img/s was rounded to whole numbers and counted Ray's start."""
+    from datagen import untrained_artifact
+
+    artifact = untrained_artifact(tmp_path / "artifact")
+    root = tmp_path / "crops"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        (root / f"c{i:02d}.png").write_bytes(encode(rng.integers(0, 256, (48, 48), dtype=np.uint8), "PNG"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "fer_ray.cli", "score", "--artifact", str(artifact), "--input", str(root),
+           "--output", str(tmp_path / "scores.parquet"), "--faces", "none", "--part-files", "8", "--batch-size", "8",
+           "--num-cpus", "2", "--overwrite"]
+
+    quiet = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = (quiet.stdout + quiet.stderr).splitlines()
+    assert quiet.returncode == 0, lines
+    assert not any("constructor arguments" in line or "Warning" in line for line in lines), lines
+    assert len(lines) <= 6, lines   # fer-ray's own: files found, the plan, a progress line or two, the summary
+    summary = next(line for line in lines if line.startswith("score: 40 files, 40 faces"))
+    assert "start-up" in summary and "(Ray " in summary and "(0 img/s" not in summary
+
+    verbose = subprocess.run([*cmd, "--verbose"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = verbose.stdout + verbose.stderr
+    assert verbose.returncode == 0, output
+    assert "Execution plan of Dataset" in output     # Ray Data's own INFO lines are back
+    assert "constructor arguments" not in output      # the cause is gone, not only hidden

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -414,14 +415,30 @@ class ScoreSummary:
     scored_now: int = 0         # files scored by this run
     already_scored: int = 0     # files skipped because a part already held them
     skipped_non_images: int = 0
-    seconds: float = 0.0
-    images_per_s: float = 0.0
+    seconds: float = 0.0        # this run's pipeline, start-up included
+    ray_seconds: float = 0.0    # of which starting (or joining) Ray
+    startup_seconds: float = 0.0  # of which everything before the first files came back scored
+    steady_files: int = 0       # files scored after the first came back ...
+    steady_seconds: float = 0.0  # ... and in how long: the rate once running
+    images_per_s: float = 0.0   # that steady rate, or (when all came back at once) the rate after Ray start
     error_examples: list = field(default_factory=list)
 
     def line(self) -> str:
+        timing = f"in {self.seconds:.1f} s"
+        if self.scored_now:
+            steady = (f"then {self.steady_files} files in {self.steady_seconds:.1f} s ({rate(self.images_per_s)} img/s)"
+                      if self.steady_files else
+                      f"all of them in the first results ({rate(self.images_per_s)} img/s after Ray start)")
+            timing += (f": start-up {self.startup_seconds:.1f} s (Ray {self.ray_seconds:.1f} s, model actors "
+                       f"and the first batch {self.startup_seconds - self.ray_seconds:.1f} s), {steady}")
         return (f"score: {self.files} files, {self.faces} faces, {self.no_face} without a face, "
-                f"{self.errors} errors; this run {self.scored_now} files in {self.seconds:.1f} s "
-                f"({self.images_per_s:.0f} img/s), {self.already_scored} already scored -> {self.output}")
+                f"{self.errors} errors; this run {self.scored_now} files {timing}; "
+                f"{self.already_scored} already scored -> {self.output}")
+
+
+def rate(per_second: float) -> str:
+    """Three significant figures, without an exponent: 0.42, 5.71, 168, 1180."""
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 def _count(table: pa.Table, summary: ScoreSummary) -> None:
@@ -531,7 +548,10 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
             _run_pipeline(todo, artifact, config, store, summary, batch_size, gpu, part_files, actors,
                           num_cpus, t0, log)
         summary.seconds = time.time() - t0
-        summary.images_per_s = summary.scored_now / summary.seconds if summary.seconds > 0 else 0.0
+        if summary.steady_files:
+            summary.images_per_s = summary.steady_files / max(summary.steady_seconds, 1e-9)
+        elif summary.scored_now:
+            summary.images_per_s = summary.scored_now / max(summary.seconds - summary.ray_seconds, 1e-9)
         _count(store.consolidate(out, set(shown.values())), summary)
     log(summary.line())
     for example in summary.error_examples:
@@ -547,6 +567,7 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
     from fer_ray.runtime import init_ray
 
     init_ray(num_cpus)
+    summary.ray_seconds = time.time() - t0
     resources = ray.cluster_resources()
     plan = plan_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), config.mode, gpu, actors)
     # No stage may gather more than a part's worth of files before passing them on, or a part
@@ -556,18 +577,29 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
     log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
         f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
     blocks = max(1, min(math.ceil(len(todo) / files_per_task), 1000))
-    ds = (
-        ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
-                            override_num_blocks=blocks)
-        .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
-                     num_cpus=plan.task_cpus)
-        .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": plan.device,
-                                                        "batch_size": batch_size, "threads": plan.threads},
-                     batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
-                     num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
-    )
+    with warnings.catch_warnings():
+        # max_restarts is no named parameter of map_batches yet; passing it as a remote argument,
+        # the way Ray Data's own code comments name, warns of a deprecation on every run.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = (
+            ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
+                                override_num_blocks=blocks)
+            .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
+                         num_cpus=plan.task_cpus)
+            .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": plan.device,
+                                                            "batch_size": batch_size, "threads": plan.threads},
+                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
+                         # No actor restarts: Ray Data 2.60 hands every pool actor its context and
+                         # transform through the object store, and Ray's core then logs an error for
+                         # each actor that may restart (ray-project/ray#57733), on every run. A restart
+                         # buys little here: a run that loses a model actor (its node gone) fails, and
+                         # the same command rerun scores only the files no finished part holds.
+                         max_restarts=0)
+        )
     assembler = FileAssembler()
     last_log = time.time()
+    first = None  # when the first scored rows came back, and how many files were done by then
 
     def flush() -> None:
         rows, n = assembler.take()
@@ -577,12 +609,18 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
 
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         assembler.add(batch)
+        if first is None:
+            first = (time.time(), summary.scored_now + assembler.ready_files)
+            summary.startup_seconds, last_log = first[0] - t0, first[0]
         if assembler.ready_files >= part_files:
             flush()
-        if time.time() - last_log > 5:
+        done = summary.scored_now + assembler.ready_files
+        if time.time() - last_log > 5 and done < len(todo):  # the summary follows the last files
             last_log = time.time()
-            done = summary.scored_now + assembler.ready_files
-            log(f"score: {done}/{len(todo)} files ({done / (last_log - t0):.0f} img/s)")
+            steady = rate((done - first[1]) / max(last_log - first[0], 1e-3))
+            log(f"score: {done}/{len(todo)} files ({steady} img/s since the first results)")
     flush()
+    if first is not None:
+        summary.steady_files, summary.steady_seconds = summary.scored_now - first[1], time.time() - first[0]
     if assembler.pending_files:
         raise RuntimeError(f"{assembler.pending_files} files lost rows in the pipeline")

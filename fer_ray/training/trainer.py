@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fer_ray.runtime import init_ray, require_cpus, require_gpus
+    from fer_ray.runtime import init_ray, require_cpus, require_gpus, train_logging
 
     manifest = read_manifest(cfg.catalog)
     for split in ("train", "val"):  # trained on, validated on each epoch: checked before anything is written
@@ -154,6 +154,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
+            logging_config=train_logging(),
         ),
         datasets=datasets,
     )
