@@ -40,7 +40,7 @@ for model in vgg16 small; do
     extra=""
     [ "$model" = vgg16 ] && extra="--untrained vgg16"
     timeout 150 $py benchmarks/bench_serve.py --artifact .gpu/small_cnn --gpu --num-cpus 8 --seconds 15 \
-        $extra ${SERVE_ARGS:-} > "$out/bench_serve_$model.log" 2>&1
+        --servers batched,unbatched --concurrency 32 $extra ${SERVE_ARGS:-} > "$out/bench_serve_$model.log" 2>&1
     log "2. bench_serve --gpu ($model) exit $?"
     grep -E "^\| (batched|unbatched)|^ratio|^forward" "$out/bench_serve_$model.log" | tee -a "$out/ray-check.log"
 done
