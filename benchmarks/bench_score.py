@@ -38,30 +38,41 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FER = ROOT.parent / "shared" / "data" / "fer2013"
 
 
-def make_photos(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` 640x480 PNG photos holding 0-3 synthetic faces each (kept between runs;
-    photos beyond ``count`` from an earlier run are removed)."""
-    from fer_ray.data.preprocess import encode_png
+def compose_photos(count: int, seed: int = 0, faces_of=None):
+    """``count`` 640x480 grey photos holding 0-3 faces of 160-200 px each, with the faces' boxes:
+    yields (photo, [(x, y, side), ...]). ``faces_of(labels, side, start)`` makes the faces
+    (default: synthetic faces); the layout is the same whichever faces are pasted."""
     from fer_ray.data.synthetic import synthetic_faces
 
-    folder.mkdir(parents=True, exist_ok=True)
+    faces_of = faces_of or (lambda labels, side, start: synthetic_faces(labels, size=side, seed=seed, start=start))
     rng = np.random.default_rng(seed)
-    paths = []
     for i in range(count):
-        path = folder / f"photo{i:04d}.png"
-        paths.append(str(path))
-        if path.exists():
-            continue
         yy, xx = np.mgrid[0:480, 0:640]
         img = 80 + 70 * xx / 640 + 40 * yy / 480 + rng.normal(0, 6, (480, 640))
         n = int(rng.integers(0, 4))
         side = int(rng.integers(160, 201))
-        faces = synthetic_faces(rng.integers(0, 7, n), size=side, seed=seed, start=4 * i)
-        for j, face in enumerate(faces):  # three slots side by side, so faces never overlap
-            x = j * 213 + int(rng.integers(0, 213 - side + 1))
+        boxes = []
+        for j, face in enumerate(faces_of(rng.integers(0, 7, n), side, 4 * i)):  # three slots side by side,
+            x = j * 213 + int(rng.integers(0, 213 - side + 1))                     # so faces never overlap
             y = int(rng.integers(0, 480 - side))
             img[y : y + side, x : x + side] = face
-        path.write_bytes(encode_png(np.clip(img, 0, 255).astype(np.uint8)))
+            boxes.append((x, y, side))
+        yield np.clip(img, 0, 255).astype(np.uint8), boxes
+
+
+def make_photos(folder: Path, count: int, seed: int = 0) -> list[str]:
+    """``count`` 640x480 PNG photos holding 0-3 synthetic faces each (kept between runs;
+    photos beyond ``count`` from an earlier run are removed). Every photo is composed, kept or
+    not, so that photo i is the same image whichever photos an earlier run left."""
+    from fer_ray.data.preprocess import encode_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (img, _) in enumerate(compose_photos(count, seed)):
+        path = folder / f"photo{i:04d}.png"
+        paths.append(str(path))
+        if not path.exists():
+            path.write_bytes(encode_png(img))
     # The command scores the whole folder and the plain loop these paths: they must be the same
     # images, or the ratio compares two sets (a folder kept from a run with more photos did).
     extra = sorted(set(map(str, folder.iterdir())) - set(paths))

@@ -395,3 +395,31 @@ def test_a_score_run_prints_its_own_lines_and_ray_only_with_verbose(tmp_path):
     assert verbose.returncode == 0, output
     assert "Execution plan of Dataset" in output     # Ray Data's own INFO lines are back
     assert "constructor arguments" not in output      # the cause is gone, not only hidden
+
+
+def test_the_detector_equalizes_only_when_asked_and_maps_a_shrunk_photos_boxes_back():
+    """FaceDetector(equalize=False) gives the cascade the photo's own grey levels (bench_detect
+    measures both ways); at a smaller detect_side the boxes still land on the pasted faces."""
+    import cv2
+
+    from fer_ray.data.faces import FaceDetector
+
+    img, spots = two_face_photo()
+    seen = []
+
+    class Cascade:  # records what the cascade was given
+        def detectMultiScale(self, image, **_):
+            seen.append(image)
+            return ()
+
+    for equalize in (True, False):
+        detector = FaceDetector(equalize=equalize)
+        detector._cascade = Cascade()
+        detector.detect(img)
+    np.testing.assert_array_equal(seen[0], cv2.equalizeHist(img))
+    np.testing.assert_array_equal(seen[1], img)
+    for detector in (FaceDetector(detect_side=320), FaceDetector(detect_side=320, equalize=False)):
+        boxes = sorted(detector.detect(img), key=lambda b: b.x)
+        assert len(boxes) == 2
+        for box, (x, y, side) in zip(boxes, spots):
+            assert abs(box.x + box.w / 2 - (x + side / 2)) < side / 4 and box.w > side / 2

@@ -36,7 +36,9 @@ class FaceDetector:
     """Detect frontal faces in a grey uint8 image.
 
     ``detect_side`` bounds the longer side used for detection; ``min_face_fraction`` is the
-    smallest face kept, as a fraction of the shorter side of the image.
+    smallest face kept, as a fraction of the shorter side of the image; ``equalize`` spreads
+    the image's grey levels (``cv2.equalizeHist``) before detection. ``benchmarks/bench_detect.py``
+    measures what each setting costs and finds.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class FaceDetector:
         min_face_fraction: float = 0.08,
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
+        equalize: bool = True,
     ):
         path = os.path.join(cv2.data.haarcascades, _CASCADE)
         self._cascade = cv2.CascadeClassifier(path)
@@ -54,6 +57,7 @@ class FaceDetector:
         self.min_face_fraction = min_face_fraction
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
+        self.equalize = equalize
 
     def detect(self, grey: np.ndarray) -> list[Box]:
         """Return face boxes, largest first."""
@@ -64,7 +68,7 @@ class FaceDetector:
         )
         min_side = max(12, int(min(small.shape) * self.min_face_fraction))
         found = self._cascade.detectMultiScale(
-            cv2.equalizeHist(small),
+            cv2.equalizeHist(small) if self.equalize else small,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
             minSize=(min_side, min_side),
