@@ -98,9 +98,10 @@ def quiet_ray_worker() -> None:
     import ray
     from ray.util.annotations import RayDeprecationWarning
 
-    os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"
+    # A setting of the user's own (in the job's environment) wins.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     # Serve's controller, proxies and replicas then log to their files under logs/serve only.
-    os.environ["RAY_SERVE_LOG_TO_STDERR"] = "0"
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     warnings.filterwarnings("ignore", category=RayDeprecationWarning)
     reporter = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
     logging.getLogger(reporter).setLevel(logging.WARNING)
