@@ -7,6 +7,7 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -20,6 +21,7 @@ from fer_ray.choices import (MODEL_NAMES, OPTIMIZERS, SCHEDULES, SVM_DEFAULT_LAM
                              SVM_LOSSES, SVM_SOLVERS, TTA_MODES)
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
+CPUS_PER_WORKER = "CPUs per Train worker (default: the cluster's CPUs shared by the workers, at most a node's)"
 OVERWRITE_RUN = "delete what --run-dir holds (another run, or this one with other settings) and start afresh"
 VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
 
@@ -110,7 +112,7 @@ def _evaluate(args) -> None:
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--output {out} is not empty (an earlier report?); use another folder, "
                          "or pass --overwrite to write over it")
-    metrics = evaluate_artifact(args.artifact, args.catalog, args.split, args.output, tta=args.tta,
+    metrics = evaluate_artifact(_artifact(args), args.catalog, args.split, args.output, tta=args.tta,
                                 device=args.device)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
           f"({metrics['count']} images, TTA {args.tta}); report in {args.output}/report.md")
@@ -119,7 +121,7 @@ def _evaluate(args) -> None:
 def _score(args) -> None:
     from fer_ray.inference.batch import score_folder
 
-    score_folder(args.artifact, args.input, args.output, faces=args.faces, batch_size=args.batch_size,
+    score_folder(_artifact(args), args.input, args.output, faces=args.faces, batch_size=args.batch_size,
                  gpu=args.gpu, margin=args.margin, max_pixels=args.max_pixels, part_files=args.part_files,
                  actors=args.actors, num_cpus=args.num_cpus, overwrite=args.overwrite)
 
@@ -127,11 +129,28 @@ def _score(args) -> None:
 def _serve(args) -> None:
     from fer_ray.inference.serve import ServeConfig, run_server
 
-    config = ServeConfig(artifact=args.artifact, replicas=args.replicas, max_batch_size=args.max_batch_size,
+    config = ServeConfig(artifact=_artifact(args), replicas=args.replicas, max_batch_size=args.max_batch_size,
                          batch_wait_timeout_s=args.batch_wait_ms / 1000, num_cpus=args.replica_cpus,
                          num_gpus=1 if args.gpu else 0, max_body_bytes=args.max_body_bytes,
                          max_pixels=args.max_pixels, max_files=args.max_files)
     run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
+
+
+def _artifact(args) -> str:
+    """--artifact, or the model that ships with fer-ray (the command says which it uses)."""
+    from fer_ray.pretrained import artifact_or_default
+
+    return artifact_or_default(args.artifact, log=lambda line: print(f"fer-ray {args.stage}: {line}", file=sys.stderr))
+
+
+def _predict(args) -> None:
+    import json
+
+    from fer_ray.inference.predict import check_inputs, format_table, predict
+
+    check_inputs(args.images)
+    records = predict(args.images, faces=args.faces, artifact=_artifact(args), margin=args.margin, top=args.top)
+    print(json.dumps(records, indent=2) if args.json else format_table(records))
 
 
 def _baseline(args) -> None:
@@ -230,7 +249,14 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _defaults(config_class) -> dict:
+    """A dataclass config's field defaults, so a flag's default is the config's, not a copy."""
+    return {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from fer_ray.pipeline import PipelineConfig
+
     parser = argparse.ArgumentParser(prog="fer-ray", description=__doc__.splitlines()[0])
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
@@ -261,32 +287,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_demo)
 
+    d = _defaults(PipelineConfig)  # one place for the pipeline's defaults: its config
     p = stages.add_parser("pipeline", help="the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, "
                                            "transfer to KDEF, scoring")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
     p.add_argument("--storage", required=True, help="output directory, or a URI (s3://...) results are uploaded to")
     p.add_argument("--work-dir", help="with a URI --storage (required then): shared directory stages write to; "
                                         "a rerun with the same one resumes")
-    p.add_argument("--source", choices=SOURCES, default="synthetic")
+    p.add_argument("--source", choices=SOURCES, default=d["source"])
     p.add_argument("--input", help="the source's CSV file or folder")
-    p.add_argument("--count", type=_positive_int, default=3500, help="synthetic faces")
-    p.add_argument("--size", type=_positive_int, default=48)
-    p.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet50"], choices=sorted(MODEL_NAMES))
+    p.add_argument("--count", type=_positive_int, default=d["count"], help="synthetic faces")
+    p.add_argument("--size", type=_positive_int, default=d["size"])
+    p.add_argument("--models", nargs="+", default=list(d["models"]), choices=sorted(MODEL_NAMES),
+                   help="CNN members of the ensemble (default: two CPU-efficient ones; the paper's are vgg16_bn resnet50)")
     p.add_argument("--input-sizes", nargs="*", default=[], metavar="MODEL=PIXELS",
                    help="network input size per model, e.g. resnet50=192 (the paper upscaled ResNet inputs)")
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--workers", type=_positive_int, default=1)
+    p.add_argument("--epochs", type=_positive_int, default=d["epochs"])
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--workers", type=_positive_int, default=d["workers"])
     p.add_argument("--gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
-    p.add_argument("--svm-samples", type=_positive_int, default=4)
+    p.add_argument("--cpus-per-worker", type=_positive_float, default=None, help=CPUS_PER_WORKER)
+    p.add_argument("--svm-samples", type=_positive_int, default=d["svm_samples"])
     p.add_argument("--kdef", help="KDEF folder: fine-tune the best CNN on it (transfer learning)")
     p.add_argument("--no-kdef-face-crop", action="store_true")
-    p.add_argument("--transfer-freeze", type=int, default=-2)
-    p.add_argument("--transfer-epochs", type=_positive_int, default=20)
+    p.add_argument("--transfer-freeze", type=int, default=d["transfer_freeze"])
+    p.add_argument("--transfer-epochs", type=_positive_int, default=d["transfer_epochs"])
     p.add_argument("--score-input", help="folder of photos to score with the ensemble at the end")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_pipeline)
 
@@ -302,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input side (default: the catalog's; e.g. 192 to upscale for resnet50)")
     p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16, channels_last)")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=_positive_float, default=None, help=CPUS_PER_WORKER)
     p.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint")
     p.add_argument("--init-from", help="artifact to fine-tune (transfer learning); sets model, input size, normalisation")
@@ -315,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = stages.add_parser("evaluate", help="evaluate an artifact on a catalog split")
-    p.add_argument("--artifact", required=True)
+    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
     p.add_argument("--catalog", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--output", required=True, help="directory for metrics.json, report.md and plots")
@@ -325,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = stages.add_parser("score", help="score every image in a folder or glob with Ray Data (resumable)")
-    p.add_argument("--artifact", required=True)
+    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
     p.add_argument("--input", required=True, help="folder (searched recursively), image file or glob")
     p.add_argument("--output", required=True, help="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
     p.add_argument("--faces", choices=("all", "largest", "none"), default="all",
@@ -342,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_score)
 
     p = stages.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (batched)")
-    p.add_argument("--artifact", required=True)
+    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=_positive_int, default=1)
@@ -356,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_serve)
+
+    p = stages.add_parser("predict", help="emotions of the faces in a few images, no Ray (table, or --json)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
+    p.add_argument("--faces", choices=("all", "largest", "none"), default="all",
+                   help="all/largest: detect faces; none: each image is already a face crop")
+    p.add_argument("--margin", type=_non_negative_float, default=0.2, help="face box enlargement on each side")
+    p.add_argument("--top", type=_positive_int, default=3, help="likeliest emotions listed per face")
+    p.add_argument("--json", action="store_true", help="JSON records instead of a table")
+    p.set_defaults(func=_predict)
 
     p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels")
     p.add_argument("--catalog", required=True)

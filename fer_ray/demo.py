@@ -51,20 +51,16 @@ def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int =
 
 
 def run_demo(output: str = "demo-output", count: int = 3500, epochs: int = 8, log=print) -> dict:
-    import ray
-
     from fer_ray.runtime import init_ray
 
     out = Path(output).resolve()
     photos = out / "photos"
     if not photos.exists():
         write_demo_photos(photos)
-    # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01). The Train
-    # worker takes two CPUs where there are two: a request the machine cannot meet would wait forever.
+    # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01).
     init_ray()
-    cpus = min(2.0, ray.cluster_resources().get("CPU", 1.0))
     cfg = PipelineConfig(storage=str(out), source="synthetic", count=count, models=("small_cnn", "small_cnn"),
-                         epochs=epochs, batch_size=32, lr=0.05, workers=1, cpus_per_worker=cpus, svm_samples=3,
+                         epochs=epochs, batch_size=32, lr=0.05, workers=1, svm_samples=3,
                          svm_lambda=(0.01, 10.0), score_input=str(photos))
     summary = Pipeline(cfg, log=log).run()
     log("")

@@ -42,14 +42,16 @@ class PipelineConfig:
     count: int = 3500  # synthetic faces
     size: int = 48
     work_dir: str | None = None  # where stages write when storage is a URI (required then)
-    models: tuple[str, ...] = ("vgg16_bn", "resnet50")
+    # Two of the CPU-efficient family: on 2 CPUs they train to ~65% on FER2013 in ~30 and ~20 min
+    # (benchmarks/RESULTS.md); the paper's vgg16_bn and resnet50 want a GPU (jobs/, docs/pipeline.md).
+    models: tuple[str, ...] = ("fast_cnn", "fast_cnn_s")
     input_sizes: dict = field(default_factory=dict)  # per model, e.g. {"resnet50": 192}
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 128
     lr: float = 0.05
     workers: int = 1
     gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # default: runtime.default_cpus_per_worker
     svm_samples: int = 4
     # `fer-ray sweep svm`'s range, chosen on FER2013: below ~0.3 a hinge fit there takes many minutes
     svm_lambda: tuple[float, float] = (0.3, 3.0)
@@ -229,7 +231,7 @@ class Pipeline:
         from fer_ray.ensemble.stack import soft_vote
         from fer_ray.evaluation.evaluate import protocol
         from fer_ray.evaluation.metrics import classification_metrics, headline_figures
-        from fer_ray.evaluation.report import comparison_table
+        from fer_ray.evaluation.report import comparison_table, recall_table
 
         split = "test" if "test" in read_manifest(catalog)["shards"] else "val"
         rows, paper = [], []
@@ -247,7 +249,7 @@ class Pipeline:
         paper.append(PAPER["ensemble"])
         proto = protocol(catalog, split, "none")
         lines = ["# fer-ray pipeline report", "", "## The paper's table", "",
-                 comparison_table(rows, proto), "",
+                 comparison_table(rows, proto), "", "## Recall per emotion", "", recall_table(rows), "",
                  "Paper (Savoiu & Wong, FER2013 test accuracy), for reference; comparable only when the "
                  "catalog above is FER2013:", "", "| model | paper accuracy | ours |", "|---|---|---|"]
         for (name, m), p in zip(rows, paper):
@@ -255,7 +257,9 @@ class Pipeline:
         summary = {"split": split, "protocol": proto,
                    "table": [{"model": n, **headline_figures(m),
                               "micro_precision": m["micro"]["precision"], "macro_precision": m["macro"]["precision"],
-                              "macro_recall": m["macro"]["recall"], "paper": p} for (n, m), p in zip(rows, paper)]}
+                              "macro_recall": m["macro"]["recall"], "paper": p,
+                              "recall": {k: c["recall"] for k, c in m["per_class"].items()}}
+                             for (n, m), p in zip(rows, paper)]}
         if transfer:
             kdef_catalog, artifact = transfer
             kdef_split = "test" if "test" in read_manifest(kdef_catalog)["shards"] else "val"

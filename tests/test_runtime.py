@@ -82,3 +82,10 @@ def test_verbose_is_a_flag_of_every_stage_that_starts_ray_and_reaches_the_runtim
     monkeypatch.setattr(runtime, "VERBOSE", False)
     monkeypatch.setattr(cli, "_serve", lambda args: seen.append(runtime.VERBOSE))
     assert cli.main(["serve", "--artifact", "a", "--verbose"]) == 0 and seen == [True]
+
+
+def test_train_workers_get_the_cpus_nobody_named(ray_session):
+    """One worker on the 2-CPU test cluster trains on both cores; more workers share them."""
+    from fer_ray.runtime import default_cpus_per_worker
+
+    assert [default_cpus_per_worker(n) for n in (1, 2, 3)] == [2, 1, 1]

@@ -115,3 +115,12 @@ def comparison_table(rows: list[tuple[str, dict]], protocol: str) -> str:
                      f"| {m['macro']['precision']:.4f} | {m['macro']['recall']:.4f} | {m['macro']['f1']:.4f} |")
     lines += ["", f"_{MICRO_NOTE}._"]
     return "\n".join(lines)
+
+
+def recall_table(rows: list[tuple[str, dict]]) -> str:
+    """Each model's recall per emotion: where accuracy hides the rare classes (disgust, fear)."""
+    labels = rows[0][1]["labels"]
+    lines = ["| model | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, m in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{m['per_class'][k]['recall']:.3f}" for k in labels) + " |")
+    return "\n".join(lines)

@@ -48,7 +48,7 @@ class TrainConfig:
     recipe: Recipe = field(default_factory=Recipe)
     workers: int = 1
     gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # default: runtime.default_cpus_per_worker
     name: str = "train"
     checkpoint_every: int = 1
     max_failures: int = 1
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fer_ray.runtime import init_ray, require_cpus, require_gpus, train_logging
+    from fer_ray.runtime import default_cpus_per_worker, init_ray, require_cpus, require_gpus, train_logging
 
     manifest = read_manifest(cfg.catalog)
     for split in ("train", "val"):  # trained on, validated on each epoch: checked before anything is written
@@ -133,6 +133,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
     check_claim(cfg.run_dir, "train", settings, cfg.overwrite)
     init_ray()
+    cfg = replace(cfg, cpus_per_worker=cfg.cpus_per_worker or default_cpus_per_worker(cfg.workers))
     # before anything is written: a refused run leaves no run directory behind
     require_cpus(cfg.workers * cfg.cpus_per_worker, f"--workers {cfg.workers} x --cpus-per-worker "
                                                     f"{cfg.cpus_per_worker:g}")
@@ -238,7 +239,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     if rank == 0 and not run.history:
         _progress(f"[train] {cfg['architecture']} {counts['total']:,} parameters "
                   f"({counts['trainable']:,} trainable, {counts['frozen']:,} frozen {frozen_names}); "
-                  f"{ctx.get_world_size()} worker(s) on {device.type}; {run.steps} steps/epoch")
+                  f"{ctx.get_world_size()} worker(s) on {device.type} ({torch.get_num_threads()} threads each); "
+                  f"{run.steps} steps/epoch")
     elif rank == 0:  # restored from a checkpoint: the same command rerun, or a worker failure recovered
         _progress(f"[train] resuming from epoch {len(run.history) + 1} of {recipe.epochs}" if not run.done
                   else f"[train] all {recipe.epochs} epochs were trained before; finishing the run")
