@@ -24,7 +24,8 @@ def test_registry_matches_the_names_the_cli_offers():
 
 @pytest.mark.parametrize("name,size,width", [("small_cnn", 48, 128), ("vgg16", 48, 4096),
                                              ("vgg16_bn", 48, 4096), ("resnet50", 48, 2048),
-                                             ("resnet50", 128, 2048)])
+                                             ("resnet50", 128, 2048), ("fast_cnn_s", 48, 192),
+                                             ("fast_cnn", 48, 256), ("fast_cnn_l", 64, 384)])
 def test_registry_builds_grey_models(name, size, width):
     model = build_model(name, num_classes=7, input_size=size, in_channels=1).eval()
     x = torch.randn(2, 1, size, size)
@@ -51,6 +52,27 @@ def test_models_run_in_channels_last_layout():
     expected = model(x)
     fast = model.to(memory_format=torch.channels_last)
     torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_cnn_widths_trade_size_for_speed():
+    counts = [parameter_counts(build_model(n))["total"] for n in ("fast_cnn_s", "fast_cnn", "fast_cnn_l")]
+    assert counts == sorted(counts) and counts[1] * 4 < 10 * 1024 * 1024  # fp32 weights fit a 10 MB wheel
+    model = build_model("fast_cnn")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8 and all(c.kernel_size == (3, 3) and c.groups == 1 for c in convs)
+    assert [c.out_channels for c in convs[::2]] == [32, 64, 128, 256]
+    with pytest.raises(ValueError, match="at least 8 px"):
+        build_model("fast_cnn", input_size=7)
+
+
+def test_bf16_autocast_follows_the_cpu():
+    from fer_ray.models.forward import autocast, cpu_has_bf16
+
+    with autocast(torch.device("cpu"), amp=True):
+        y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+    assert y.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    with autocast(torch.device("cpu"), amp=False):
+        assert torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4)).dtype == torch.float32
 
 
 def test_resnet_stem_depends_on_input_size():
