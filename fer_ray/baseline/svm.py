@@ -163,7 +163,7 @@ def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA,
 class SvmBackend:
     """Predictor backend for kind "svm" artifacts (plain numpy; no device needed)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device=None, batch_size: int = 0):  # Predictor's backend signature
         self.meta, arrays = load_artifact(path)
         if self.meta["kind"] != "svm":
             raise ArtifactError(f"{path} is a {self.meta['kind']} artifact, not an SVM")

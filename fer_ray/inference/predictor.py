@@ -10,6 +10,7 @@ faces already at the artifact's image size, and, for networks, ``features(images
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -65,16 +66,17 @@ class CnnBackend:
         return self._run(images, "features")
 
 
+# Artifact kind -> its backend class, ``(path, device, batch_size)``. Named, not imported: the
+# SVM and ensemble backends sit in layers above this one (the ensemble's members are Predictors,
+# the SVM module also trains and evaluates), so importing them here would close an import cycle.
+BACKENDS = {"cnn": "fer_ray.inference.predictor:CnnBackend",
+            "svm": "fer_ray.baseline.svm:SvmBackend",
+            "ensemble": "fer_ray.ensemble.stack:EnsembleBackend"}
+
+
 def _backend(path: str, kind: str, device: torch.device, batch_size: int):
-    if kind == "cnn":
-        return CnnBackend(path, device, batch_size)
-    if kind == "svm":
-        from fer_ray.baseline.svm import SvmBackend
-
-        return SvmBackend(path)
-    from fer_ray.ensemble.stack import EnsembleBackend
-
-    return EnsembleBackend(path, device, batch_size)
+    module, _, name = BACKENDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)(path, device, batch_size)
 
 
 class Predictor:
