@@ -51,7 +51,7 @@ def stand_in_members(catalog: str, out: Path, count: int = 2) -> list[str]:
 def plain_loop(members: list[str], catalog: str, split: str, batch_size: int, output: Path) -> int:
     """The baseline: one process reads the split, runs the batches in order, writes one file."""
     from fer_ray.data.catalog import load_split
-    from fer_ray.ensemble.features import MemberFeatures
+    from fer_ray.ensemble.stack import MemberFeatures
 
     data = load_split(catalog, split, columns=("image", "label", "id"))
     featurizer = MemberFeatures(members, device="auto", batch_size=batch_size)
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fer_ray.ensemble.features import featurize_split, read_features
+    from fer_ray.ensemble.features import featurize_split
+    from fer_ray.ensemble.stack import read_features
     from fer_ray.runtime import init_ray
 
     with tempfile.TemporaryDirectory(prefix="bench-featurize-") as tmp:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         start_s = time.perf_counter() - t0
         catalog = args.catalog
         if catalog is None:
-            from fer_ray.data.catalog import build_catalog
+            from fer_ray.data.ingest import build_catalog
             from fer_ray.data.sources import make_source
 
             catalog = str(tmp / "synthetic")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    from fer_ray.data.catalog import build_catalog
+    from fer_ray.data.ingest import build_catalog
     from fer_ray.data.sources import FolderSource
     from fer_ray.runtime import init_ray
 

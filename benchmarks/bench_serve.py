@@ -102,7 +102,7 @@ def plain_app(artifact: str, device: str, threads: int):
     from fer_ray.data.faces import FaceDetector
     from fer_ray.data.preprocess import ImageError, decode_grey
     from fer_ray.emotions import EMOTIONS
-    from fer_ray.inference.batch import DetectConfig, crop_faces
+    from fer_ray.inference.crops import DetectConfig, crop_faces
     from fer_ray.inference.predictor import Predictor
 
     torch.set_num_threads(threads)

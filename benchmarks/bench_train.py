@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fer_ray.data.catalog import build_catalog
+from fer_ray.data.ingest import build_catalog
 from fer_ray.data.sources import make_source
 from fer_ray.runtime import init_ray
 from fer_ray.training.local import fit_local

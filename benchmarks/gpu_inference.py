@@ -26,7 +26,7 @@ import torch
 from fer_ray.artifacts import read_meta, save_cnn
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import synthetic_faces
-from fer_ray.inference.batch import DetectConfig, FaceScorer, detect_batch
+from fer_ray.inference.crops import DetectConfig, FaceScorer, detect_batch
 from fer_ray.inference.predictor import Predictor
 from fer_ray.models import build_model, parameter_counts
 

@@ -27,7 +27,8 @@ VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress li
 
 
 def _prepare(args) -> None:
-    from fer_ray.data.catalog import audit, build_catalog
+    from fer_ray.data.catalog import audit
+    from fer_ray.data.ingest import build_catalog
     from fer_ray.data.sources import KDEF_ANGLES, make_source
 
     if args.source != "kdef" and (args.angles or args.face_crop):  # they would be ignored
@@ -185,7 +186,8 @@ def _sweep(args) -> None:
 
 
 def _ensemble(args) -> None:
-    from fer_ray.ensemble.stack import C_GRID, run_ensemble
+    from fer_ray.ensemble.features import run_ensemble
+    from fer_ray.ensemble.stack import C_GRID
 
     summary = run_ensemble(args.members, args.catalog, args.run_dir, grid=tuple(args.c_grid or C_GRID),
                            batch_size=args.batch_size, actors=args.actors, gpu=True if args.gpu else None,
@@ -360,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all/largest: detect faces in photos; none: images are already face crops")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="faces per model call")
     p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
-    p.add_argument("--actors", type=_positive_int, default=None, help="model actors (default: GPUs; on CPUs, CPUs with --faces none, else CPUs / 4)")
+    p.add_argument("--actors", type=_positive_int, default=None, help="actors (default: one per GPU with --gpu, else one per CPU)")
     p.add_argument("--margin", type=_non_negative_float, default=0.2, help="face box enlargement on each side")
     p.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="images above this are error rows")
     p.add_argument("--part-files", type=_positive_int, default=1000, help="write a resumable part once this many files are complete")

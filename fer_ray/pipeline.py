@@ -134,7 +134,8 @@ class Pipeline:
             upload(self.work / name, f"{self.cfg.storage.rstrip('/')}/{name}")
 
     def prepare(self) -> str:
-        from fer_ray.data.catalog import audit, build_catalog, read_manifest
+        from fer_ray.data.catalog import audit, read_manifest
+        from fer_ray.data.ingest import build_catalog
         from fer_ray.data.sources import make_source
 
         out = self.work / "catalog"
@@ -177,7 +178,7 @@ class Pipeline:
         return str(out / "artifact")
 
     def ensemble(self, catalog: str, members: list[str]) -> str:
-        from fer_ray.ensemble.stack import run_ensemble
+        from fer_ray.ensemble.features import run_ensemble
 
         out = self.work / "ensemble"
         self.stage("ensemble", out / "metrics.json", lambda: run_ensemble(
@@ -185,7 +186,7 @@ class Pipeline:
         return str(out / "artifact")
 
     def transfer(self, source_artifact: str) -> tuple[str, str]:
-        from fer_ray.data.catalog import build_catalog
+        from fer_ray.data.ingest import build_catalog
         from fer_ray.data.sources import make_source
 
         catalog = self.work / "kdef-catalog"
@@ -227,8 +228,7 @@ class Pipeline:
         """
         from fer_ray.artifacts import read_meta
         from fer_ray.data.catalog import read_manifest
-        from fer_ray.ensemble.features import read_features
-        from fer_ray.ensemble.stack import soft_vote
+        from fer_ray.ensemble.stack import read_features, soft_vote
         from fer_ray.evaluation.evaluate import protocol
         from fer_ray.evaluation.metrics import classification_metrics, headline_figures
         from fer_ray.evaluation.report import comparison_table, recall_table

@@ -43,7 +43,7 @@ def fer_csv_sample() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_catalog(tmp_path_factory, ray_session) -> Path:
     """A small synthetic catalog (1400 faces, 48 px) shared by the tests that need one."""
-    from fer_ray.data.catalog import build_catalog
+    from fer_ray.data.ingest import build_catalog
     from fer_ray.data.sources import make_source
 
     out = tmp_path_factory.mktemp("catalogs") / "synthetic"

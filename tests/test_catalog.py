@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from datagen import bad_files, face_pixels, fer_line, write_fer_csv, write_folder_tree, write_image
-from fer_ray.data.catalog import CatalogError, audit, build_catalog, load_split, read_manifest
+from fer_ray.data.catalog import CatalogError, audit, load_split, read_manifest
+from fer_ray.data.ingest import build_catalog
 from fer_ray.data.sources import Fer2013CsvSource, FolderSource, SourceError
 from fer_ray.emotions import EMOTIONS
 

@@ -145,7 +145,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     for whom mode bits allow everything, so the folder is made unwritable where the check asks
     (os.access, which answers for read-only mounts and immutable folders even for root); the
     next test asks a real read-only mount where there is one."""
-    import fer_ray.data.catalog as catalog
+    import fer_ray.data.ingest as ingest
     from fer_ray.cli import main
 
     locked = tmp_path / "locked"
@@ -153,7 +153,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode)
                         and not str(path).startswith(str(locked)))
-    monkeypatch.setattr(catalog, "build_catalog", lambda *a, **k: pytest.fail("prepare started its work"))
+    monkeypatch.setattr(ingest, "build_catalog", lambda *a, **k: pytest.fail("prepare started its work"))
     for argv in (["prepare", "--source", "synthetic", "--output", str(locked / "new" / "catalog")],
                  ["prepare", "--source", "synthetic", "--output", str(locked / "old-catalog"), "--overwrite"],
                  ["score", "--artifact", str(tmp_path), "--input", str(tmp_path), "--output", str(locked / "s.csv")],
@@ -175,13 +175,13 @@ def test_an_output_on_a_read_only_mount_is_refused_before_any_work(tmp_path, cap
 
 
 def test_ctrl_c_outside_a_sweep_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
-    import fer_ray.data.catalog as catalog
+    import fer_ray.data.ingest as ingest
     from fer_ray.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(catalog, "build_catalog", interrupted)
+    monkeypatch.setattr(ingest, "build_catalog", interrupted)
     assert main(["prepare", "--source", "synthetic", "--output", str(tmp_path / "c")]) == 130
     assert "interrupted (Ctrl+C)" in capsys.readouterr().err
 

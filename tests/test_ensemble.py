@@ -12,8 +12,7 @@ import torch
 from fer_ray.artifacts import ArtifactError, load_cnn, save_cnn
 from fer_ray.data.catalog import load_split, read_manifest
 from fer_ray.emotions import NUM_CLASSES
-from fer_ray.ensemble.features import MemberFeatures
-from fer_ray.ensemble.stack import (EnsembleBackend, choose_head, fit_head, member_record, save_ensemble,
+from fer_ray.ensemble.stack import (EnsembleBackend, MemberFeatures, choose_head, fit_head, member_record, save_ensemble,
                                     soft_vote)
 from fer_ray.inference.predictor import Predictor
 from fer_ray.models.inputs import Normalization, to_model_input
@@ -106,7 +105,7 @@ def test_tampered_member_is_refused(members, synthetic_catalog, tmp_path):
 def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_path):
     """Featurize on Ray Data, fit, save, report; Predictor reproduces it on raw images after reload."""
     from fer_ray.cli import main
-    from fer_ray.ensemble.features import read_features
+    from fer_ray.ensemble.stack import read_features
 
     catalog, run = str(synthetic_catalog), tmp_path / "ensemble"
     # 3 actors on 2 CPUs: with a whole CPU each they never all started and nothing was read
@@ -172,7 +171,7 @@ def test_featurizer_actors_always_leave_a_cpu_for_reading():
 
 def test_the_same_member_twice_is_refused(small_artifact, synthetic_catalog, tmp_path):
     """`--members A A` passed the two-member check as a one-model ensemble."""
-    from fer_ray.ensemble.stack import run_ensemble
+    from fer_ray.ensemble.features import run_ensemble
 
     with pytest.raises(ValueError, match="names the same artifact more than once"):
         run_ensemble([str(small_artifact), f"{small_artifact}/"], str(synthetic_catalog), str(tmp_path / "run"))

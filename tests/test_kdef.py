@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from datagen import KDEF_EXPRESSIONS, by_id, encode, kdef_name, kdef_photo, run_source, write_image, write_kdef
-from fer_ray.data.catalog import build_catalog, load_split, read_manifest
+from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.ingest import build_catalog
 from fer_ray.data.faces import FaceDetector, find_faces
 from fer_ray.data.preprocess import decode_grey, resize
 from fer_ray.data.sources import KDEF_ANGLES, KdefSource, SourceError

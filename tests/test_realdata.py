@@ -7,7 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from fer_ray.data.catalog import build_catalog, load_split
+from fer_ray.data.catalog import load_split
+from fer_ray.data.ingest import build_catalog
 from fer_ray.data.preprocess import decode_grey
 from fer_ray.data.sources import Fer2013CsvSource, FolderSource
 from fer_ray.emotions import EMOTIONS

@@ -16,9 +16,9 @@ import pytest
 
 from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
-from fer_ray.inference.batch import (NO_FACE, SCHEMA, DetectConfig, FileAssembler, PartStore, ScoreError,
-                                     detect_batch, display_path, list_images, parts_folder, plan_resources,
-                                     rows_table, score_folder, write_atomic)
+from fer_ray.inference.batch import (SCHEMA, FileAssembler, PartStore, ScoreError, display_path, list_images,
+                                     parts_folder, plan_resources, rows_table, score_folder, write_atomic)
+from fer_ray.inference.crops import NO_FACE, DetectConfig, detect_batch
 from photos import background, one_face_photo, two_face_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,11 +204,19 @@ def test_a_broken_artifact_is_one_error_line_before_ray_starts(tmp_path, monkeyp
                                            (2, 1, True), (8, 4, True)])
 def test_resource_plan_always_fits_actors_and_a_task(cpus, gpus, gpu, mode):
     plan = plan_resources(cpus, gpus, mode, gpu)
-    assert plan.actors >= 1 and plan.task_cpus > 0
+    assert plan.actors >= 1 and plan.device == ("cuda" if gpu else "cpu") and plan.actor_gpus == int(gpu)
     assert plan.actors * plan.actor_cpus + plan.task_cpus <= cpus + 1e-9   # else Ray Data waits forever
-    assert plan.device == ("cuda" if gpu else "cpu") and plan.actor_gpus == int(gpu)
-    if gpu:
-        assert plan.actors == gpus
+    if gpu:  # detection tasks beside the GPU actors
+        assert plan.actors == gpus and plan.task_cpus > 0 and not plan.fused
+    else:  # every CPU an actor that does it all, one thread each
+        assert plan.fused and plan.actors == cpus and plan.actor_cpus == 1 and plan.threads == 1
+    assert plan.files_per_task == (1024 if mode == "none" else 16)
+
+
+def test_fewer_cpu_actors_than_cpus_share_them_out():
+    plan = plan_resources(4, 0, "all", actors=2)
+    assert (plan.actors, plan.actor_cpus, plan.threads, plan.fused) == (2, 2.0, 2, True)
+    assert plan_resources(2, 0, "none", actors=3).actor_cpus == 0.666
 
 
 @pytest.mark.parametrize("cpus,gpus,actors", [(2, 2, None), (4, 4, None), (8, 8, None), (1, 1, None),

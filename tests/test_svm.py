@@ -142,7 +142,7 @@ def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path, c
 @pytest.mark.realdata
 @pytest.mark.timeout(180)
 def test_svm_beats_chance_on_real_csv_sample(fer_csv_sample, ray_session, tmp_path):
-    from fer_ray.data.catalog import build_catalog
+    from fer_ray.data.ingest import build_catalog
     from fer_ray.data.sources import Fer2013CsvSource
 
     catalog = str(tmp_path / "cat")

@@ -1,12 +1,11 @@
-"""Featurize catalog splits with the ensemble's member networks (Ray Data ``map_batches``).
+"""The ``fer-ray ensemble`` stage on Ray: featurize catalog splits, fit the head, report.
 
-``MemberFeatures`` is the plain piece: for a batch of faces it returns each member's
-penultimate features, concatenated in member order, and each member's probabilities (which
-soft voting and the per-member rows of the report need). It is what ``map_batches`` runs on
-a fixed actor pool (``ActorPoolStrategy``, Ray 2.60's replacement for ``concurrency=``):
-each actor loads the members once and reuses them for every batch, on a GPU when the
-cluster has one. Features are written as Parquet next to the label and row id,
-so the logistic head can be refitted without touching a network again.
+Featurizing runs ``stack.MemberFeatures`` (the plain piece: a batch of faces -> each member's
+penultimate features, concatenated in member order, and each member's probabilities) through
+``map_batches`` on a fixed actor pool (``ActorPoolStrategy``, Ray 2.60's replacement for
+``concurrency=``): each actor loads the members once and reuses them for every batch, on a GPU
+when the cluster has one. Features are written as Parquet next to the label and row id, so the
+logistic head (``stack``) can be refitted without touching a network again.
 
 Output columns: ``features`` float32 (sum of member widths), ``probs`` float32
 (members, 7), ``label``, ``id``.
@@ -14,43 +13,16 @@ Output columns: ``features`` float32 (sum of member widths), ``probs`` float32
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-
 from fer_ray.data.catalog import read_manifest, split_dir
-from fer_ray.emotions import NUM_CLASSES
-from fer_ray.inference.predictor import Predictor
-
-
-class MemberFeatures:
-    """Callable class: a batch {"image", ...} -> {"features", "probs", plus passed-through columns}."""
-
-    def __init__(self, members: list[str], device: str = "auto", batch_size: int = 256,
-                 keep: tuple[str, ...] = ("label", "id")):
-        self.predictors = [Predictor(m, device=device, batch_size=batch_size) for m in members]
-        for p in self.predictors:
-            if p.kind != "cnn":
-                raise ValueError(f"ensemble members must be CNN artifacts; {p.path} is {p.kind}")
-        self.keep = keep
-
-    @property
-    def widths(self) -> list[int]:
-        return [p.backend.feature_dim for p in self.predictors]
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """(N, sum of widths) float32: each member's penultimate features, in member order."""
-        return np.concatenate([p.features(images) for p in self.predictors], axis=1)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = np.asarray(batch["image"], np.uint8)
-        out = {k: batch[k] for k in self.keep if k in batch}
-        out["features"] = self.features(images)
-        out["probs"] = np.stack([p.predict_proba(images) for p in self.predictors], axis=1)
-        return out
+from fer_ray.ensemble.stack import (C_GRID, MemberFeatures, choose_head, member_record, read_features, save_ensemble,
+                                    soft_vote)
+from fer_ray.rundir import claim
 
 
 def plan_actors(cpus: float, gpus: int, gpu: bool, actors: int | None, cpus_per_actor: float) -> tuple[int, float]:
@@ -107,21 +79,69 @@ def featurize(members: list[str], catalog: str, output: str, splits: tuple[str, 
     return {s: featurize_split(members, catalog, s, str(Path(output) / s), **kwargs) for s in splits if s in present}
 
 
-def read_features(path: str) -> dict[str, np.ndarray]:
-    """A featurized split as numpy arrays, rows sorted by id (Ray Data writes in completion order)."""
-    table = pq.read_table(path)
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    order = np.argsort(ids, kind="stable")
-    n = len(ids)
-    return {"id": ids[order], "label": table.column("label").to_numpy()[order],
-            "features": _flat_tensor(table.column("features")).reshape(n, -1)[order],
-            "probs": _flat_tensor(table.column("probs")).reshape(n, -1, NUM_CLASSES)[order]}
+# ------------------------------------------------------------------ `fer-ray ensemble`
 
 
-def _flat_tensor(col) -> np.ndarray:
-    """Every value of a tensor column in row-major order, whether or not Ray's extension type is loaded."""
-    storage = getattr(col.combine_chunks(), "storage", None)
-    values = storage if storage is not None else col.combine_chunks()
-    while hasattr(values, "flatten"):
-        values = values.flatten()
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, batch_size: int = 256,
+                 actors: int | None = None, gpu: bool | None = None, overwrite: bool = False, log=print) -> dict:
+    """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side.
+
+    The run directory is claimed for these members, catalog and grid (see ``fer_ray.rundir``)."""
+    from fer_ray.data.catalog import read_manifest
+    from fer_ray.evaluation.evaluate import evaluate_artifact, protocol
+    from fer_ray.evaluation.metrics import classification_metrics, headline_figures
+    from fer_ray.evaluation.report import comparison_table
+
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two --members")
+    manifest = read_manifest(catalog)
+    for split in ("train", "val"):
+        if split not in manifest["shards"]:
+            raise ValueError(f"catalog {catalog} has no {split!r} split (the head is fitted on train, C chosen on val)")
+    records = [member_record(m) for m in members]
+    member_paths = [r["path"] for r in records]
+    if len(set(member_paths)) < len(member_paths):
+        twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
+        raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
+    settings = {"members": member_paths, "catalog": str(Path(catalog).resolve()),
+                "catalog_sha256": manifest["catalog_sha256"], "grid": list(grid)}
+    out = claim(run_dir, "ensemble", settings, overwrite)
+    t0 = time.perf_counter()
+    paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=batch_size,
+                      actors=actors, gpu=gpu)
+    feats = {s: read_features(str(p)) for s, p in paths.items()}
+    counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
+    log(f"ensemble: featurized {counts} in "
+        f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
+    head, choice = choose_head(feats["train"], feats["val"], grid)
+    widths = [r["feature_dim"] for r in records]
+    artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, manifest, catalog)
+    log(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
+
+    names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
+             for i, r in enumerate(records)]
+    sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}}
+    for split in ("val", "test"):
+        if split not in feats:
+            continue
+        f = feats[split]
+        rows = [(n, classification_metrics(f["label"], f["probs"][:, i].argmax(axis=1))) for i, n in enumerate(names)]
+        rows.append(("soft voting (mean of member probabilities)",
+                     classification_metrics(f["label"], soft_vote(f["probs"]).argmax(axis=1))))
+        rows.append(("stacked ensemble (one-vs-rest logistic on concatenated features)",
+                     classification_metrics(f["label"], head.scores(f["features"]).argmax(axis=1))))
+        end_to_end = evaluate_artifact(str(artifact), catalog, split, str(out / f"eval-{split}"))
+        note = " (C was chosen on this split)" if split == "val" else ""
+        sections += [f"## {split}{note}", "", comparison_table(rows, protocol(catalog, split, "none")), "",
+                     f"End to end through the Predictor on raw images, the stacked ensemble scores "
+                     f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
+        summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
+        summary["splits"][split]["end_to_end_accuracy"] = end_to_end["accuracy"]
+        log(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
+    lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
+             f"Members: {len(records)}; features: {' + '.join(map(str, widths))} = {sum(widths)}; "
+             f"head: 7 one-vs-rest logistic regressions, C = {choice['C']:g} "
+             f"(val accuracy by C: {choice['val_accuracy_by_C']}).", ""] + sections
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary

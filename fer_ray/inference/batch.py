@@ -3,8 +3,10 @@
 The pipeline (plain functions inside, Ray only as the wiring)::
 
     list_images (driver) -> from_items(paths)
-      -> map_batches(detect_batch)   CPU tasks: read, decode, detect, crop, resize
-      -> map_batches(FaceScorer)     actor pool: one Predictor per actor (GPU with --gpu)
+      on CPUs:   -> map_batches(FaceScorer)  actor pool, one per CPU: read, decode, detect,
+                                             crop, resize and predict in one process
+      with --gpu -> map_batches(detect_batch) CPU tasks: read, decode, detect, crop, resize
+                 -> map_batches(FaceScorer)  actor pool: one Predictor per GPU
       -> driver: rows are buffered by path until a file's faces are all in, then written
          as an atomic part file under OUT.parts/; at the end the parts become OUT.
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
-import functools
 import glob
 import json
 import math
@@ -36,20 +37,17 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fer_ray.data.faces import FACE_MODES, FaceDetector, find_faces
-from fer_ray.data.files import files_under, read_image_file
-from fer_ray.data.preprocess import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_grey,
-                                     has_image_extension, resize)
+from fer_ray.data.files import files_under
+from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.emotions import EMOTIONS
+from fer_ray.inference.crops import NO_FACE, DetectConfig, FaceScorer, detect_batch
 
-NO_FACE = "no face detected"
 OUTPUT_FORMATS = (".parquet", ".csv")
 JOB_FILE = "job.json"
 SCHEMA = pa.schema(
@@ -140,128 +138,6 @@ def display_path(path: str) -> str:
     comes back unchanged."""
     path = _LITERAL_ESCAPE.sub(r"\\x5c", path)
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-# ---------------------------------------------------------------------------------------
-# The CPU stage: read, decode, detect, crop (plain; Ray runs it as map_batches tasks)
-# ---------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=4)
-def _detector(detect_side: int, min_face_fraction: float) -> FaceDetector:
-    """One cascade per worker process: loading it costs more than detecting in a small image.
-
-    OpenCV's own thread pool is turned off here: Ray already runs one detection task per CPU
-    share, and nested threads on top only contend (measured slower on 2 busy cores).
-    """
-    cv2.setNumThreads(1)
-    return FaceDetector(detect_side=detect_side, min_face_fraction=min_face_fraction)
-
-
-@dataclass(frozen=True)
-class DetectConfig:
-    """How photos become face crops; the same settings must be used for a whole job."""
-
-    mode: str = "all"
-    image_size: int = 48
-    margin: float = 0.2
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    detect_side: int = 640
-    min_face_fraction: float = 0.08
-
-    def __post_init__(self):
-        if self.mode not in FACE_MODES:
-            raise ScoreError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
-
-
-def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:
-    """Grey pixels of one file, or ImageError with the reason (unreadable files included)."""
-    return decode_grey(read_image_file(path, max_pixels), max_pixels)
-
-
-def crop_faces(grey: np.ndarray, config: DetectConfig, detector: FaceDetector | None) -> list:
-    """(box, crop) per face of one grey image, crops resized to the artifact's image size.
-
-    Scoring and serving both call this, so a photo gives the same faces and the same
-    pixels to the Predictor whichever way it arrives. ``detector`` may be None for ``none``.
-    """
-    return [(box, resize(crop, config.image_size))
-            for box, crop in find_faces(grey, config.mode, detector, config.margin)]
-
-
-def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str, np.ndarray]:
-    """Paths -> one row per face (crop resized to the artifact's image size), or one row
-    per file that has no face or cannot be used. ``n_faces`` is the file's row count.
-
-    ``path`` is what the rows carry; an optional ``file`` column (the name's raw bytes) is
-    what is opened, for names that ``path`` shows escaped (see ``display_path``).
-    """
-    size = config.image_size
-    detector = None if config.mode == "none" else _detector(config.detect_side, config.min_face_fraction)
-    cols = {k: [] for k in ("path", "face", "n_faces", "x", "y", "w", "h", "error")}
-    images = []
-
-    def add(path, face, n, box, crop, error):
-        for key, value in zip(("path", "face", "n_faces", "error"), (path, face, n, error)):
-            cols[key].append(value)
-        for key in ("x", "y", "w", "h"):
-            cols[key].append(getattr(box, key) if box is not None else -1)
-        images.append(crop if crop is not None else np.zeros((size, size), np.uint8))
-
-    for path, file in zip(batch["path"], batch.get("file", batch["path"])):
-        path = str(path)
-        try:
-            grey = read_image(file if isinstance(file, bytes) else str(file), config.max_pixels)
-            faces = crop_faces(grey, config, detector)
-        except ImageError as exc:
-            add(path, -1, 1, None, None, str(exc))
-            continue
-        except cv2.error as exc:  # one odd image must not fail the task (and every rerun with it)
-            add(path, -1, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
-            continue
-        except Exception as exc:  # noqa: BLE001 - likewise for anything else: an error row
-            add(path, -1, 1, None, None, f"could not process the image ({type(exc).__name__}: {exc})"[:300])
-            continue
-        if not faces:
-            add(path, -1, 1, None, None, NO_FACE)
-        for i, (box, crop) in enumerate(faces):
-            add(path, i, len(faces), box, crop, "")
-    out = {k: np.array(v, dtype=object if k in ("path", "error") else np.int32) for k, v in cols.items()}
-    out["image"] = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# The model stage (plain callable class; Ray runs it as an actor pool)
-# ---------------------------------------------------------------------------------------
-
-class FaceScorer:
-    """Probabilities for the face rows of a batch through ``Predictor``; other rows get NaN.
-
-    ``threads`` pins torch's intra-op threads to the CPUs the actor was given: on a shared
-    machine, more OpenMP threads than cores spin against each other (a single small_cnn
-    forward went from 1 ms to ~90 ms with 2 threads on 2 busy cores).
-    """
-
-    def __init__(self, artifact: str, device: str = "auto", batch_size: int = 256, threads: int | None = None):
-        import torch
-
-        from fer_ray.inference.predictor import Predictor
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = np.array([not e for e in batch["error"]], dtype=bool)
-        probs = np.full((len(ok), len(EMOTIONS)), np.nan, dtype=np.float32)
-        if ok.any():
-            probs[ok] = self.predictor.predict_proba(np.asarray(batch["image"])[ok])
-        out = {k: v for k, v in batch.items() if k != "image"}
-        names = np.array(EMOTIONS, dtype=object)
-        out["emotion"] = np.where(ok, names[np.nan_to_num(probs).argmax(axis=1)], "").astype(object)
-        for j, name in enumerate(EMOTIONS):
-            out[name] = probs[:, j]
-        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,41 +338,43 @@ class ResourcePlan:
     actor_gpus: int
     device: str
     threads: int          # torch threads per actor
-    task_cpus: float
-    files_per_task: int
+    task_cpus: float      # 0: no detection tasks, the actors detect (``fused``)
+    files_per_task: int   # files per detection task, or per actor call when fused
+
+    @property
+    def fused(self) -> bool:
+        return self.task_cpus == 0
 
 
 def plan_resources(cpus: int, gpus: int, mode: str, gpu: bool = False, actors: int | None = None) -> ResourcePlan:
-    """How to share the cluster between detection tasks and model actors.
+    """How to share the cluster between reading/detecting and the model.
 
-    Everything must fit at once, or Ray Data waits forever for CPUs that an actor holds:
-    actors' CPUs plus at least one task's CPUs never exceed the cluster's. Which side gets
-    the CPUs depends on where the work is: a pre-cropped face (``none``) costs ~0.1 ms to
-    decode and ~1 ms in a small CNN on one core, so the model gets most of each CPU; a photo
-    costs 100+ ms of face detection and a few ms of model, so detection gets the CPUs and
-    one model actor per four CPUs keeps up. A task must hold far more work than the ~50-100 ms
-    Ray Data spends around each task on a small machine: 1,024 crops (~0.2 s to decode; on
-    FER2013, 256 per task made the whole pipeline 25% slower) or 16 photos (~2 s to detect).
+    On CPUs each actor does everything for its files (read, decode, detect, crop, predict) on
+    its own CPUs: one actor per CPU by default, single-threaded. Splitting the work into
+    detection tasks and model actors, as on GPUs, would ship every crop through the object
+    store and leave one side's CPUs waiting for the other's whenever their costs differ (a
+    photo's detection is ~100x its model time, a crop's decoding ~1/10). With ``--gpu`` the
+    model actors hold the GPUs and detection runs in CPU tasks beside them; everything must
+    fit at once, or Ray Data waits forever for CPUs an actor holds, so actors' CPUs plus at
+    least one task's never exceed the cluster's. A call must hold far more work than the
+    ~50-100 ms Ray Data spends around each on a small machine: 1,024 crops (~0.2 s to decode;
+    on FER2013, 256 per task made the whole pipeline 25% slower) or 16 photos (~2 s to detect).
     """
     cpus = max(1, cpus)
-    if gpu:
-        if gpus < 1:
-            raise ScoreError("--gpu was given but the Ray cluster has no GPU")
-        if actors and actors > gpus:
-            raise ScoreError(f"--actors {actors} with --gpu needs {actors} GPUs; the Ray cluster has {gpus}")
-        n, actor_gpus, device = actors or gpus, 1, "cuda"
-        actor_cpus = min(1.0, (cpus - 0.5) / n)  # half a CPU at least is left for detection
-    elif mode == "none":
-        n, actor_gpus, device = actors or cpus, 0, "cpu"
-        actor_cpus = min(0.75, (cpus - 0.25) / n)
-    else:
-        n, actor_gpus, device = actors or max(1, cpus // 4), 0, "cpu"
-        actor_cpus = min(0.5, (cpus - 0.5) / n)
-    actor_cpus = math.floor(actor_cpus * 1000) / 1000
+    per_call = 1024 if mode == "none" else 16
+    if not gpu:
+        n = actors or cpus
+        actor_cpus = math.floor(cpus / n * 1000) / 1000
+        return ResourcePlan(n, actor_cpus, 0, "cpu", max(1, int(actor_cpus)), 0.0, per_call)
+    if gpus < 1:
+        raise ScoreError("--gpu was given but the Ray cluster has no GPU")
+    if actors and actors > gpus:
+        raise ScoreError(f"--actors {actors} with --gpu needs {actors} GPUs; the Ray cluster has {gpus}")
+    n = actors or gpus
+    actor_cpus = math.floor(min(1.0, (cpus - 0.5) / n) * 1000) / 1000  # half a CPU at least is left for detection
     free = cpus - n * actor_cpus
     task_cpus = math.floor(free / math.ceil(free) * 1000) / 1000  # as many tasks as free cores
-    return ResourcePlan(n, actor_cpus, actor_gpus, device, max(1, int(actor_cpus)), task_cpus,
-                        1024 if mode == "none" else 16)
+    return ResourcePlan(n, actor_cpus, 1, "cuda", max(1, int(actor_cpus)), task_cpus, per_call)
 
 
 def score_folder(artifact: str, input: str, output: str, faces: str = "all", batch_size: int = 256,
@@ -574,29 +452,34 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
     # smaller than a detection task (or a model batch) would be written only once all of it is
     # done, and an interrupted small job would keep nothing.
     files_per_task, batch_size = min(plan.files_per_task, part_files), min(batch_size, part_files)
-    log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
-        f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
+    if plan.fused:
+        log(f"score: {plan.actors} actor(s) reading, detecting and scoring {files_per_task} files at a time "
+            f"({plan.actor_cpus} CPU each)")
+    else:
+        log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
+            f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
     blocks = max(1, min(math.ceil(len(todo) / files_per_task), 1000))
     with warnings.catch_warnings():
         # max_restarts is no named parameter of map_batches yet; passing it as a remote argument,
         # the way Ray Data's own code comments name, warns of a deprecation on every run.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = (
-            ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
-                                override_num_blocks=blocks)
-            .map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
-                         num_cpus=plan.task_cpus)
-            .map_batches(FaceScorer, fn_constructor_kwargs={"artifact": artifact, "device": plan.device,
-                                                            "batch_size": batch_size, "threads": plan.threads},
-                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
-                         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
-                         # No actor restarts: Ray Data 2.60 hands every pool actor its context and
-                         # transform through the object store, and Ray's core then logs an error for
-                         # each actor that may restart (ray-project/ray#57733), on every run. A restart
-                         # buys little here: a run that loses a model actor (its node gone) fails, and
-                         # the same command rerun scores only the files no finished part holds.
-                         max_restarts=0)
-        )
+        paths = ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
+                                    override_num_blocks=blocks)
+        scorer = {"artifact": artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
+        if not plan.fused:
+            paths = paths.map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
+                                      num_cpus=plan.task_cpus)
+        ds = paths.map_batches(
+            FaceScorer, fn_constructor_kwargs=scorer | ({"detect": config} if plan.fused else {}),
+            batch_size=files_per_task if plan.fused else batch_size,
+            compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.actor_cpus,
+            num_gpus=plan.actor_gpus,
+            # No actor restarts: Ray Data 2.60 hands every pool actor its context and transform
+            # through the object store, and Ray's core then logs an error for each actor that may
+            # restart (ray-project/ray#57733), on every run. A restart buys little here: a run that
+            # loses a model actor (its node gone) fails, and the same command rerun scores only
+            # the files no finished part holds.
+            max_restarts=0)
     assembler = FileAssembler()
     last_log = time.time()
     first = None  # when the first scored rows came back, and how many files were done by then

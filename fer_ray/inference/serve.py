@@ -45,7 +45,7 @@ from starlette.formparsers import MultiPartException
 from fer_ray.data.faces import FaceDetector
 from fer_ray.data.preprocess import ImageError, decode_grey
 from fer_ray.emotions import EMOTIONS
-from fer_ray.inference.batch import DetectConfig, crop_faces
+from fer_ray.inference.crops import DetectConfig, crop_faces
 
 FaceMode = Literal["all", "largest", "none"]
 RAW_TYPES = ("application/octet-stream",)  # besides image/*; no Content-Type is sniffed too

@@ -1,0 +1,146 @@
+"""Photos -> face crops -> emotion probabilities: the plain per-file work of score, serve and predict.
+
+``fer-ray score`` runs ``detect_batch`` and ``FaceScorer`` on Ray Data (``batch``), ``serve``
+calls ``crop_faces`` per request, ``predict`` for a few files; all three share these
+functions, so a photo gives the same faces, the same pixels and the same probabilities
+whichever way it arrives.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from fer_ray.data.faces import FACE_MODES, FaceDetector, find_faces
+from fer_ray.data.files import read_image_file
+from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, resize
+from fer_ray.emotions import EMOTIONS
+
+NO_FACE = "no face detected"
+
+
+@functools.lru_cache(maxsize=4)
+def cached_detector(detect_side: int, min_face_fraction: float) -> FaceDetector:
+    """One cascade per worker process: loading it costs more than detecting in a small image.
+
+    OpenCV's own thread pool is turned off here: Ray already runs one detection task per CPU
+    share, and nested threads on top only contend (measured slower on 2 busy cores).
+    """
+    cv2.setNumThreads(1)
+    return FaceDetector(detect_side=detect_side, min_face_fraction=min_face_fraction)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """How photos become face crops; the same settings must be used for a whole job."""
+
+    mode: str = "all"
+    image_size: int = 48
+    margin: float = 0.2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    detect_side: int = 640
+    min_face_fraction: float = 0.08
+
+    def __post_init__(self):
+        if self.mode not in FACE_MODES:
+            raise ValueError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
+
+
+def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:
+    """Grey pixels of one file, or ImageError with the reason (unreadable files included)."""
+    return decode_grey(read_image_file(path, max_pixels), max_pixels)
+
+
+def crop_faces(grey: np.ndarray, config: DetectConfig, detector: FaceDetector | None) -> list:
+    """(box, crop) per face of one grey image, crops resized to the artifact's image size.
+
+    Scoring and serving both call this, so a photo gives the same faces and the same
+    pixels to the Predictor whichever way it arrives. ``detector`` may be None for ``none``.
+    """
+    return [(box, resize(crop, config.image_size))
+            for box, crop in find_faces(grey, config.mode, detector, config.margin)]
+
+
+def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str, np.ndarray]:
+    """Paths -> one row per face (crop resized to the artifact's image size), or one row
+    per file that has no face or cannot be used. ``n_faces`` is the file's row count.
+
+    ``path`` is what the rows carry; an optional ``file`` column (the name's raw bytes) is
+    what is opened, for names that ``path`` shows escaped (see ``display_path``).
+    """
+    size = config.image_size
+    detector = None if config.mode == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    cols = {k: [] for k in ("path", "face", "n_faces", "x", "y", "w", "h", "error")}
+    images = []
+
+    def add(path, face, n, box, crop, error):
+        for key, value in zip(("path", "face", "n_faces", "error"), (path, face, n, error)):
+            cols[key].append(value)
+        for key in ("x", "y", "w", "h"):
+            cols[key].append(getattr(box, key) if box is not None else -1)
+        images.append(crop if crop is not None else np.zeros((size, size), np.uint8))
+
+    for path, file in zip(batch["path"], batch.get("file", batch["path"])):
+        path = str(path)
+        try:
+            grey = read_image(file if isinstance(file, bytes) else str(file), config.max_pixels)
+            faces = crop_faces(grey, config, detector)
+        except ImageError as exc:
+            add(path, -1, 1, None, None, str(exc))
+            continue
+        except cv2.error as exc:  # one odd image must not fail the task (and every rerun with it)
+            add(path, -1, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - likewise for anything else: an error row
+            add(path, -1, 1, None, None, f"could not process the image ({type(exc).__name__}: {exc})"[:300])
+            continue
+        if not faces:
+            add(path, -1, 1, None, None, NO_FACE)
+        for i, (box, crop) in enumerate(faces):
+            add(path, i, len(faces), box, crop, "")
+    out = {k: np.array(v, dtype=object if k in ("path", "error") else np.int32) for k, v in cols.items()}
+    out["image"] = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The model stage (plain callable class; Ray runs it as an actor pool)
+# ---------------------------------------------------------------------------------------
+
+class FaceScorer:
+    """Probabilities for the face rows of a batch through ``Predictor``; other rows get NaN.
+
+    With ``detect`` it takes paths and runs ``detect_batch`` first, so that one process reads,
+    decodes, detects and predicts: what each CPU does when scoring on CPUs (see ``plan_resources``).
+    ``threads`` pins torch's intra-op threads to the CPUs the actor was given: on a shared
+    machine, more OpenMP threads than cores spin against each other (a single small_cnn
+    forward went from 1 ms to ~90 ms with 2 threads on 2 busy cores).
+    """
+
+    def __init__(self, artifact: str, device: str = "auto", batch_size: int = 256, threads: int | None = None,
+                 detect: DetectConfig | None = None):
+        import torch
+
+        from fer_ray.inference.predictor import Predictor
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
+        self.detect = detect
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.detect is not None:
+            batch = detect_batch(batch, self.detect)
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        probs = np.full((len(ok), len(EMOTIONS)), np.nan, dtype=np.float32)
+        if ok.any():
+            probs[ok] = self.predictor.predict_proba(np.asarray(batch["image"])[ok])
+        out = {k: v for k, v in batch.items() if k != "image"}
+        names = np.array(EMOTIONS, dtype=object)
+        out["emotion"] = np.where(ok, names[np.nan_to_num(probs).argmax(axis=1)], "").astype(object)
+        for j, name in enumerate(EMOTIONS):
+            out[name] = probs[:, j]
+        return out
