@@ -1,0 +1,107 @@
+"""A few images -> one record per face: ``fer-ray predict`` and ``fer_ray.predict``.
+
+For the user who has a photo, not a cluster: no Ray, one ``Predictor`` call for all the faces
+found, and the same detection, cropping and preprocessing as ``score`` and ``serve``
+(``crop_faces``), so a face gets the same probabilities whichever way it is scored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
+from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
+
+
+def _name(item, index: int) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"array {index}"
+
+
+def _grey(item) -> np.ndarray:
+    """A path (read and decoded as ``score`` does) or an array, grey (H, W) or RGB (H, W, 3)."""
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(str(item), DEFAULT_MAX_PIXELS)
+    arr = np.asarray(item)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image array, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return rgb_to_grey(arr)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"expected a grey (H, W) or RGB (H, W, 3) image, got shape {arr.shape}")
+    return arr
+
+
+def predict(images, faces: str = "all", artifact: str | None = None, margin: float = 0.2,
+            top: int = 3, predictor=None) -> list[dict]:
+    """Emotion records for every face in ``images``: a path, an image array, or a list of them.
+
+    ``faces``: ``all`` detects every face, ``largest`` keeps one per image, ``none`` takes each
+    image as an already cropped face. Without ``artifact`` (or ``predictor``) the shipped default
+    model is used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
+    first), ``box`` (x, y, w, h in the image's pixels), ``emotion``, ``probabilities`` (all seven)
+    and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
+    one that cannot be read, gives one record with ``face`` None and the reason in ``error``:
+    nothing passed in is left out.
+    """
+    from fer_ray.inference.predictor import Predictor
+    from fer_ray.pretrained import default_artifact
+
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    predictor = predictor or Predictor(artifact or default_artifact())
+    config = DetectConfig(mode=faces, image_size=predictor.image_size, margin=margin)  # checks the mode
+    detector = None if faces == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    found, crops = [], []  # (image name, face index, box, error) per record; crops of the faces
+    for i, item in enumerate(items):
+        name = _name(item, i)
+        try:
+            pairs = crop_faces(_grey(item), config, detector)
+        except ImageError as exc:
+            found.append((name, None, None, str(exc)))
+            continue
+        if not pairs:
+            found.append((name, None, None, NO_FACE))
+        for j, (box, crop) in enumerate(pairs):
+            found.append((name, j, box, None))
+            crops.append(crop)
+    probs = iter(predictor.predict_proba(np.stack(crops)) if crops else [])
+    records = []
+    for name, face, box, error in found:
+        if error is not None:
+            records.append({"image": name, "face": None, "box": None, "emotion": None,
+                            "probabilities": None, "top": None, "error": error})
+            continue
+        p = next(probs)
+        order = np.argsort(-p)
+        records.append({"image": name, "face": face, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
+                        "emotion": predictor.labels[order[0]],
+                        "probabilities": {label: float(v) for label, v in zip(predictor.labels, p)},
+                        "top": [{"emotion": predictor.labels[k], "probability": float(p[k])} for k in order[:top]],
+                        "error": None})
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    """The records as an aligned text table, one line per face (or per image without one)."""
+    rows = [("image", "face", "box x,y,w,h", "emotion", "top probabilities")]
+    for r in records:
+        if r["error"] is not None:
+            rows.append((r["image"], "-", "-", "-", r["error"]))
+            continue
+        b = r["box"]
+        rows.append((r["image"], str(r["face"]), f"{b['x']},{b['y']},{b['w']},{b['h']}", r["emotion"],
+                     "  ".join(f"{t['emotion']} {t['probability']:.2f}" for t in r["top"])))
+    widths = [max(len(row[k]) for row in rows) for k in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+
+
+def check_inputs(paths: list[str]) -> None:
+    """Refuse, before loading a model, what is not an image file at all (a folder, a typo)."""
+    for p in paths:
+        if Path(p).is_dir():
+            raise ValueError(f"{p} is a folder; `fer-ray predict` takes image files (score a folder with "
+                             "`fer-ray score`)")
+        if not os.path.lexists(p):
+            raise FileNotFoundError(f"image not found: {p}")
