@@ -37,11 +37,18 @@ def members(small_artifact, second_member):
 
 
 def direct_features(path: str, images: np.ndarray) -> np.ndarray:
-    """The penultimate layer computed by hand: normalise, then the network's backbone."""
+    """The penultimate layer computed by hand as the Predictor computes it: normalise, then the
+    network's backbone with its batch norms folded, channels-last, under the same autocast."""
+    from torch.fx.experimental.optimization import fuse
+
+    from fer_ray.models.forward import autocast
+
     model, meta = load_cnn(path, "cpu")
-    x = to_model_input(torch.tensor(images), meta["input_size"], Normalization(**meta["normalization"]))
-    with torch.no_grad():
-        return model.backbone(x).numpy()
+    backbone = fuse(model.backbone).to(memory_format=torch.channels_last)
+    x = to_model_input(torch.tensor(images), meta["input_size"], Normalization(**meta["normalization"]),
+                       channels_last=True)
+    with torch.no_grad(), autocast(torch.device("cpu"), True):
+        return backbone(x).float().numpy()
 
 
 def test_member_features_equal_a_direct_forward_pass(members, synthetic_catalog):
