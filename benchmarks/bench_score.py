@@ -1,30 +1,34 @@
-"""Images/s of ``fer-ray score`` (Ray Data) against plain single-process loops, same artifact.
+"""Images/s of ``fer-ray score`` (Ray Data) against the plain batched loop a user would write.
 
-    .venv/bin/python benchmarks/bench_score.py --artifact DIR [--fer ../shared/data/fer2013]
-        [--photos 300] [--skip-fer] [--skip-photos]
+    .venv/bin/python benchmarks/bench_score.py [--artifact DIR] [--fer ../shared/data/fer2013]
+        [--photos 200] [--num-cpus 2] [--skip-fer] [--skip-photos] [--limit N]
 
 Two inputs:
-  * FER2013: every JPEG of the shared folder (32,298 48x48 face crops), ``--faces none``.
+  * FER2013: the JPEGs of the shared folder (32,298 48x48 face crops; ``--limit`` takes the
+    first N), ``--faces none``.
   * photos: ``--photos`` generated 640x480 grey photos with 0-3 synthetic faces each
     (160-200 px, pasted on a noisy gradient), ``--faces all`` (Haar detection per photo).
 
-Contenders, each on a warm page cache (every file is read once before any timing):
-  * plain loop, one image at a time: read, ``decode_grey``, ``find_faces``, then
-    ``Predictor.predict_proba`` on that image's faces. This is how the peer libraries
-    (e.g. ``fer``'s ``detect_emotions(img)``) score a folder. torch and OpenCV get 1 or 2
-    threads, whichever is faster on a sample of the input (timed first); that is the baseline.
-  * plain batched loop (FER2013 only): decode everything, then ``predict_proba`` in batches
-    of 256, same threads. Shown for honesty: what batching alone gives, without Ray.
-  * ``fer-ray score`` as a user runs it: a fresh process, Ray start, Parquet output and all
-    (wall time of the command), and the same pipeline in-process with Ray already up.
+Contenders, on a warm page cache (every file is read once before any timing), same artifact
+(default: the shipped default model):
+  * the plain batched loop, one process: read, ``decode_grey``, (detect and crop with
+    ``crop_faces``, as score does,) then ``Predictor.predict_proba`` on batches of 256 faces.
+    torch and OpenCV get 1 or 2 threads (``--num-cpus`` at most), whichever is faster on a
+    sample: the best plain alternative, not a slow one.
+  * ``fer-ray score`` as a user runs it: a fresh process (imports, Ray start, listing, Parquet
+    output and all). Its summary line splits start-up (Ray, actors, first results) from the
+    steady rate; both are shown.
 
-Prints images/s and the ratio Ray / plain one-at-a-time (the target is >= 1.5x on 2 CPUs).
+Also printed: where one image's time goes in plain code (listing, read, decode, detect, model,
+row assembly, part write; ms per image, one thread), the figures behind RESULTS.md's breakdown.
+The ratio (score's steady rate / the plain loop, and the same with start-up counted) comes last.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,141 +97,156 @@ def set_threads(n: int) -> None:
     cv2.setNumThreads(n)
 
 
-def plain_one_at_a_time(predictor, paths: list[str], mode: str) -> tuple[float, int]:
-    """The peer libraries' way: each image read, detected and predicted on its own."""
-    from fer_ray.data.faces import FaceDetector, find_faces
-    from fer_ray.data.preprocess import ImageError, decode_grey
+def plain_batched(predictor, paths: list[str], mode: str, batch: int = 256) -> tuple[float, int]:
+    """What a user writes without Ray: read, decode, (detect, crop), predict in batches of 256."""
+    from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces, read_image
 
-    detector = FaceDetector() if mode != "none" else None
-    faces = 0
+    config = DetectConfig(mode=mode, image_size=predictor.image_size)
+    detector = None if mode == "none" else cached_detector(config.detect_side, config.min_face_fraction)
     t0 = time.perf_counter()
+    crops, faces = [], 0
     for path in paths:
-        try:
-            with open(path, "rb") as fh:
-                grey = decode_grey(fh.read())
-        except ImageError:
-            continue
-        crops = [c for _, c in find_faces(grey, mode, detector)]
-        if crops:
-            predictor.predict_proba(crops)
-            faces += len(crops)
-    return time.perf_counter() - t0, faces
+        crops += [crop for _, crop in crop_faces(read_image(path, config.max_pixels), config, detector)]
+        if len(crops) >= batch:
+            predictor.predict_proba(np.stack(crops[:batch]))
+            faces, crops = faces + batch, crops[batch:]
+    if crops:
+        predictor.predict_proba(np.stack(crops))
+    return time.perf_counter() - t0, faces + len(crops)
 
 
-def plain_batched(predictor, paths: list[str]) -> float:
-    """Decode every face crop, then predict in batches of 256 (no detection, no Ray)."""
+def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, float]:
+    """Milliseconds per image of each step, run one after another in this process, 1 thread."""
+    from fer_ray.data.files import read_image_file
     from fer_ray.data.preprocess import decode_grey
+    from fer_ray.inference.batch import list_images, rows_table, write_atomic
+    from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces
 
-    t0 = time.perf_counter()
-    crops = []
-    for path in paths:
-        with open(path, "rb") as fh:
-            crops.append(decode_grey(fh.read()))
-    for start in range(0, len(crops), 256):
-        predictor.predict_proba(crops[start : start + 256])
-    return time.perf_counter() - t0
+    set_threads(1)
+    config = DetectConfig(mode=mode, image_size=predictor.image_size)
+    detector = None if mode == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    n, ms = len(paths), {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        ms[name] = (time.perf_counter() - t0) * 1000 / n
+        return out
+
+    timed("listing", lambda: list_images(input))
+    raw = timed("read", lambda: [read_image_file(p, config.max_pixels) for p in paths])
+    greys = timed("decode", lambda: [decode_grey(b) for b in raw])
+    crops = timed("detect + crop" if mode != "none" else "crop", lambda: [
+        c for g in greys for _, c in crop_faces(g, config, detector)])
+    probs = timed("model", lambda: np.concatenate([predictor.predict_proba(np.stack(crops[i : i + 256]))
+                                                   for i in range(0, len(crops), 256)]) if crops else None)
+    k = len(crops)
+    rows = {"path": [paths[min(i, n - 1)] for i in range(k)], "face": list(range(k)), "x": [0] * k, "y": [0] * k,
+            "w": [48] * k, "h": [48] * k, "emotion": ["happy"] * k, "error": [""] * k}
+    rows |= {e: (probs[:, j] if probs is not None else []) for j, e in enumerate(predictor.labels)}
+    table = timed("row assembly", lambda: rows_table(rows))
+    with tempfile.TemporaryDirectory() as tmp:
+        timed("part write", lambda: write_atomic(table, Path(tmp) / "part.parquet"))
+    return ms
 
 
-def score_cli(artifact: str, input: str, out: Path, mode: str, num_cpus: int) -> float:
-    """Wall time of ``fer-ray score`` in a fresh process (Ray start and output included)."""
+def score_cli(artifact: str, input: str, out: Path, mode: str, num_cpus: int, root: Path = ROOT) -> dict:
+    """``fer-ray score`` in a fresh process: wall time, and the start-up/steady split it reports.
+    ``root``: the checkout whose fer_ray runs (another commit's, to time it before a change)."""
     cmd = [sys.executable, "-m", "fer_ray.cli", "score", "--artifact", artifact, "--input", input,
            "--output", str(out), "--faces", mode, "--num-cpus", str(num_cpus), "--overwrite"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(root)})
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"fer-ray score failed:\n{proc.stderr[-3000:]}")
-    print("   ", [line for line in proc.stdout.splitlines() if line.startswith("score: ")][-1])
-    return seconds
+    line = [x for x in proc.stdout.splitlines() + proc.stderr.splitlines() if " files, " in x][-1]
+    print("   ", line)
+    startup = re.search(r"start-up ([0-9.]+) s", line)  # older versions print no start-up/steady split
+    steady = re.search(r"then (\d+) files in ([0-9.]+) s", line)
+    return {"wall": wall, "startup": float(startup.group(1)) if startup else float("nan"),
+            "steady_rate": int(steady.group(1)) / float(steady.group(2)) if steady else float("nan")}
 
 
-def bench(name: str, artifact: str, input: str, paths: list[str], mode: str, work: Path, num_cpus: int,
-          batched: bool) -> list[tuple[str, float]]:
-    from fer_ray.inference.batch import score_folder
+def bench(name: str, artifact: str, input: str, paths: list[str], mode: str, work: Path,
+          num_cpus: int, root: Path = ROOT) -> dict:
     from fer_ray.inference.predictor import Predictor
 
     for path in paths:  # warm the page cache for every contender
         with open(path, "rb") as fh:
             fh.read()
     n = len(paths)
-    print(f"\n== {name}: {n} images, --faces {mode}")
+    print(f"\n== {name}: {n} images, --faces {mode}, {num_cpus} CPU(s)")
     predictor = Predictor(artifact, device="cpu")
-    rows = []
-    # Pick the plain loops' thread count on a sample: with other load on the machine, two
-    # OpenMP threads on two cores can be many times slower than one, and timing the full set
-    # that way would only make the baseline look bad.
-    sample = paths[: max(1, min(len(paths), 2000 if mode == "none" else 30))]
+    # The plain loop's threads: the faster of 1 and 2 on a sample (two OpenMP threads on two
+    # busy cores can be many times slower than one).
+    sample = paths[: max(1, min(len(paths), 3000 if mode == "none" else 40))]
     trial = {}
-    for threads in (1, 2):
+    for threads in sorted({1, min(2, num_cpus)}):
         set_threads(threads)
-        trial[threads] = plain_one_at_a_time(predictor, sample, mode)[0]
+        plain_batched(predictor, sample[:64], mode)  # warm-up: first calls pay one-off costs
+        trial[threads] = plain_batched(predictor, sample, mode)[0]
     threads = min(trial, key=trial.get)
-    print(f"   thread trial on {len(sample)} images: " + ", ".join(f"{t} thread(s) {len(sample) / s:.0f} img/s"
-                                                              for t, s in trial.items()) + f" -> {threads}")
+    print("   thread trial: " + ", ".join(f"{t} thread(s) {len(sample) / s:.0f} img/s" for t, s in trial.items()))
     set_threads(threads)
-    best, faces = plain_one_at_a_time(predictor, paths, mode)
-    print(f"   plain one-at-a-time, {threads} thread(s): {best:.1f} s, {n / best:.0f} img/s, {faces} faces")
-    rows.append((f"plain loop, one image at a time ({threads} thread(s), the faster on a sample)", best))
-    if batched:
-        seconds = plain_batched(predictor, paths)
-        print(f"   plain batched (256), {threads} thread(s): {seconds:.1f} s, {n / seconds:.0f} img/s")
-        rows.append((f"plain loop, decode all then batches of 256 ({threads} thread(s))", seconds))
-    set_threads(2)
-    cli = score_cli(artifact, input, work / f"{name}-cli.parquet", mode, num_cpus)
-    print(f"   fer-ray score (fresh process, Ray start included): {cli:.1f} s, {n / cli:.0f} img/s")
-    rows.append(("`fer-ray score` command, wall time (Ray start, listing, output included)", cli))
-
-    from fer_ray.runtime import init_ray
-
-    init_ray(num_cpus)
-    t0 = time.perf_counter()
-    summary = score_folder(artifact, input, str(work / f"{name}-warm.parquet"), faces=mode, overwrite=True,
-                           log=lambda *_: None)
-    warm = time.perf_counter() - t0
-    import ray
-
-    ray.shutdown()  # an idle Ray left running would take CPU from the next input's contenders
-    print(f"   score_folder with Ray already up: {warm:.1f} s, {n / warm:.0f} img/s "
-          f"({summary.faces} faces, {summary.no_face} without, {summary.errors} errors)")
-    rows.append(("`score_folder` in-process, Ray already started", warm))
-    print(f"   ratio Ray command / best plain one-at-a-time: {best / cli:.2f}x; "
-          f"Ray warm / plain: {best / warm:.2f}x")
-    return rows
+    plain, faces = plain_batched(predictor, paths, mode)
+    print(f"   plain batched loop, {threads} thread(s): {plain:.1f} s, {n / plain:.0f} img/s, {faces} faces")
+    cli = score_cli(artifact, input, work / f"{name}-{num_cpus}.parquet", mode, num_cpus, root)
+    print(f"   fer-ray score: {cli['wall']:.1f} s wall ({n / cli['wall']:.0f} img/s), start-up "
+          f"{cli['startup']:.1f} s, steady {cli['steady_rate']:.0f} img/s")
+    return {"n": n, "threads": threads, "plain": plain, "faces": faces, **cli}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--artifact", default=None, help="default: the model that ships with fer-ray")
     parser.add_argument("--fer", default=str(DEFAULT_FER), help="folder of FER2013 JPEGs (searched recursively)")
-    parser.add_argument("--photos", type=int, default=300, help="generated 640x480 photos")
+    parser.add_argument("--limit", type=int, default=None, help="FER2013: only the first N files")
+    parser.add_argument("--photos", type=int, default=200, help="generated 640x480 photos")
     parser.add_argument("--photo-dir", default=str(ROOT / "runs" / "bench" / "photos"))
-    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--num-cpus", type=int, nargs="+", default=[2], help="e.g. 2 1: each CPU count in turn")
     parser.add_argument("--skip-fer", action="store_true")
     parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument("--score-root", default=str(ROOT),
+                        help="checkout whose `fer-ray score` is timed (e.g. a worktree of an older commit)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from fer_ray.inference.batch import list_images
+    from fer_ray.inference.predictor import Predictor
+    from fer_ray.pretrained import default_artifact
 
-    print(f"load average at start (other users of this machine): {os.getloadavg()}")
+    artifact = args.artifact or str(default_artifact())
+    print(f"load average at start: {os.getloadavg()}; artifact {artifact}")
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
-    tables = {}
+    inputs = []
+    if not args.skip_fer:
+        fer = Path(work / "fer")
+        paths = list_images(args.fer)[0][: args.limit]
+        fer.mkdir()
+        for i, p in enumerate(paths):  # one flat folder of links: the command scores exactly these files
+            os.symlink(p, fer / f"{i:05d}{Path(p).suffix}")
+        inputs.append(("FER2013 crops", str(fer), sorted(map(str, fer.iterdir())), "none"))
+    if not args.skip_photos:
+        inputs.append(("photos", args.photo_dir, make_photos(Path(args.photo_dir), args.photos), "all"))
+    results = []
     try:
-        if not args.skip_fer:
-            paths, _ = list_images(args.fer)
-            tables["FER2013"] = (len(paths), bench("fer2013", args.artifact, args.fer, paths, "none", work,
-                                                   args.num_cpus, batched=True))
-        if not args.skip_photos:
-            paths = make_photos(Path(args.photo_dir), args.photos)
-            tables["photos"] = (len(paths), bench("photos", args.artifact, args.photo_dir, paths, "all", work,
-                                                  args.num_cpus, batched=False))
+        for label, input, paths, mode in inputs:
+            ms = breakdown(Predictor(artifact, device="cpu"), input, paths, mode)
+            print(f"\n{label}: ms per image, one thread: " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
+            for cpus in args.num_cpus:
+                results.append((label, cpus, bench(label.split()[0].lower(), artifact, input, paths, mode, work, cpus,
+                                                   Path(args.score_root))))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average at end: {os.getloadavg()}")
-    for name, (n, rows) in tables.items():
-        print(f"\n{name} ({n} images)\n\n| path | seconds | images/s |\n|---|---:|---:|")
-        for label, seconds in rows:
-            print(f"| {label} | {seconds:.1f} | {n / seconds:,.1f} |")
+    print("\n| input | CPUs | plain batched loop img/s | `fer-ray score` steady img/s | start-up s | command wall img/s "
+          "| **steady / plain** | wall / plain |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, cpus, r in results:
+        plain_rate, wall_rate = r["n"] / r["plain"], r["n"] / r["wall"]
+        print(f"| {label} ({r['n']}) | {cpus} | {plain_rate:,.0f} ({r['threads']} thr) | {r['steady_rate']:,.0f} | "
+              f"{r['startup']:.1f} | {wall_rate:,.0f} | **{r['steady_rate'] / plain_rate:.2f}x** | "
+              f"{wall_rate / plain_rate:.2f}x |")
     return 0
 
 
