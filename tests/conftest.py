@@ -61,3 +61,11 @@ def small_artifact(tmp_path_factory, synthetic_catalog) -> Path:
     model, _, meta = fit_local(str(synthetic_catalog), "small_cnn", Recipe(epochs=8, batch_size=32, lr=0.05),
                                device="cpu", log=lambda *_: None)
     return save_cnn(str(tmp_path_factory.mktemp("artifacts") / "small_cnn"), model, meta)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses Ray through any fixture (``ray_session``, or a catalog built on Ray Data)
+    is marked ``ray`` by that use, so ``-m "not ray"`` (``make test-fast``) never starts Ray."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
