@@ -27,7 +27,7 @@ README_MAX_LINES = 250
 STAGE_PAGES = {
     "prepare.md": [("prepare",)],
     "train.md": [("train",)],
-    "evaluate.md": [("evaluate",)],
+    "evaluate.md": [("evaluate",), ("predict",)],
     "baseline-and-sweeps.md": [("baseline",), ("sweep", "svm"), ("sweep", "cnn")],
     "ensemble.md": [("ensemble",)],
     "pipeline.md": [("pipeline",), ("demo",)],
