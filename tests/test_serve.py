@@ -72,9 +72,13 @@ def test_photo_scorer_without_ray(small_artifact, images):
     (w, h), boxes, crops = scorer.faces(images["two"], "all")
     assert (w, h) == (640, 480) and len(boxes) == 2 and crops.shape == (2, 48, 48)
     np.testing.assert_allclose(scorer.predict(crops).sum(axis=1), 1.0, atol=1e-5)
-    assert image_error_status(ImageError("unsupported image format GIF")) == 415
-    assert image_error_status(ImageError("image too large: 2x2")) == 413
-    assert image_error_status(ImageError("empty file (0 bytes)")) == 400
+    from fer_ray.data.preprocess import decode_grey
+
+    for data, status in ((encode(np.zeros((4, 4), np.uint8), "GIF"), 415), (encode(np.zeros((40, 40), np.uint8)), 413),
+                         (b"", 400), (b"not an image", 400)):
+        with pytest.raises(ImageError) as exc:
+            decode_grey(data, max_pixels=1000)
+        assert image_error_status(exc.value) == status, exc.value
 
 
 def test_a_detector_failure_is_the_image_s_error_not_a_500(small_artifact, images, monkeypatch):

@@ -34,6 +34,14 @@ class ImageError(ValueError):
     """One image that cannot be used. The message is the reason recorded for it."""
 
 
+class UnsupportedFormat(ImageError):
+    """An image in a format fer-ray does not take (HTTP 415)."""
+
+
+class TooManyPixels(ImageError):
+    """An image above the pixel limit (HTTP 413)."""
+
+
 def has_image_extension(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -57,12 +65,12 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     except Exception as exc:  # noqa: BLE001 - see the docstring
         raise ImageError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
     if img.format not in ACCEPTED_FORMATS:
-        raise ImageError(f"unsupported image format {img.format}")
+        raise UnsupportedFormat(f"unsupported image format {img.format}")
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageError(
+        raise TooManyPixels(
             f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}"
         )
     try:

@@ -43,7 +43,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.formparsers import MultiPartException
 
 from fer_ray.data.faces import FaceDetector
-from fer_ray.data.preprocess import ImageError, decode_grey
+from fer_ray.data.preprocess import ImageError, TooManyPixels, UnsupportedFormat, decode_grey
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.crops import DetectConfig, crop_faces
 
@@ -86,12 +86,7 @@ class ApiError(Exception):
 def image_error_status(exc: ImageError) -> int:
     """HTTP status for a rejected image: 415 for a format we do not take, 413 for too many
     pixels, 400 for everything else (empty, undecodable, truncated)."""
-    reason = str(exc)
-    if reason.startswith("unsupported image format"):
-        return 415
-    if reason.startswith("image too large"):
-        return 413
-    return 400
+    return 415 if isinstance(exc, UnsupportedFormat) else 413 if isinstance(exc, TooManyPixels) else 400
 
 
 # ---------------------------------------------------------------------------------------
