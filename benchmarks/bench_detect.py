@@ -12,7 +12,7 @@ same places instead of synthetic faces: real faces, blurred by the upscaling.
 Each variant is one ``FaceDetector`` (fer-ray's, as ``fer-ray score`` and ``fer-ray serve`` use
 it) with another ``detect_side`` (the longer side the photo is shrunk to before detection,
 boxes mapped back to the photo) or ``equalize`` (``cv2.equalizeHist`` before the cascade or
-not); the first row is fer-ray's default (640, equalizeHist on). A detected box matches a
+not); the first row is fer-ray's default (FaceDetector()'s settings). A detected box matches a
 pasted face when their intersection over union is at least ``--iou``, one to one, best
 overlaps first: recall = matched / pasted faces, precision = matched / detected boxes.
 Time is ``FaceDetector.detect`` alone on the decoded grey photo (no decoding, no cropping),
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="what is pasted: synthetic faces (bench_score's photos) or FER2013 test crops")
     parser.add_argument("--fer", type=Path, default=DEFAULT_FER, help="FER2013 image folders (with --faces fer2013)")
     parser.add_argument("--sides", type=_ints, default=[640, 480, 320],
-                        help="detect_side values, comma-separated (640 is fer-ray's default)")
+                        help="detect_side values, comma-separated (besides fer-ray's default, FaceDetector().detect_side)")
     parser.add_argument("--equalize", choices=("both", "on", "off"), default="both",
                         help="equalizeHist before detection: both variants, or only on / off")
     parser.add_argument("--iou", type=float, default=0.5, help="least overlap for a box to match a pasted face")
