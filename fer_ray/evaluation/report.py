@@ -38,19 +38,31 @@ def write_report(metrics: dict, output: str, title: str, protocol: str) -> Path:
         f"| macro recall | {metrics['macro']['recall']:.4f} |",
         f"| macro F1 | {metrics['macro']['f1']:.4f} |",
         "", f"_{MICRO_NOTE}._", "",
-        "## Per emotion", "", "| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|",
+        "## Per emotion", "", *per_class_table(metrics, 4),
+        "", "## Confusion matrix (rows: true, columns: predicted)", "", *confusion_table(metrics),
     ]
-    for name in labels:
-        c = metrics["per_class"][name]
-        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
-    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
-              "| true \\ predicted | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for name, row in zip(labels, metrics["confusion_matrix"]):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![per-class](per_class.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def per_class_table(metrics: dict, digits: int) -> list[str]:
+    """Markdown rows: precision, recall, F1 and support of each emotion."""
+    lines = ["| emotion | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for name in metrics["labels"]:
+        c = metrics["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.{digits}f} | {c['recall']:.{digits}f} | {c['f1']:.{digits}f} "
+                     f"| {c['support']} |")
+    return lines
+
+
+def confusion_table(metrics: dict) -> list[str]:
+    """Markdown rows of the confusion matrix (rows: true emotion, columns: predicted)."""
+    labels = metrics["labels"]
+    lines = ["| true \\ predicted | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    return lines + [f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+                    for name, row in zip(labels, metrics["confusion_matrix"])]
 
 
 def plot_confusion(metrics: dict, path: Path, title: str) -> None:

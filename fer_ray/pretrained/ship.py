@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fer_ray.artifacts import META_FILE, WEIGHTS_FILE, read_meta
 from fer_ray.emotions import EMOTIONS
+from fer_ray.evaluation.report import confusion_table, per_class_table
 from fer_ray.pretrained import DEFAULT_MODEL, default_artifact
 
 MAX_BYTES = 10 * 1024 * 1024  # what a wheel can carry without burdening every install
@@ -51,15 +52,9 @@ def model_card(name: str, meta: dict, val: dict, test: dict, history: list[dict]
         lines += ["", f"With flip test-time augmentation (each face and its mirror image averaged; "
                       f"`--tta flip`, twice the compute) PublicTest accuracy is {flip['accuracy']:.1%} "
                       f"(macro F1 {flip['macro_f1']:.3f})."]
-    lines += ["", "Per emotion on PublicTest (no test-time augmentation):", "", "| emotion | precision | recall | F1 | faces |",
-              "|---|---:|---:|---:|---:|"]
-    for emotion in EMOTIONS:
-        c = test["per_class"][emotion]
-        lines.append(f"| {emotion} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    lines += ["", "Confusion matrix on PublicTest (rows: true emotion, columns: predicted):", "",
-              "| true \\ predicted | " + " | ".join(EMOTIONS) + " |", "|---" * (len(EMOTIONS) + 1) + "|"]
-    for emotion, row in zip(EMOTIONS, test["confusion_matrix"]):
-        lines.append(f"| {emotion} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "Per emotion on PublicTest (no test-time augmentation):", "", *per_class_table(test, 3),
+              "", "Confusion matrix on PublicTest (rows: true emotion, columns: predicted):", "",
+              *confusion_table(test)]
     aug = recipe["augment"]
     recall = {e: test["per_class"][e]["recall"] for e in EMOTIONS}
     weakest = " and ".join(f"{e} (recall {recall[e]:.2f})" for e in sorted(recall, key=recall.get)[:2])
