@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -163,11 +162,12 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:  # a diverged run is the recipe's fault: say so in one line
-        # the workers' error as Ray prints it (traceback, then "TrainingDiverged: <message>")
-        diverged = re.findall(r"TrainingDiverged: (training diverged in epoch \d+[^\n]*)", str(exc))
+        # Ray hands back each failed worker's exception (wrapped, but still an instance of its class)
+        failures = getattr(exc, "worker_failures", None) or {}
+        diverged = [getattr(e, "cause", e) for e in failures.values() if isinstance(e, TrainingDiverged)]
         if not diverged:
             raise
-        raise TrainingDiverged(f"{diverged[-1]}, and start afresh (--overwrite or another --run-dir)") from None
+        raise TrainingDiverged(f"{diverged[0].args[0]}, and start afresh (--overwrite or another --run-dir)") from None
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as d:
