@@ -9,7 +9,6 @@ from fer_ray.data.catalog import load_split, read_manifest
 from fer_ray.evaluation.metrics import classification_metrics, headline_figures
 from fer_ray.evaluation.report import write_report
 from fer_ray.inference.predictor import Predictor
-from fer_ray.pretrained import is_shipped
 
 
 def protocol(catalog: str, split: str, tta: str) -> str:
@@ -24,7 +23,7 @@ def protocol(catalog: str, split: str, tta: str) -> str:
 def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta: str = "none",
                       device: str = "auto", predictor: Predictor | None = None) -> dict:
     """Evaluate and write the report; also records the result in the artifact's model.json
-    (except in a model that ships with fer-ray: see ``pretrained.is_shipped``)."""
+    (except in a model that ships with fer-ray, marked ``"shipped": true`` by ``pretrained.ship``)."""
     predictor = predictor or Predictor(artifact, device=device)
     data = load_split(catalog, split)
     probs = predictor.predict_proba(data["image"], tta=tta)
@@ -32,7 +31,7 @@ def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta:
     proto = protocol(catalog, split, tta)
     write_report(metrics, output, f"{predictor.kind} {predictor.meta.get('architecture', '')} on {split}".strip(),
                  proto)
-    if not is_shipped(artifact):
+    if not predictor.meta.get("shipped"):  # a model.json of the installed package is not ours to write
         update_metrics(artifact, {metrics_key(predictor.meta, catalog, split, tta): {
             **headline_figures(metrics), "count": metrics["count"], "protocol": proto}})
     return metrics

@@ -18,12 +18,6 @@ def default_artifact() -> Path:
     return Path(str(files(__name__).joinpath(DEFAULT_MODEL)))
 
 
-def is_shipped(path: str | Path) -> bool:
-    """Whether ``path`` is a model that ships in the package: evaluating one records nothing in
-    its model.json, which belongs to the installed package (read-only, or under git)."""
-    return Path(path).resolve().parent == default_artifact().resolve().parent
-
-
 def describe_default() -> str:
     """One line naming the default model and what it earned, for commands to say which model runs."""
     from fer_ray.artifacts import read_meta

@@ -108,6 +108,7 @@ def ship(run_dir: str, command: str, name: str = DEFAULT_MODEL) -> Path:
     shutil.copyfile(run / "artifact" / WEIGHTS_FILE, out / WEIGHTS_FILE)
     # where it was trained is this machine's business; the catalog's checksum says what it was trained on
     meta["catalog"] = {"sha256": meta["catalog"]["sha256"], "name": "FER2013 (folders; Training + 10% val, PublicTest)"}
+    meta["shipped"] = True  # part of the installed package: evaluating it records nothing here
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     (out / "MODEL_CARD.md").write_text(model_card(name, meta, val, test, history, command))
     return out
