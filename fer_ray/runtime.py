@@ -200,3 +200,22 @@ def require_cpus(count: float, what: str) -> None:
     have = cluster_capacity().get("CPU", 0)
     if have < count:
         raise ValueError(f"{what} need {count:g} CPUs but the Ray cluster has {have:g} (and cannot scale up to more)")
+
+
+def map_batches_on_actors(ds, fn, size: int, **kwargs):
+    """``ds.map_batches(fn, ...)`` on a fixed pool of ``size`` actors that are never restarted.
+
+    Ray Data 2.60 hands every pool actor its context and transform through the object store, and
+    Ray's core logs an error for each such actor that may restart (ray-project/ray#57733): one
+    alarming line on every successful run. A restart buys fer-ray's pools little: a run that
+    loses an actor (its node gone) fails, and rerunning the command resumes (score keeps its
+    finished parts) or redoes the stage. ``max_restarts`` is no named parameter of
+    ``map_batches`` yet, and passing it as a remote argument warns of a deprecation every time.
+    """
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, compute=ray.data.ActorPoolStrategy(size=size), max_restarts=0, **kwargs)

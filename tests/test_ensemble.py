@@ -109,7 +109,7 @@ def test_tampered_member_is_refused(members, synthetic_catalog, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_path):
+def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_path, capfd):
     """Featurize on Ray Data, fit, save, report; Predictor reproduces it on raw images after reload."""
     from fer_ray.cli import main
     from fer_ray.ensemble.stack import read_features
@@ -118,6 +118,8 @@ def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_
     # 3 actors on 2 CPUs: with a whole CPU each they never all started and nothing was read
     assert main(["ensemble", "--members", *members, "--catalog", catalog, "--run-dir", str(run),
                  "--batch-size", "128", "--actors", "3"]) == 0
+    # the featurizer's actors are not restartable: no Ray core error line about their arguments
+    assert "constructor arguments" not in capfd.readouterr().err
 
     # The Ray Data featurizer wrote exactly the direct forward pass, for every val row.
     val = load_split(catalog, "val", columns=("image", "label", "id"))

@@ -47,7 +47,7 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
     """
     import ray
 
-    from fer_ray.runtime import cluster_capacity, init_ray, require_gpus
+    from fer_ray.runtime import cluster_capacity, init_ray, map_batches_on_actors, require_gpus
 
     init_ray()
     resources = cluster_capacity()
@@ -58,12 +58,11 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
     actors, cpus_per_actor = plan_actors(resources.get("CPU", 1), int(resources.get("GPU", 0)), gpu, actors,
                                          cpus_per_actor)
     ds = ray.data.read_parquet(str(split_dir(catalog, split))).select_columns(["image", "label", "id"])
-    ds = ds.map_batches(MemberFeatures, fn_constructor_kwargs={"members": [str(m) for m in members],
-                                                               "device": "cuda" if gpu else "cpu",
-                                                               "batch_size": batch_size},
-                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
-                        num_gpus=1 if gpu else 0,
-                        num_cpus=cpus_per_actor, batch_format="numpy")
+    ds = map_batches_on_actors(ds, MemberFeatures, max(1, actors),
+                               fn_constructor_kwargs={"members": [str(m) for m in members],
+                                                      "device": "cuda" if gpu else "cpu", "batch_size": batch_size},
+                               batch_size=batch_size, num_gpus=1 if gpu else 0, num_cpus=cpus_per_actor,
+                               batch_format="numpy")
     out = Path(output)
     # Ray Data appends new files to a folder: a rerun (after an interruption, or with other
     # members) would otherwise read every face twice, or mix two models' features.

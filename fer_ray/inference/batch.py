@@ -33,7 +33,6 @@ import math
 import os
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -442,7 +441,7 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
                   actors: int | None, num_cpus: int | None, t0: float, log) -> None:
     import ray
 
-    from fer_ray.runtime import init_ray
+    from fer_ray.runtime import init_ray, map_batches_on_actors
 
     init_ray(num_cpus)
     summary.ray_seconds = time.time() - t0
@@ -459,27 +458,16 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
         log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
             f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
     blocks = max(1, min(math.ceil(len(todo) / files_per_task), 1000))
-    with warnings.catch_warnings():
-        # max_restarts is no named parameter of map_batches yet; passing it as a remote argument,
-        # the way Ray Data's own code comments name, warns of a deprecation on every run.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        paths = ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
-                                    override_num_blocks=blocks)
-        scorer = {"artifact": artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
-        if not plan.fused:
-            paths = paths.map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
-                                      num_cpus=plan.task_cpus)
-        ds = paths.map_batches(
-            FaceScorer, fn_constructor_kwargs=scorer | ({"detect": config} if plan.fused else {}),
-            batch_size=files_per_task if plan.fused else batch_size,
-            compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.actor_cpus,
-            num_gpus=plan.actor_gpus,
-            # No actor restarts: Ray Data 2.60 hands every pool actor its context and transform
-            # through the object store, and Ray's core then logs an error for each actor that may
-            # restart (ray-project/ray#57733), on every run. A restart buys little here: a run that
-            # loses a model actor (its node gone) fails, and the same command rerun scores only
-            # the files no finished part holds.
-            max_restarts=0)
+    paths = ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
+                                override_num_blocks=blocks)
+    scorer = {"artifact": artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
+    if not plan.fused:
+        paths = paths.map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
+                                  num_cpus=plan.task_cpus)
+    ds = map_batches_on_actors(paths, FaceScorer, plan.actors,
+                               fn_constructor_kwargs=scorer | ({"detect": config} if plan.fused else {}),
+                               batch_size=files_per_task if plan.fused else batch_size,
+                               num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
     assembler = FileAssembler()
     last_log = time.time()
     first = None  # when the first scored rows came back, and how many files were done by then
