@@ -41,6 +41,7 @@ FENCE = re.compile(r"^[ \t]*```(\w*)[^\n]*\n(.*?)^[ \t]*```[^\n]*$", re.M | re.S
 INLINE = re.compile(r"`([^`]+)`")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+SHELL_OPERATORS = {"&", "&&", "|", "||", ";"}
 JOB = re.compile(r"(?:^|/)jobs/(\w+)\.py$")
 
 
@@ -115,6 +116,8 @@ def _commands():
             if not re.search(r"(?:^|[\s/])fer-ray\s|jobs/\w+\.py", line):
                 continue
             words = shlex.split(line, comments=True)
+            ends = [i for i, w in enumerate(words) if w in SHELL_OPERATORS or w.startswith((">", "2>"))]
+            words = words[:ends[0]] if ends else words  # `... &`, `... > log`: the command ends there
             if not any(w == "fer-ray" or w.endswith("/fer-ray") or JOB.search(w) for w in words):
                 continue  # e.g. a path such as /tmp/fer-ray-smoke
             stage, args = _stage_words(words)
