@@ -34,7 +34,7 @@ def stand_in_members(catalog: str, out: Path, count: int = 2) -> list[str]:
     from fer_ray.data.catalog import read_manifest
     from fer_ray.models import build_model, parameter_counts
     from fer_ray.training.local import artifact_meta
-    from fer_ray.training.loop import Recipe
+    from fer_ray.training.config import Recipe
 
     manifest = read_manifest(catalog)
     paths = []

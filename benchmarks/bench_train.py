@@ -20,9 +20,9 @@ import torch
 from fer_ray.data.ingest import build_catalog
 from fer_ray.data.sources import make_source
 from fer_ray.runtime import init_ray
+from fer_ray.training.config import Recipe, TrainConfig
 from fer_ray.training.local import fit_local
-from fer_ray.training.loop import Recipe
-from fer_ray.training.trainer import TrainConfig, train
+from fer_ray.training.trainer import train
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ from fer_ray.inference.predictor import pick_device
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.forward import run_batches
 from fer_ray.models.inputs import Normalization
-from fer_ray.training.augment import Augment
-from fer_ray.training.loop import Recipe, Run, epoch_line, make_optimizer, make_scheduler, to_device, train_epoch
+from fer_ray.training.config import Augment, Recipe
+from fer_ray.training.loop import Run, epoch_line, make_optimizer, make_scheduler, to_device, train_epoch
 
 
 def load_folders(root: str, workers: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -107,7 +107,7 @@ def train_recipe(args, train, val, norm, device, results: dict, out: Path) -> No
         model = model.to(memory_format=torch.channels_last)
     run = Run(model, recipe, 48, norm, train, val, net=compiled(model, args.compile))
     summary = {"model": args.model, "parameters": parameter_counts(model)["total"], "compile": args.compile,
-               "recipe": recipe.to_dict()}
+               "recipe": recipe.model_dump()}
     results["recipe"] = {**summary, "history": run.history}
     t1 = time.time()
     while not run.done:

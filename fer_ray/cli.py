@@ -7,22 +7,44 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from fer_ray.baseline.config import BaselineConfig
+from fer_ray.choices import TTA_MODES
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.sources import SOURCES, SourceError
 from fer_ray.data.splits import SPLIT_MODES
+from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.flags import AMOUNT, COUNT, add_flags, one_line
+from fer_ray.inference.config import ScoreConfig, ServeConfig
+from fer_ray.pipeline import PipelineConfig
 from fer_ray.runtime import Interrupted
-from fer_ray.choices import (MODEL_NAMES, OPTIMIZERS, SCHEDULES, SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA,
-                             SVM_LOSSES, SVM_SOLVERS, TTA_MODES)
+from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
+from fer_ray.tuning.config import CnnSweep, SvmSweep
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
-CPUS_PER_WORKER = "CPUs per Train worker (default: the cluster's CPUs shared by the workers, at most a node's)"
-OVERWRITE_RUN = "delete what --run-dir holds (another run, or this one with other settings) and start afresh"
+# The flags generated from each config's fields (fer_ray.flags), by field name.
+TRAIN_FLAGS = ("catalog", "model", "run_dir", "overwrite", "name", "input_size", "workers", "gpu", "cpus_per_worker",
+               "checkpoint_every", "max_failures", "init_from", "freeze", "weights", "eval_tta")
+RECIPE_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
+                "label_smoothing", "amp", "seed")
+PIPELINE_FLAGS = ("storage", "work_dir", "source", "input", "count", "size", "models", "epochs", "batch_size", "lr",
+                  "workers", "gpu", "cpus_per_worker", "svm_samples", "kdef", "kdef_face_crop", "transfer_freeze",
+                  "transfer_epochs", "score_input", "seed")
+_SWEEP = ("catalog", "run_dir", "overwrite", "samples", "concurrency", "seed")
+SWEEP_FLAGS = {"svm": (*_SWEEP, "lambda_min", "lambda_max", "solver", "loss", "max_iter"),
+               "cnn": (*_SWEEP, "model", "epochs", "gpu", "cpus_per_worker", "lr_min", "lr_max", "wd_min", "wd_max",
+                       "batch_sizes", "label_smoothing", "grace_period")}
+BASELINE_FLAGS = ("catalog", "run_dir", "overwrite", "lam", "solver", "loss", "max_iter")
+ENSEMBLE_FLAGS = ("members", "catalog", "run_dir", "overwrite", "grid", "batch_size", "actors")
+SCORE_FLAGS = ("input", "output", "faces", "batch_size", "gpu", "actors", "margin", "max_pixels", "part_files",
+               "num_cpus", "overwrite")
+SERVE_FLAGS = ("replicas", "max_batch_size", "max_body_bytes", "max_pixels", "max_files")
+AUGMENT_FLAGS = ("flip", "rotate_deg", "scale", "translate_px", "erase_p")
 VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
 
 
@@ -59,7 +81,7 @@ def _demo(args) -> None:
 
 
 def _pipeline(args) -> None:
-    from fer_ray.pipeline import Pipeline, PipelineConfig, headline
+    from fer_ray.pipeline import Pipeline, headline
 
     sizes = {}
     for item in args.input_sizes:
@@ -67,42 +89,21 @@ def _pipeline(args) -> None:
         if not size.isdigit():
             raise ValueError(f"--input-sizes takes MODEL=PIXELS, got {item!r}")
         sizes[model] = int(size)
-    cfg = PipelineConfig(storage=args.storage, work_dir=args.work_dir, source=args.source, input=args.input,
-                         count=args.count, size=args.size, models=tuple(args.models), input_sizes=sizes,
-                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
-                         gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, svm_samples=args.svm_samples,
-                         kdef=args.kdef, kdef_face_crop=not args.no_kdef_face_crop,
-                         transfer_freeze=args.transfer_freeze, transfer_epochs=args.transfer_epochs,
-                         score_input=args.score_input, seed=args.seed)
+    cfg = PipelineConfig(**{k: getattr(args, k) for k in PIPELINE_FLAGS}, input_sizes=sizes)
     summary = Pipeline(cfg).run()
     print(headline(summary))
     print(f"report: {summary['outputs']['report']}  (storage: {summary['storage']})")
 
 
 def _recipe(args):
-    from fer_ray.training.augment import Augment
-    from fer_ray.training.loop import Recipe
-
-    augment = Augment(flip=not args.no_flip, rotate_deg=args.rotate, scale=args.scale,
-                      translate_px=args.translate, erase_p=args.erase_p)
-    if args.no_augment:
-        augment = Augment(flip=False, rotate_deg=0, scale=0, translate_px=0, erase_p=0)
-    return Recipe(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                  momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                  warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                  augment=augment, amp=not args.no_amp, seed=args.seed)
+    augment = NO_AUGMENT if args.no_augment else Augment(**{k: getattr(args, k) for k in AUGMENT_FLAGS})
+    return Recipe(**{k: getattr(args, k) for k in RECIPE_FLAGS}, augment=augment)
 
 
 def _train(args) -> None:
-    from fer_ray.training.trainer import TrainConfig, train
+    from fer_ray.training.trainer import train
 
-    cfg = TrainConfig(catalog=args.catalog, run_dir=args.run_dir, model=args.model, input_size=args.input_size,
-                      recipe=_recipe(args), workers=args.workers, gpu=args.gpu,
-                      cpus_per_worker=args.cpus_per_worker, name=args.name,
-                      checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-                      init_from=args.init_from, freeze=args.freeze, weights=args.weights, eval_tta=args.tta,
-                      overwrite=args.overwrite)
-    summary = train(cfg)
+    summary = train(TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, recipe=_recipe(args)))
     print(f"artifact: {summary['artifact']}")
 
 
@@ -122,18 +123,15 @@ def _evaluate(args) -> None:
 def _score(args) -> None:
     from fer_ray.inference.batch import score_folder
 
-    score_folder(_artifact(args), args.input, args.output, faces=args.faces, batch_size=args.batch_size,
-                 gpu=args.gpu, margin=args.margin, max_pixels=args.max_pixels, part_files=args.part_files,
-                 actors=args.actors, num_cpus=args.num_cpus, overwrite=args.overwrite)
+    score_folder(_artifact(args), **{k: getattr(args, k) for k in SCORE_FLAGS})
 
 
 def _serve(args) -> None:
-    from fer_ray.inference.serve import ServeConfig, run_server
+    from fer_ray.inference.serve import run_server
 
-    config = ServeConfig(artifact=_artifact(args), replicas=args.replicas, max_batch_size=args.max_batch_size,
+    config = ServeConfig(artifact=_artifact(args), **{k: getattr(args, k) for k in SERVE_FLAGS},
                          batch_wait_timeout_s=args.batch_wait_ms / 1000, num_cpus=args.replica_cpus,
-                         num_gpus=1 if args.gpu else 0, max_body_bytes=args.max_body_bytes,
-                         max_pixels=args.max_pixels, max_files=args.max_files)
+                         num_gpus=1 if args.gpu else 0)
     run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
 
 
@@ -157,189 +155,82 @@ def _predict(args) -> None:
 def _baseline(args) -> None:
     from fer_ray.baseline.svm import run_baseline
 
-    summary = run_baseline(args.catalog, args.run_dir, lam=args.lam, solver=args.solver, max_iter=args.max_iter,
-                           loss=args.loss, overwrite=args.overwrite)
+    summary = run_baseline(**{k: getattr(args, k) for k in BASELINE_FLAGS})
     print(f"artifact: {summary['artifact']}")
 
 
 def _sweep(args) -> None:
-    from fer_ray.tuning.sweeps import CnnSweep, SvmSweep, sweep_cnn, sweep_svm
+    from fer_ray.tuning.sweeps import sweep_cnn, sweep_svm
 
+    settings = {k: getattr(args, k) for k in SWEEP_FLAGS[args.kind]}
     if args.kind == "svm":
-        cfg = SvmSweep(catalog=args.catalog, run_dir=args.run_dir, samples=args.samples, lambda_min=args.lambda_min,
-                       lambda_max=args.lambda_max, solver=args.solver, loss=args.loss, max_iter=args.max_iter,
-                       concurrency=args.concurrency, seed=args.seed, overwrite=args.overwrite)
-        run = sweep_svm
+        summary = sweep_svm(SvmSweep(**settings))
     else:
         fixed = {"batch_size": args.batch_size, "optimizer": args.optimizer, "schedule": args.schedule}
         if args.no_augment:
-            fixed["augment"] = {"flip": False, "rotate_deg": 0, "scale": 0, "translate_px": 0, "erase_p": 0}
-        cfg = CnnSweep(catalog=args.catalog, run_dir=args.run_dir, model=args.model, samples=args.samples,
-                       epochs=args.epochs, lr_min=args.lr_min, lr_max=args.lr_max, wd_min=args.wd_min,
-                       wd_max=args.wd_max, batch_sizes=tuple(args.batch_sizes), label_smoothing=args.label_smoothing,
-                       recipe=fixed, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-                       concurrency=args.concurrency, grace_period=args.grace_period, seed=args.seed,
-                       overwrite=args.overwrite)
-        run = sweep_cnn
-    summary = run(cfg)
+            fixed["augment"] = NO_AUGMENT.model_dump()
+        summary = sweep_cnn(CnnSweep(**settings, recipe=fixed))
     print(f"best artifact: {summary['artifact']}")
 
 
 def _ensemble(args) -> None:
     from fer_ray.ensemble.features import run_ensemble
-    from fer_ray.ensemble.stack import C_GRID
 
-    summary = run_ensemble(args.members, args.catalog, args.run_dir, grid=tuple(args.c_grid or C_GRID),
-                           batch_size=args.batch_size, actors=args.actors, gpu=True if args.gpu else None,
-                           overwrite=args.overwrite)
+    summary = run_ensemble(**{k: getattr(args, k) for k in ENSEMBLE_FLAGS}, gpu=True if args.gpu else None)
     print(f"artifact: {summary['artifact']}; report: {args.run_dir}/report.md")
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _positive_ints(text: str) -> list[int]:
-    return [_positive_int(v) for v in text.split(",") if v.strip()]
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0, got 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe")
-    g.add_argument("--epochs", type=_positive_int, default=30)
-    g.add_argument("--batch-size", type=_positive_int, default=128, help="per worker")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd = SGD with Nesterov momentum")
-    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine schedule only")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    g.add_argument("--rotate", type=float, default=10.0, help="max rotation, degrees")
-    g.add_argument("--scale", type=float, default=0.10, help="max zoom in/out, fraction")
-    g.add_argument("--translate", type=float, default=4.0, help="max shift, pixels at 48 px")
-    g.add_argument("--erase-p", type=float, default=0.0, help="random-erasing probability")
+    add_flags(g, Recipe, RECIPE_FLAGS)
+    add_flags(g, Augment, AUGMENT_FLAGS)
     g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
-    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast (on by default on CUDA and on CPUs with native bf16)")
-    g.add_argument("--seed", type=int, default=0)
-
-
-def _defaults(config_class) -> dict:
-    """A dataclass config's field defaults, so a flag's default is the config's, not a copy."""
-    return {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fer_ray.pipeline import PipelineConfig
-
     parser = argparse.ArgumentParser(prog="fer-ray", description=__doc__.splitlines()[0])
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    parser.stages = stages.choices  # each stage's own parser, by name (for --config)
 
     p = stages.add_parser("prepare", help="read a source into a catalog (Parquet + manifest)")
     # No argparse choices: an unknown source is one clear error line like every other input problem.
     p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES)}")
     p.add_argument("--input", help="CSV file or folder (not needed for synthetic)")
     p.add_argument("--output", required=True, help="catalog directory to write")
-    p.add_argument("--size", type=_positive_int, default=48, help="image side in pixels (default 48)")
+    p.add_argument("--size", type=COUNT, default=48, help="image side in pixels (default 48)")
     p.add_argument("--split", choices=SPLIT_MODES, default=None,
                    help="source: the source's own split (default; KDEF: subject); random: the "
                         "paper's stratified 80/10/10; subject: identity-disjoint 80/10/10")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--count", type=_positive_int, default=3500, help="synthetic: number of faces")
+    p.add_argument("--count", type=COUNT, default=3500, help="synthetic: number of faces")
     p.add_argument("--angles", help="KDEF: comma-separated angles to keep (FL,HL,S,HR,FR)")
     p.add_argument("--face-crop", action="store_true", help="KDEF: crop the largest detected face")
-    p.add_argument("--max-pixels", type=_positive_int, default=None, help="reject images above this many pixels")
+    p.add_argument("--max-pixels", type=COUNT, default=None, help="reject images above this many pixels")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_prepare)
 
     p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
     p.add_argument("--output", default="demo-output", help="where every output goes (rerun to resume)")
-    p.add_argument("--count", type=_positive_int, default=3500, help="synthetic faces")
-    p.add_argument("--epochs", type=_positive_int, default=8, help="epochs per small CNN")
-    p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--count", type=COUNT, default=3500, help="synthetic faces")
+    p.add_argument("--epochs", type=COUNT, default=8, help="epochs per small CNN")
+    p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_demo)
 
-    d = _defaults(PipelineConfig)  # one place for the pipeline's defaults: its config
     p = stages.add_parser("pipeline", help="the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, "
                                            "transfer to KDEF, scoring")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
-    p.add_argument("--storage", required=True, help="output directory, or a URI (s3://...) results are uploaded to")
-    p.add_argument("--work-dir", help="with a URI --storage (required then): shared directory stages write to; "
-                                        "a rerun with the same one resumes")
-    p.add_argument("--source", choices=SOURCES, default=d["source"])
-    p.add_argument("--input", help="the source's CSV file or folder")
-    p.add_argument("--count", type=_positive_int, default=d["count"], help="synthetic faces")
-    p.add_argument("--size", type=_positive_int, default=d["size"])
-    p.add_argument("--models", nargs="+", default=list(d["models"]), choices=sorted(MODEL_NAMES),
-                   help="CNN members of the ensemble (default: two CPU-efficient ones; the paper's are vgg16_bn resnet50)")
+    add_flags(p, PipelineConfig, PIPELINE_FLAGS)
     p.add_argument("--input-sizes", nargs="*", default=[], metavar="MODEL=PIXELS",
                    help="network input size per model, e.g. resnet50=192 (the paper upscaled ResNet inputs)")
-    p.add_argument("--epochs", type=_positive_int, default=d["epochs"])
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--workers", type=_positive_int, default=d["workers"])
-    p.add_argument("--gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=None, help=CPUS_PER_WORKER)
-    p.add_argument("--svm-samples", type=_positive_int, default=d["svm_samples"])
-    p.add_argument("--kdef", help="KDEF folder: fine-tune the best CNN on it (transfer learning)")
-    p.add_argument("--no-kdef-face-crop", action="store_true")
-    p.add_argument("--transfer-freeze", type=int, default=d["transfer_freeze"])
-    p.add_argument("--transfer-epochs", type=_positive_int, default=d["transfer_epochs"])
-    p.add_argument("--score-input", help="folder of photos to score with the ensemble at the end")
-    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_pipeline)
 
     p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
     p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--model", choices=sorted(MODEL_NAMES), default=None,
-                   help="architecture (default small_cnn; with --init-from, the artifact's)")
-    p.add_argument("--run-dir", required=True, help="checkpoints, artifact, metrics and reports go here")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
-    p.add_argument("--name", default="train", help="run name; rerunning the same run dir and name resumes")
-    p.add_argument("--input-size", type=_positive_int, default=None,
-                   help="network input side (default: the catalog's; e.g. 192 to upscale for resnet50)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (DDP)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16, channels_last)")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=None, help=CPUS_PER_WORKER)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs between checkpoints")
-    p.add_argument("--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint")
-    p.add_argument("--init-from", help="artifact to fine-tune (transfer learning); sets model, input size, normalisation")
-    p.add_argument("--freeze", type=int, default=0,
-                   help="with --init-from: freeze the first N stages, or all but the last K with -K")
-    p.add_argument("--weights", help="local weights file to start from (safetensors or a state dict)")
-    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation for the final evaluation")
+    add_flags(p, TrainConfig, TRAIN_FLAGS)
     _add_recipe_args(p)
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_train)
@@ -356,18 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("score", help="score every image in a folder or glob with Ray Data (resumable)")
     p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
-    p.add_argument("--input", required=True, help="folder (searched recursively), image file or glob")
-    p.add_argument("--output", required=True, help="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
-    p.add_argument("--faces", choices=("all", "largest", "none"), default="all",
-                   help="all/largest: detect faces in photos; none: images are already face crops")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="faces per model call")
-    p.add_argument("--gpu", action="store_true", help="one GPU per model actor")
-    p.add_argument("--actors", type=_positive_int, default=None, help="actors (default: one per GPU with --gpu, else one per CPU)")
-    p.add_argument("--margin", type=_non_negative_float, default=0.2, help="face box enlargement on each side")
-    p.add_argument("--max-pixels", type=_positive_int, default=40_000_000, help="images above this are error rows")
-    p.add_argument("--part-files", type=_positive_int, default=1000, help="write a resumable part once this many files are complete")
-    p.add_argument("--overwrite", action="store_true", help="discard earlier results for this output")
-    p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    add_flags(p, ScoreConfig, SCORE_FLAGS)
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_score)
 
@@ -375,89 +255,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--replicas", type=_positive_int, default=1)
-    p.add_argument("--replica-cpus", type=_non_negative_float, default=1.0, help="CPUs per replica")
+    add_flags(p, ServeConfig, SERVE_FLAGS)
+    wait = ServeConfig.model_fields["batch_wait_timeout_s"]
+    p.add_argument("--batch-wait-ms", type=AMOUNT, default=wait.default * 1000,
+                   help=f"{wait.description}, ms (default %(default)s)")
+    p.add_argument("--replica-cpus", type=AMOUNT, default=ServeConfig.model_fields["num_cpus"].default,
+                   help=f"{ServeConfig.model_fields['num_cpus'].description} (default %(default)s)")
     p.add_argument("--gpu", action="store_true", help="one GPU per replica")
-    p.add_argument("--max-batch-size", type=_positive_int, default=16, help="requests per forward pass")
-    p.add_argument("--batch-wait-ms", type=_non_negative_float, default=10.0, help="how long a batch waits to fill")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=10 * 1024 * 1024)
-    p.add_argument("--max-pixels", type=_positive_int, default=25_000_000)
-    p.add_argument("--max-files", type=_positive_int, default=32, help="images per /predict/batch request")
-    p.add_argument("--num-cpus", type=_positive_int, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_serve)
 
     p = stages.add_parser("predict", help="emotions of the faces in a few images, no Ray (table, or --json)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
-    p.add_argument("--faces", choices=("all", "largest", "none"), default="all",
-                   help="all/largest: detect faces; none: each image is already a face crop")
-    p.add_argument("--margin", type=_non_negative_float, default=0.2, help="face box enlargement on each side")
-    p.add_argument("--top", type=_positive_int, default=3, help="likeliest emotions listed per face")
+    add_flags(p, ScoreConfig, ("faces", "margin"))  # as score detects and crops
+    p.add_argument("--top", type=COUNT, default=3, help="likeliest emotions listed per face")
     p.add_argument("--json", action="store_true", help="JSON records instead of a table")
     p.set_defaults(func=_predict)
 
     p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels")
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--run-dir", required=True, help="artifact, metrics.json and val/test reports go here")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
-    p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
-                   help="L2 weight in (1/N) sum hinge + lambda ||W||^2 (default %(default)s)")
-    p.add_argument("--solver", choices=SVM_SOLVERS, default="liblinear",
-                   help="liblinear: exact LinearSVC (default); sgd: SGDClassifier, faster, less accurate")
-    p.add_argument("--loss", choices=SVM_LOSSES, default="hinge",
-                   help="hinge: the paper's (default); squared_hinge: LinearSVC's default, primal solver")
-    p.add_argument("--max-iter", type=_positive_int, default=1000)
+    add_flags(p, BaselineConfig, BASELINE_FLAGS)
     p.set_defaults(func=_baseline)
 
     p = stages.add_parser("sweep", help="Ray Tune sweeps: svm (lambda) or cnn (lr, weight decay; ASHA); resumable")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, text in (("svm", "SVM lambda, log-uniform, chosen by val accuracy"),
-                       ("cnn", "CNN learning rate and weight decay, ASHA early stopping")):
-        k = kinds.add_parser(kind, help=text)
-        k.add_argument("--catalog", required=True)
-        k.add_argument("--run-dir", required=True, help="rerunning with the same run dir resumes the sweep")
-        k.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
-        k.add_argument("--samples", type=_positive_int, default=6 if kind == "svm" else 4, help="trials")
-        k.add_argument("--concurrency", type=_positive_int, default=None, help="trials at a time (default: what the cluster fits)")
-        k.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    for kind, config in (("svm", SvmSweep), ("cnn", CnnSweep)):
+        k = kinds.add_parser(kind, help=config.__doc__.splitlines()[0])
+        add_flags(k, config, SWEEP_FLAGS[kind])
+        if kind == "cnn":
+            add_flags(k, Recipe, ("batch_size", "optimizer", "schedule"))  # fixed (the batch size when not tuned)
+            k.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
         k.add_argument("--verbose", action="store_true", help=VERBOSE)
         k.set_defaults(func=_sweep)
-        if kind == "svm":
-            k.add_argument("--lambda-min", type=float, default=0.3)
-            k.add_argument("--lambda-max", type=float, default=3.0)
-            k.add_argument("--solver", choices=SVM_SOLVERS, default="liblinear")
-            k.add_argument("--loss", choices=SVM_LOSSES, default="hinge")
-            k.add_argument("--max-iter", type=_positive_int, default=1000)
-            continue
-        k.add_argument("--model", choices=sorted(MODEL_NAMES), default="small_cnn")
-        k.add_argument("--epochs", type=_positive_int, default=6, help="epochs per trial (ASHA's max_t)")
-        k.add_argument("--gpu", action="store_true", help="one GPU per trial")
-        k.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
-        k.add_argument("--lr-min", type=float, default=0.005)
-        k.add_argument("--lr-max", type=float, default=0.2)
-        k.add_argument("--wd-min", type=float, default=1e-5)
-        k.add_argument("--wd-max", type=float, default=1e-3)
-        k.add_argument("--batch-sizes", type=_positive_ints, default=[],
-                       help="also tune the batch size over these, e.g. 64,128,256")
-        k.add_argument("--label-smoothing", type=_floats, default=None, metavar="MIN,MAX",
-                       help="also tune label smoothing uniformly in this range, e.g. 0,0.2")
-        k.add_argument("--grace-period", type=_positive_int, default=1, help="ASHA: epochs before a trial can be stopped")
-        k.add_argument("--batch-size", type=_positive_int, default=128, help="fixed batch size (when not tuned)")
-        k.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-        k.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
-        k.add_argument("--no-augment", action="store_true")
 
     p = stages.add_parser("ensemble", help="the paper's stacked ensemble of CNN artifacts (plus soft voting)")
-    p.add_argument("--members", nargs="+", required=True, help="two or more CNN artifact directories")
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--run-dir", required=True, help="features, artifact, report.md and reports go here")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_RUN)
-    p.add_argument("--c-grid", type=_floats, default=None,
-                   help="inverse penalties tried on val, comma-separated (default 0.001,0.01,0.1,1,10)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="faces per featurizer batch")
-    p.add_argument("--actors", type=_positive_int, default=None, help="featurizer actors (default: GPUs, or CPUs - 1)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per featurizer actor (default: when the cluster has GPUs)")
+    add_flags(p, EnsembleConfig, ENSEMBLE_FLAGS)
+    p.add_argument("--gpu", action="store_true", help=EnsembleConfig.model_fields["gpu"].description)
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_ensemble)
     return parser
@@ -472,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     config = _config_file(argv)
     if config and argv and not argv[0].startswith("-"):
-        sub = parser._subparsers._group_actions[0].choices.get(argv[0])
+        sub = parser.stages.get(argv[0])
         if sub is not None:
             _apply_config(sub, config)
     return parser.parse_args(argv)
@@ -499,28 +333,29 @@ def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
         sub.error(f"{path} must hold a mapping of flag names to values")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     # A key is a flag's name (`lambda`) or its destination (`lam`), as the help texts show the former.
-    actions = {name: a for a in sub._actions if not isinstance(a, argparse._HelpAction)
+    actions = {name: a for a in sub._actions if a.dest != "help"
                for name in [a.dest] + [o[2:].replace("-", "_") for o in a.option_strings if o.startswith("--")]}
     unknown = sorted(set(values) - set(actions))
     if unknown:
         sub.error(f"unknown keys in {path}: {unknown}")
     for key in values:
         actions[key].required = False
-    sub.set_defaults(**{actions[k].dest: _config_value(sub, path, actions[k], v)
+    sub.set_defaults(**{actions[k].dest: _config_value(sub, path, actions[k], v, by_flag=k != actions[k].dest)
                         for k, v in values.items() if actions[k].dest != "config"})
 
 
-def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Action, value):
+def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Action, value, by_flag: bool):
     """A YAML value parsed as the flag's own text would be. argparse checks neither types nor
     choices of defaults, so without this ``gpu: "false"`` switched --gpu on, ``epochs: 2.5``
-    went through, and a bad ``tta`` was only refused after the whole training run."""
+    went through, and a bad ``tta`` was only refused after the whole training run. A switch set by
+    its flag's name means what the flag means: ``no_flip: true`` stores flip = False."""
     flag = f"{action.option_strings[0] if action.option_strings else action.dest} (in {path})"
     if value is None:  # `key:` with no value: the flag's default
         return action.default
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if action.nargs == 0:  # a switch (store_true, or store_false for a --no-NAME flag)
         if not isinstance(value, bool):
             sub.error(f"{flag} must be true or false, got {value!r}")
-        return value
+        return value != (by_flag and action.const is False)
     many = action.nargs in ("+", "*")
     if isinstance(value, list) and not many:  # MIN,MAX flags: a YAML list reads as the comma list
         value = ",".join(map(str, value))
@@ -575,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_output_folders(args)
         args.func(args)
+    except ValidationError as exc:  # a config's rule that ties flags together
+        print(f"fer-ray {args.stage}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         print(f"fer-ray {args.stage}: error: {exc}", file=sys.stderr)
         return 2

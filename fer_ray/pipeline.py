@@ -10,16 +10,20 @@ there; the work directory must then be on storage all nodes share (e.g. the shar
 the KubeRay manifests), since Ray tasks on any node write into it.
 """
 
-from __future__ import annotations
-
 import glob
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fer_ray.choices import MAX_SIDE, MODEL_NAMES
+from fer_ray.data.sources import SOURCES
+from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.training.config import TrainConfig
 
 PAPER = {  # Savoiu & Wong, test accuracy on FER2013 (transfer: on KDEF)
     "svm": 0.318, "vgg16": 0.592, "vgg16_bn": 0.592, "resnet50": 0.651, "ensemble": 0.672, "transfer": 0.783,
@@ -34,52 +38,51 @@ CONFIG_FILE = "pipeline-config.json"
 TIMINGS_FILE = "stage-timings.json"
 
 
-@dataclass
-class PipelineConfig:
-    storage: str  # local directory, or a URI the results are uploaded to
-    source: str = "synthetic"
-    input: str | None = None
-    count: int = 3500  # synthetic faces
-    size: int = 48
-    work_dir: str | None = None  # where stages write when storage is a URI (required then)
+class PipelineConfig(BaseModel):
+    """Every setting of ``fer-ray pipeline`` (its flags are generated from these fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: str = Field(description="output directory, or a URI (s3://...) results are uploaded to")
+    work_dir: Optional[str] = Field(None, description="with a URI --storage (required then): shared directory stages "
+                                                      "write to; a rerun with the same one resumes")
+    source: Literal[tuple(SOURCES)] = "synthetic"
+    input: Optional[str] = Field(None, description="the source's CSV file or folder")
+    count: int = Field(3500, ge=1, description="synthetic faces")
+    size: int = Field(48, ge=1, le=MAX_SIDE, description="image side in pixels")
     # Two fast_cnn, seeded apart (each member's seed is --seed + its index): the CPU-efficient
     # family's best accuracy per CPU-minute (its narrower fast_cnn_s trains no faster on an AMX
     # CPU; benchmarks/RESULTS.md). The paper's vgg16_bn and resnet50 want a GPU (docs/pipeline.md).
-    models: tuple[str, ...] = ("fast_cnn", "fast_cnn")
-    input_sizes: dict = field(default_factory=dict)  # per model, e.g. {"resnet50": 192}
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 0.05
-    workers: int = 1
+    models: tuple[Literal[tuple(sorted(MODEL_NAMES))], ...] = Field(
+        ("fast_cnn", "fast_cnn"), min_length=2,
+        description="CNN members of the ensemble (the paper's are vgg16_bn resnet50)")
+    input_sizes: dict[str, int] = Field(default_factory=dict, description="network input size per model")
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
+    workers: int = Field(1, ge=1)
     gpu: bool = False
-    cpus_per_worker: float | None = None  # default: runtime.default_cpus_per_worker
-    svm_samples: int = 4
+    cpus_per_worker: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
+                                             description=TrainConfig.model_fields["cpus_per_worker"].description)
+    svm_samples: int = Field(4, ge=1)
     # `fer-ray sweep svm`'s range, chosen on FER2013: below ~0.3 a hinge fit there takes many minutes
     svm_lambda: tuple[float, float] = (0.3, 3.0)
-    ensemble_batch_size: int = 256
-    kdef: str | None = None  # KDEF folder: adds transfer learning
-    kdef_face_crop: bool = True
+    ensemble_batch_size: int = Field(EnsembleConfig.model_fields["batch_size"].default, ge=1)
+    kdef: Optional[str] = Field(None, description="KDEF folder: fine-tune the best CNN on it (transfer learning)")
+    kdef_face_crop: bool = Field(True, description="face crop of the KDEF photos")
     transfer_freeze: int = -2
-    transfer_epochs: int = 20
-    score_input: str | None = None  # folder of photos to score at the end
+    transfer_epochs: int = Field(20, ge=1)
+    score_input: Optional[str] = Field(None, description="folder of photos to score with the ensemble at the end")
     seed: int = 0
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _late_stages(self):
         """Check what the late stages need before the early ones spend their minutes."""
-        self.models = tuple(self.models)
-        if len(self.models) < 2:
-            raise ValueError("the ensemble needs at least two models (--models)")
-        self.svm_lambda = tuple(self.svm_lambda)
         unknown = sorted(set(self.input_sizes) - set(self.models))
         if unknown:
             raise ValueError(f"--input-sizes names {unknown}, which --models {list(self.models)} does not train")
         if any(size < 32 for size in self.input_sizes.values()):
             raise ValueError(f"--input-sizes must be at least 32 pixels, got {self.input_sizes}")
-        if self.epochs < 1 or self.workers < 1 or self.transfer_epochs < 1:
-            raise ValueError("--epochs, --workers and --transfer-epochs must be at least 1")
-        from fer_ray.training.loop import Recipe
-
-        Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)  # --lr 0 failed after the SVM sweep
         if is_uri(self.storage) and not self.work_dir:
             raise ValueError("a URI --storage needs --work-dir: a folder every node sees, where the stages write "
                              "(a rerun with the same one resumes)")
@@ -95,6 +98,7 @@ class PipelineConfig:
         if self.score_input and not (Path(self.score_input).exists()
                                      or next(glob.iglob(self.score_input, recursive=True), None)):
             raise ValueError(f"--score-input not found: {self.score_input} (a folder, a file or a glob)")
+        return self
 
 
 def is_uri(path: str) -> bool:
@@ -163,8 +167,8 @@ class Pipeline:
     def cnn(self, catalog: str, index: int, model: str, init_from: str | None = None, freeze: int = 0,
             epochs: int | None = None, name: str | None = None) -> str:
         from fer_ray.data.catalog import read_manifest
-        from fer_ray.training.loop import Recipe
-        from fer_ray.training.trainer import TrainConfig, train
+        from fer_ray.training.config import Recipe, TrainConfig
+        from fer_ray.training.trainer import train
 
         name = name or f"cnn-{index}-{model}"
         out = self.work / name
@@ -284,7 +288,7 @@ class Pipeline:
 
         path = self.work / CONFIG_FILE
         if path.exists() and (self.work / "catalog" / "manifest.json").exists():
-            old, new = json.loads(path.read_text()), json.loads(json.dumps(asdict(self.cfg)))
+            old, new = json.loads(path.read_text()), json.loads(self.cfg.model_dump_json())
             compared = STAGE_SETTINGS + (TRANSFER_SETTINGS if old.get("kdef") else ())
             changed = [k for k in compared if old.get(k) != new.get(k)]
             if changed:
@@ -293,7 +297,7 @@ class Pipeline:
         if self.cfg.gpu:
             init_ray()
             require_gpus(1)
-        path.write_text(json.dumps(asdict(self.cfg), indent=2))
+        path.write_text(self.cfg.model_dump_json(indent=2))
 
     def run(self) -> dict:
         t0 = time.perf_counter()

@@ -56,7 +56,7 @@ def small_artifact(tmp_path_factory, synthetic_catalog) -> Path:
     """A small_cnn trained on the synthetic catalog without Ray (~20 s; ~95% val accuracy)."""
     from fer_ray.artifacts import save_cnn
     from fer_ray.training.local import fit_local
-    from fer_ray.training.loop import Recipe
+    from fer_ray.training.config import Recipe
 
     model, _, meta = fit_local(str(synthetic_catalog), "small_cnn", Recipe(epochs=8, batch_size=32, lr=0.05),
                                device="cpu", log=lambda *_: None)

@@ -112,7 +112,7 @@ def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp
     ["prepare", "--source", "synthetic", "--output", "o", "--count", "0"],
     ["sweep", "cnn", "--catalog", "c", "--run-dir", "r", "--grace-period", "0"],
     ["pipeline", "--storage", "s", "--svm-samples", "0"],
-    ["sweep", "cnn", "--catalog", "c", "--run-dir", "r", "--batch-sizes", "64.9,128"],  # was truncated to 64
+    ["sweep", "cnn", "--catalog", "c", "--run-dir", "r", "--batch-sizes", "64.9", "128"],  # was truncated to 64
     ["pipeline", "--storage", "s", "--epochs", "0"],  # the parser refuses it before the pipeline checks
 ])
 def test_nonsense_counts_and_margins_are_refused_by_the_parser(argv):
@@ -191,7 +191,7 @@ def test_yaml_values_get_the_flags_types(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 3\nlr: 1e-3\ngpu: false\ntta: flip\ninput_size:\n")
     args = parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"])
-    assert (args.epochs, args.lr, args.gpu, args.tta, args.input_size) == (3, 0.001, False, "flip", None)
+    assert (args.epochs, args.lr, args.gpu, args.eval_tta, args.input_size) == (3, 0.001, False, "flip", None)
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text("storage: out\nmodels: [small_cnn, vgg16]\nepochs: 2\n")
     assert parse_args(["pipeline", "--config", str(pipeline)]).models == ["small_cnn", "vgg16"]

@@ -24,7 +24,7 @@ QUIET = {"log": lambda *_: None}
 def second_member(tmp_path_factory, synthetic_catalog):
     """Another small_cnn on the same catalog, with another seed and learning rate (~20 s, no Ray)."""
     from fer_ray.training.local import fit_local
-    from fer_ray.training.loop import Recipe
+    from fer_ray.training.config import Recipe
 
     model, _, meta = fit_local(str(synthetic_catalog), "small_cnn",
                                Recipe(epochs=4, batch_size=64, lr=0.03, seed=1), device="cpu", **QUIET)

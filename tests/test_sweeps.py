@@ -29,15 +29,13 @@ def test_choose_best_takes_the_highest_val_accuracy_among_completed_trials():
         choose_best([rows[-1]])
 
 
-@pytest.mark.ray
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize("bad,message", [
-    ({"label_smoothing": (0.2,)}, "--label-smoothing takes a range MIN,MAX"),
-    ({"label_smoothing": (0.0, 0.1, 0.2)}, "--label-smoothing takes a range MIN,MAX"),
-    ({"label_smoothing": (0.3, 0.1)}, "--label-smoothing takes a range MIN,MAX"),
+    ({"label_smoothing": (0.2,)}, "label_smoothing.1\n  Field required"),
+    ({"label_smoothing": (0.0, 0.1, 0.2)}, "label_smoothing\n  Tuple should have at most 2 items"),
+    ({"label_smoothing": (0.3, 0.1)}, "--label-smoothing takes a range MIN MAX"),
     ({"batch_sizes": (0, 64)}, "--batch-sizes must all be at least 1"),
-    ({"cpus_per_worker": 0}, "--cpus-per-worker must be more than 0"),
-    ({"grace_period": 0}, "--grace-period must be at least 1"),
+    ({"cpus_per_worker": 0}, "cpus_per_worker\n  Input should be greater than 0"),
+    ({"grace_period": 0}, "grace_period\n  Input should be greater than or equal to 1"),
     # an infinite bound reached Tune, whose error said "requires a upper bound greater than 0. Got: 0.005"
     ({"lr_max": float("inf")}, "need 0 < --lr-min < --lr-max < inf"),
     ({"wd_min": float("nan")}, "0 < --wd-min < --wd-max < inf"),

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from fer_ray.artifacts import ArtifactError, linear_arrays, load_artifact, save_artifact
+from fer_ray.baseline.config import BaselineConfig
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.rundir import claim
@@ -197,9 +198,9 @@ def train_svm(catalog: str, output: str, lam: float = DEFAULT_LAMBDA, solver: st
     return save_svm(output, model, info, manifest, catalog), info
 
 
-def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
-                 max_iter: int = 1000, loss: str = "hinge", overwrite: bool = False, log=print) -> dict:
+def run_baseline(catalog: str, run_dir: str, log=print, **settings) -> dict:
     """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json.
+    ``settings`` are ``BaselineConfig``'s other fields (lam, solver, loss, max_iter, overwrite).
 
     A run directory holding another run (or this one with another lambda) is refused unless
     ``overwrite``: a second SVM would silently replace the first."""
@@ -207,13 +208,14 @@ def run_baseline(catalog: str, run_dir: str, lam: float = DEFAULT_LAMBDA, solver
     from fer_ray.evaluation.evaluate import evaluate_splits
     from fer_ray.evaluation.metrics import headline_figures
 
-    # A wrong --catalog or --lambda fails before the run directory is claimed.
+    cfg = BaselineConfig(catalog=catalog, run_dir=run_dir, **settings)
+    lam, solver, loss, max_iter = cfg.lam, cfg.solver, cfg.loss, cfg.max_iter
+    # A wrong --catalog fails before the run directory is claimed.
     manifest = read_manifest(catalog)
     split_dir(catalog, "train")
-    solver_parameter(solver, lam, 1)
     config = {"catalog": str(Path(catalog).resolve()), "catalog_sha256": manifest["catalog_sha256"], "lambda": lam,
               "solver": solver, "loss": loss, "max_iter": max_iter}
-    out = claim(run_dir, "baseline", config, overwrite)  # run.json records these settings
+    out = claim(run_dir, "baseline", config, cfg.overwrite)  # run.json records these settings
     t0 = time.perf_counter()
     artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
     log(f"baseline: {solver} {loss} lambda {lam:g} ({', '.join(f'{k} {info[k]:.3g}' for k in ('C', 'alpha') if k in info)}) "

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 FACE_MODES = ("all", "largest", "none")
+MARGIN = 0.2  # a face box is enlarged by this fraction of its side on each side before cropping
 _CASCADE = "haarcascade_frontalface_default.xml"
 
 
@@ -89,7 +90,7 @@ class FaceDetector:
         return sorted(boxes, key=lambda b: b.area, reverse=True)
 
 
-def crop_square(grey: np.ndarray, box: Box, margin: float = 0.2) -> np.ndarray:
+def crop_square(grey: np.ndarray, box: Box, margin: float = MARGIN) -> np.ndarray:
     """Square crop around a box, enlarged by ``margin`` on each side.
 
     Parts of the square that fall outside the image are filled by repeating the edge pixels,
@@ -107,7 +108,7 @@ def crop_square(grey: np.ndarray, box: Box, margin: float = 0.2) -> np.ndarray:
 
 
 def find_faces(
-    grey: np.ndarray, mode: str, detector: FaceDetector | None, margin: float = 0.2
+    grey: np.ndarray, mode: str, detector: FaceDetector | None, margin: float = MARGIN
 ) -> list[tuple[Box, np.ndarray]]:
     """Faces of one image as (box, crop) pairs according to ``mode``.
 

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from fer_ray.data.catalog import read_manifest, split_dir
-from fer_ray.ensemble.stack import (C_GRID, MemberFeatures, choose_head, member_record, read_features, save_ensemble,
+from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.ensemble.stack import (MemberFeatures, choose_head, member_record, read_features, save_ensemble,
                                     soft_vote)
 from fer_ray.rundir import claim
 
@@ -81,9 +82,9 @@ def featurize(members: list[str], catalog: str, output: str, splits: tuple[str, 
 # ------------------------------------------------------------------ `fer-ray ensemble`
 
 
-def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, batch_size: int = 256,
-                 actors: int | None = None, gpu: bool | None = None, overwrite: bool = False, log=print) -> dict:
+def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **settings) -> dict:
     """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side.
+    ``settings`` are ``EnsembleConfig``'s other fields (grid, batch_size, actors, gpu, overwrite).
 
     The run directory is claimed for these members, catalog and grid (see ``fer_ray.rundir``)."""
     from fer_ray.data.catalog import read_manifest
@@ -91,8 +92,7 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, ba
     from fer_ray.evaluation.metrics import classification_metrics, headline_figures
     from fer_ray.evaluation.report import comparison_table
 
-    if len(members) < 2:
-        raise ValueError("an ensemble needs at least two --members")
+    cfg = EnsembleConfig(members=members, catalog=catalog, run_dir=run_dir, **settings)
     manifest = read_manifest(catalog)
     for split in ("train", "val"):
         if split not in manifest["shards"]:
@@ -103,16 +103,16 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, grid=C_GRID, ba
         twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
         raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
     settings = {"members": member_paths, "catalog": str(Path(catalog).resolve()),
-                "catalog_sha256": manifest["catalog_sha256"], "grid": list(grid)}
-    out = claim(run_dir, "ensemble", settings, overwrite)
+                "catalog_sha256": manifest["catalog_sha256"], "grid": list(cfg.grid)}
+    out = claim(run_dir, "ensemble", settings, cfg.overwrite)
     t0 = time.perf_counter()
-    paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=batch_size,
-                      actors=actors, gpu=gpu)
+    paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=cfg.batch_size,
+                      actors=cfg.actors, gpu=cfg.gpu)
     feats = {s: read_features(str(p)) for s, p in paths.items()}
     counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
     log(f"ensemble: featurized {counts} in "
         f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
-    head, choice = choose_head(feats["train"], feats["val"], grid)
+    head, choice = choose_head(feats["train"], feats["val"], cfg.grid)
     widths = [r["feature_dim"] for r in records]
     artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, manifest, catalog)
     log(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")

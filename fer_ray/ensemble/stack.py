@@ -29,9 +29,9 @@ import torch
 from fer_ray.artifacts import (ArtifactError, file_sha256, linear_arrays, load_artifact, read_meta, save_artifact,
                                weights_file)
 from fer_ray.emotions import NUM_CLASSES
+from fer_ray.ensemble.config import C_GRID
 from fer_ray.inference.predictor import Predictor
 
-C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 @dataclass

@@ -43,8 +43,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fer_ray.data.files import files_under
-from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, has_image_extension
+from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.emotions import EMOTIONS
+from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, FaceScorer, detect_batch
 
 OUTPUT_FORMATS = (".parquet", ".csv")
@@ -376,34 +377,27 @@ def plan_resources(cpus: int, gpus: int, mode: str, gpu: bool = False, actors: i
     return ResourcePlan(n, actor_cpus, 1, "cuda", max(1, int(actor_cpus)), task_cpus, per_call)
 
 
-def score_folder(artifact: str, input: str, output: str, faces: str = "all", batch_size: int = 256,
-                 gpu: bool = False, margin: float = 0.2, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 part_files: int = 1000, actors: int | None = None, num_cpus: int | None = None,
-                 overwrite: bool = False, log=print) -> ScoreSummary:
+def score_folder(artifact: str, input: str, output: str, log=print, **settings) -> ScoreSummary:
     """Score every image under ``input`` into ``output`` (.parquet or .csv); see the module doc.
-
-    ``part_files``: files per part (how much work an interruption can lose at most).
-    ``actors``: model actors (default, from ``plan_resources``: one per GPU with ``gpu``; on CPUs
-    one per CPU with ``faces="none"``, one per four CPUs when detecting faces).
-    """
+    ``settings`` are ``ScoreConfig``'s other fields (faces, batch_size, part_files, ...)."""
     from fer_ray.inference.predictor import Predictor
 
+    cfg = ScoreConfig(artifact=artifact, input=input, output=output, **settings)
     out = Path(output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         unnamed = "; name the file too, e.g. scores" + out.name if out.name.lower() in OUTPUT_FORMATS else ""
         raise ScoreError(f"--output must end in {' or '.join(OUTPUT_FORMATS)}, got {out.name}{unnamed}")
     if out.is_dir():
         raise ScoreError(f"--output {out} is a folder; name a file inside it, e.g. {out / ('scores' + out.suffix)}")
-    if out.exists() and not overwrite and not (parts_folder(out) / JOB_FILE).is_file():
+    if out.exists() and not cfg.overwrite and not (parts_folder(out) / JOB_FILE).is_file():
         # Only a file this command wrote (its parts and job.json beside it) is rewritten unasked.
         raise ScoreError(f"{out} exists and is no earlier result of fer-ray score (no {parts_folder(out).name}/"
                          f"{JOB_FILE} beside it); pass --overwrite to replace it, or choose another --output")
-    if batch_size < 1 or part_files < 1:
-        raise ScoreError("--batch-size and --part-files must be at least 1")
     # Loaded whole here, as each model actor will load it: a broken artifact (weights that do
     # not fit, a pickle for weights) is one error line now, not actor tracebacks after Ray starts.
     meta = Predictor(artifact, device="cpu").meta
-    config = DetectConfig(mode=faces, image_size=int(meta["image_size"]), margin=margin, max_pixels=max_pixels)
+    config = DetectConfig(mode=cfg.faces, image_size=int(meta["image_size"]), margin=cfg.margin,
+                          max_pixels=cfg.max_pixels)
     files, others = list_images(input)
     shown = {f: display_path(f) for f in files}
     store = PartStore(parts_folder(out))
@@ -411,7 +405,7 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
     job = {"artifact": os.path.abspath(artifact), "weights_sha256": meta.get("weights_sha256"),
            **{k: v for k, v in asdict(config).items() if k != "image_size"}}
     with store.locked():
-        if overwrite:  # under the lock: a running job's parts are never pulled from under it
+        if cfg.overwrite:  # under the lock: a running job's parts are never pulled from under it
             store.clear()
             out.unlink(missing_ok=True)
         store.check_job(job)
@@ -422,8 +416,7 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
             f"{summary.already_scored} already scored, {len(todo)} to score")
         t0 = time.time()
         if todo:
-            _run_pipeline(todo, artifact, config, store, summary, batch_size, gpu, part_files, actors,
-                          num_cpus, t0, log)
+            _run_pipeline(todo, cfg, config, store, summary, t0, log)
         summary.seconds = time.time() - t0
         if summary.steady_files:
             summary.images_per_s = summary.steady_files / max(summary.steady_seconds, 1e-9)
@@ -436,21 +429,21 @@ def score_folder(artifact: str, input: str, output: str, faces: str = "all", bat
     return summary
 
 
-def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: PartStore,
-                  summary: ScoreSummary, batch_size: int, gpu: bool, part_files: int,
-                  actors: int | None, num_cpus: int | None, t0: float, log) -> None:
+def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store: PartStore,
+                  summary: ScoreSummary, t0: float, log) -> None:
     import ray
 
     from fer_ray.runtime import init_ray, map_batches_on_actors
 
-    init_ray(num_cpus)
+    init_ray(cfg.num_cpus)
     summary.ray_seconds = time.time() - t0
     resources = ray.cluster_resources()
-    plan = plan_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), config.mode, gpu, actors)
+    plan = plan_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), config.mode, cfg.gpu, cfg.actors)
+    part_files = cfg.part_files
     # No stage may gather more than a part's worth of files before passing them on, or a part
     # smaller than a detection task (or a model batch) would be written only once all of it is
     # done, and an interrupted small job would keep nothing.
-    files_per_task, batch_size = min(plan.files_per_task, part_files), min(batch_size, part_files)
+    files_per_task, batch_size = min(plan.files_per_task, part_files), min(cfg.batch_size, part_files)
     if plan.fused:
         log(f"score: {plan.actors} actor(s) reading, detecting and scoring {files_per_task} files at a time "
             f"({plan.actor_cpus} CPU each)")
@@ -460,7 +453,7 @@ def _run_pipeline(todo: list[str], artifact: str, config: DetectConfig, store: P
     blocks = max(1, min(math.ceil(len(todo) / files_per_task), 1000))
     paths = ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
                                 override_num_blocks=blocks)
-    scorer = {"artifact": artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
+    scorer = {"artifact": cfg.artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
     if not plan.fused:
         paths = paths.map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
                                   num_cpus=plan.task_cpus)

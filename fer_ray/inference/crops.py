@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fer_ray.data.faces import DETECT_SIDE, FACE_MODES, MIN_FACE_FRACTION, FaceDetector, find_faces
+from fer_ray.data.faces import DETECT_SIDE, FACE_MODES, MARGIN, MIN_FACE_FRACTION, FaceDetector, find_faces
 from fer_ray.data.files import read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, resize
 from fer_ray.emotions import EMOTIONS
@@ -39,7 +39,7 @@ class DetectConfig:
 
     mode: str = "all"
     image_size: int = 48
-    margin: float = 0.2
+    margin: float = MARGIN
     max_pixels: int = DEFAULT_MAX_PIXELS
     detect_side: int = DETECT_SIDE
     min_face_fraction: float = MIN_FACE_FRACTION

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_ray.data.faces import MARGIN
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
 from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
 
@@ -34,7 +35,7 @@ def _grey(item) -> np.ndarray:
     return arr
 
 
-def predict(images, faces: str = "all", artifact: str | None = None, margin: float = 0.2,
+def predict(images, faces: str = "all", artifact: str | None = None, margin: float = MARGIN,
             top: int = 3, predictor=None) -> list[dict]:
     """Emotion records for every face in ``images``: a path, an image array, or a list of them.
 

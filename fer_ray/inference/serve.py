@@ -42,36 +42,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from python_multipart.multipart import parse_options_header
 from starlette.formparsers import MultiPartException
 
-from fer_ray.data.faces import FaceDetector
+from fer_ray.data.faces import FACE_MODES, MARGIN, FaceDetector
 from fer_ray.data.preprocess import ImageError, TooManyPixels, UnsupportedFormat, decode_grey
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.crops import DetectConfig, crop_faces
+from fer_ray.inference.config import ServeConfig
 
-FaceMode = Literal["all", "largest", "none"]
+FaceMode = Literal[FACE_MODES]
 RAW_TYPES = ("application/octet-stream",)  # besides image/*; no Content-Type is sniffed too
-
-
-class ServeConfig(BaseModel):
-    """Everything a deployment is built from (``serve run ... key=value`` sets these)."""
-
-    artifact: str
-    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
-    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="per replica; >= max_batch_size")
-    replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    device: str = "auto"
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(25_000_000, ge=1)
-    max_files: int = Field(32, ge=1, description="files per /predict/batch request")
-    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next part of a request body")
-    margin: float = Field(0.2, ge=0)
-    access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
-
-    def ongoing(self) -> int:
-        """Serve must let at least a full batch of requests into a replica, or batches never fill."""
-        return max(self.max_ongoing_requests or 0, 4 * self.max_batch_size, 32)
 
 
 class ApiError(Exception):
@@ -100,7 +78,7 @@ class PhotoScorer:
     cascade is not safe to share between threads, hence one detector per thread.
     """
 
-    def __init__(self, artifact: str, device: str = "auto", margin: float = 0.2,
+    def __init__(self, artifact: str, device: str = "auto", margin: float = MARGIN,
                  max_pixels: int = 25_000_000, threads: int | None = None):
         import torch
 

@@ -7,35 +7,11 @@ no CPU round trip. On a GPU that keeps augmentation off the critical path at ~50
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class Augment:
-    flip: bool = True
-    rotate_deg: float = 10.0
-    scale: float = 0.10
-    translate_px: float = 4.0  # at 48 px; scaled with the input size
-    erase_p: float = 0.0
-    erase_area: tuple[float, float] = (0.02, 0.15)
-
-    def __post_init__(self):
-        low, high = self.erase_area
-        rules = {"--rotate": (self.rotate_deg, 0 <= self.rotate_deg <= 180, "in [0, 180] degrees"),
-                 "--scale": (self.scale, 0 <= self.scale < 1, "in [0, 1)"),  # a zoom factor of 1 - 1 divides by 0
-                 "--translate": (self.translate_px, 0 <= self.translate_px < math.inf, "a finite number >= 0"),
-                 "--erase-p": (self.erase_p, 0 <= self.erase_p <= 1, "a probability in [0, 1]"),
-                 "erase_area": (self.erase_area, 0 < low <= high <= 1, "MIN,MAX with 0 < MIN <= MAX <= 1")}
-        for name, (value, ok, rule) in rules.items():
-            if not ok:
-                raise ValueError(f"augmentation {name} must be {rule}, got {value}")
-
-    @property
-    def active(self) -> bool:
-        return self.flip or self.rotate_deg > 0 or self.scale > 0 or self.translate_px > 0 or self.erase_p > 0
+from fer_ray.training.config import Augment
 
 
 def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ def artifact_meta(architecture: str, input_size: int, manifest: dict, catalog: s
         "architecture": architecture, "num_classes": NUM_CLASSES, "input_size": input_size,
         "image_size": manifest["image_size"], "in_channels": 1, "normalization": normalization,
         "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]},
-        "recipe": recipe.to_dict(), "parameters": parameters, **extra,
+        "recipe": recipe.model_dump(), "parameters": parameters, **extra,
     }
 
 

@@ -10,71 +10,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
-from fer_ray.choices import OPTIMIZERS, SCHEDULES
 from fer_ray.models.forward import autocast, run_batches
 from fer_ray.models.inputs import Normalization, to_model_input
-from fer_ray.training.augment import Augment, augment_batch
+from fer_ray.training.augment import augment_batch
+from fer_ray.training.config import Recipe
 
 
 class TrainingDiverged(ValueError):
     """The loss went to inf/NaN: every later epoch would train (and save) a broken model."""
-
-
-@dataclass
-class Recipe:
-    """How to train. Defaults are the reference VGG16-BN FER2013 recipe (see issue 3)."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "sgd"  # SGD with Nesterov momentum, or AdamW
-    lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup_epochs: float = 0.0  # cosine only; one-cycle has its own warm-up
-    label_smoothing: float = 0.1
-    augment: Augment = field(default_factory=Augment)
-    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (models.forward.autocast)
-    channels_last: bool = True  # NHWC memory layout: faster convolutions on GPUs and on CPUs
-    eval_batch_size: int = 1024
-    seed: int = 0
-
-    def __post_init__(self):
-        if isinstance(self.augment, dict):
-            self.augment = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()})
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be at least 1")
-        # Checked here, not in a worker: torch refuses some only inside the first step on every
-        # worker (retried by FailureConfig); a NaN learning rate it accepts and trains garbage.
-        rules = {"lr": (self.lr, 0 < self.lr < math.inf, "a positive finite number"),
-                 "momentum": (self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
-                 "weight-decay": (self.weight_decay, 0 <= self.weight_decay < math.inf, "a finite number >= 0"),
-                 "warmup-epochs": (self.warmup_epochs, 0 <= self.warmup_epochs <= self.epochs,
-                                   f"in [0, {self.epochs}] (the epochs)"),
-                 "label-smoothing": (self.label_smoothing, 0 <= self.label_smoothing < 1, "in [0, 1)")}
-        for name, (value, ok, rule) in rules.items():
-            if not ok:
-                raise ValueError(f"--{name} must be {rule}, got {value}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown recipe keys {sorted(unknown)}; expected some of {sorted(known)}")
-        return cls(**d)
 
 
 def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:

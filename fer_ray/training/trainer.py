@@ -12,11 +12,9 @@ and name resumes instead of starting over.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,52 +27,11 @@ from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
 from fer_ray.rundir import check_claim, claim
 from fer_ray.training.local import artifact_meta
-from fer_ray.training.loop import Recipe, Run, TrainingDiverged, epoch_line, to_device
+from fer_ray.training.config import TRAJECTORY, Recipe, TrainConfig
+from fer_ray.training.loop import Run, TrainingDiverged, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
 
 STATE_FILE = "state.pt"
-# Settings that shape the training trajectory: a rerun that resumes must keep them.
-TRAJECTORY = ("catalog", "model", "input_size", "recipe", "workers", "init_from", "freeze", "weights")
-PATH_KEYS = ("catalog", "init_from", "weights")
-
-
-@dataclass
-class TrainConfig:
-    catalog: str
-    run_dir: str
-    model: str | None = None  # default: small_cnn, or the --init-from artifact's architecture
-    input_size: int | None = None  # network input; default: the catalog's image size
-    recipe: Recipe = field(default_factory=Recipe)
-    workers: int = 1
-    gpu: bool = False
-    cpus_per_worker: float | None = None  # default: runtime.default_cpus_per_worker
-    name: str = "train"
-    checkpoint_every: int = 1
-    max_failures: int = 1
-    init_from: str | None = None  # artifact to fine-tune (transfer learning)
-    freeze: int = 0  # stages frozen: first N, or all but the last K when negative
-    weights: str | None = None  # local weights file to start from
-    eval_tta: str = "none"
-    overwrite: bool = False  # replace what run_dir holds instead of resuming or refusing
-    fault_epoch: int | None = None  # testing aid: fail once at this epoch to exercise recovery
-
-    def __post_init__(self):
-        if isinstance(self.recipe, dict):
-            self.recipe = Recipe.from_dict(self.recipe)
-        if self.workers < 1:
-            raise ValueError("--workers must be at least 1")
-        if self.checkpoint_every < 1:
-            raise ValueError("--checkpoint-every must be at least 1")
-        if self.model is None and not self.init_from:
-            self.model = "small_cnn"
-        if self.freeze and not self.init_from:
-            raise ValueError("--freeze needs --init-from (the artifact whose early stages to freeze)")
-        if self.weights and self.init_from:  # the artifact's weights would silently replace the file's
-            raise ValueError("--weights and --init-from both give starting weights; pass one of them")
-        # Ray Train runs each worker in a directory of its own: relative paths would not resolve.
-        for key in PATH_KEYS:
-            if getattr(self, key):
-                setattr(self, key, os.path.abspath(getattr(self, key)))
 
 
 def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
@@ -126,24 +83,24 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
     # name and storage path); other settings would silently mix two schedules, so they are
     # refused, and before Ray starts.
-    cfg = replace(cfg, model=resolved["architecture"])  # what config.json records is what trains
-    stored = asdict(cfg)
+    cfg = cfg.model_copy(update={"model": resolved["architecture"]})  # what config.json records is what trains
+    stored = cfg.model_dump()
     # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
     settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
     check_claim(cfg.run_dir, "train", settings, cfg.overwrite)
     init_ray()
-    cfg = replace(cfg, cpus_per_worker=cfg.cpus_per_worker or default_cpus_per_worker(cfg.workers))
+    cfg = cfg.model_copy(update={"cpus_per_worker": cfg.cpus_per_worker or default_cpus_per_worker(cfg.workers)})
     # before anything is written: a refused run leaves no run directory behind
     require_cpus(cfg.workers * cfg.cpus_per_worker, f"--workers {cfg.workers} x --cpus-per-worker "
                                                     f"{cfg.cpus_per_worker:g}")
     if cfg.gpu:
         require_gpus(cfg.workers)
     run_dir = claim(cfg.run_dir, "train", settings, cfg.overwrite)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"resolved": resolved}, indent=2))
+    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump() | {"resolved": resolved}, indent=2))
 
     datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))
                 .select_columns(["image", "label"]).materialize() for split in ("train", "val")}
-    worker_cfg = {**asdict(cfg), **resolved, "fault_marker": str(run_dir / ".fault-injected")}
+    worker_cfg = {**cfg.model_dump(), **resolved, "fault_marker": str(run_dir / ".fault-injected")}
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -212,7 +169,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    recipe = Recipe.from_dict(cfg["recipe"])
+    recipe = Recipe.model_validate(cfg["recipe"])
     torch.manual_seed(recipe.seed)
 
     model = build_model(cfg["architecture"], NUM_CLASSES, cfg["input_size"], weights=cfg.get("weights"))

@@ -42,14 +42,14 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler
 
-from fer_ray.baseline.svm import SOLVERS, fit_svm, save_svm
+from fer_ray.baseline.svm import fit_svm, save_svm
 from fer_ray.rundir import claim
 from fer_ray.runtime import Interrupted, environ
+from fer_ray.tuning.config import CnnSweep, SvmSweep
 from fer_ray.data.catalog import load_split, read_manifest, split_dir
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
@@ -58,71 +58,6 @@ RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config",
 
 class SweepInterrupted(Interrupted):
     """The sweep stopped before every trial finished; rerun the same command to resume."""
-
-
-@dataclass
-class SvmSweep:
-    catalog: str
-    run_dir: str
-    samples: int = 6
-    lambda_min: float = 0.3
-    lambda_max: float = 3.0
-    solver: str = "liblinear"
-    loss: str = "hinge"
-    max_iter: int = 1000
-    concurrency: int | None = None  # default: one trial per cluster CPU
-    seed: int = 0
-    overwrite: bool = False  # replace what run_dir holds instead of resuming or refusing
-
-    def __post_init__(self):
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown SVM solver {self.solver!r}; expected one of {SOLVERS}")
-        if not 0 < self.lambda_min < self.lambda_max < math.inf:
-            raise ValueError(f"need 0 < --lambda-min < --lambda-max < inf, got {self.lambda_min}, {self.lambda_max}")
-        if self.samples < 1:
-            raise ValueError("--samples must be at least 1")
-
-
-@dataclass
-class CnnSweep:
-    catalog: str
-    run_dir: str
-    model: str = "small_cnn"
-    samples: int = 4
-    epochs: int = 6
-    lr_min: float = 0.005
-    lr_max: float = 0.2
-    wd_min: float = 1e-5
-    wd_max: float = 1e-3
-    batch_sizes: tuple[int, ...] = ()  # tune the batch size over these when given
-    label_smoothing: tuple[float, float] | None = None  # tune it uniformly in this range when given
-    recipe: dict = field(default_factory=dict)  # other Recipe fields, fixed for every trial
-    gpu: bool = False
-    cpus_per_worker: float = 1.0
-    concurrency: int | None = None  # default: what the cluster fits (GPUs, or CPUs / cpus_per_worker)
-    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int = 2
-    seed: int = 0
-    overwrite: bool = False  # replace what run_dir holds instead of resuming or refusing
-
-    def __post_init__(self):
-        self.batch_sizes = tuple(self.batch_sizes)
-        if self.label_smoothing is not None:
-            self.label_smoothing = tuple(self.label_smoothing)
-            if len(self.label_smoothing) != 2 or not 0 <= self.label_smoothing[0] < self.label_smoothing[1] < 1:
-                raise ValueError("--label-smoothing takes a range MIN,MAX with 0 <= MIN < MAX < 1, "
-                                 f"got {','.join(map(str, self.label_smoothing))}")
-        if self.samples < 1 or self.epochs < 1:
-            raise ValueError("--samples and --epochs must be at least 1")
-        if not (0 < self.lr_min < self.lr_max < math.inf and 0 < self.wd_min < self.wd_max < math.inf):
-            raise ValueError("need 0 < --lr-min < --lr-max < inf and 0 < --wd-min < --wd-max < inf, got "
-                             f"{self.lr_min}, {self.lr_max}, {self.wd_min}, {self.wd_max}")
-        if any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"--batch-sizes must all be at least 1, got {list(self.batch_sizes)}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError("--cpus-per-worker must be more than 0")
-        if self.grace_period < 1 or self.reduction_factor < 2:
-            raise ValueError("--grace-period must be at least 1 (and the reduction factor at least 2)")
 
 
 # ------------------------------------------------------------------ trials (run in Tune)
@@ -191,8 +126,8 @@ def cnn_trial(config: dict, settings: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from fer_ray.training.loop import Recipe
-    from fer_ray.training.trainer import TrainConfig, train
+    from fer_ray.training.config import Recipe, TrainConfig
+    from fer_ray.training.trainer import train
 
     class ReportUnlessStopped(TuneReportCallback):
         """Forward each report to Tune, unless ASHA has stopped this trial: then end the run."""
@@ -208,7 +143,7 @@ def cnn_trial(config: dict, settings: dict) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     board = _board_name(settings["run_dir"])
-    recipe = Recipe.from_dict({**settings["recipe"], "epochs": settings["epochs"], **config})
+    recipe = Recipe.model_validate({**settings["recipe"], "epochs": settings["epochs"], **config})
     cfg = TrainConfig(catalog=settings["catalog"], run_dir=str(_trial_dir(settings["run_dir"])),
                       model=settings["model"], recipe=recipe, workers=1, gpu=settings["gpu"],
                       cpus_per_worker=settings["cpus_per_worker"], name="train", max_failures=0)
@@ -252,11 +187,11 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
 
     from fer_ray.models import MODELS
     from fer_ray.runtime import cluster_capacity, init_ray, require_cpus
-    from fer_ray.training.loop import Recipe
+    from fer_ray.training.config import Recipe
 
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
-    Recipe.from_dict({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
+    Recipe.model_validate({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     manifest = read_manifest(cfg.catalog)
     for split in ("train", "val"):  # every trial would fail on a catalog without them
         split_dir(cfg.catalog, split)
@@ -311,7 +246,7 @@ class CooperativeASHA(ASHAScheduler):
 def _settings(cfg, manifest: dict) -> dict:
     """What a sweep's trials and its run.json see: the config with absolute paths, and the
     catalog's checksum (a catalog rebuilt in place is another catalog)."""
-    return {**asdict(cfg), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
+    return {**cfg.model_dump(), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
             "catalog_sha256": manifest["catalog_sha256"]}
 
 

@@ -1,0 +1,61 @@
+"""The settings of ``fer-ray score`` and of a fer-ray Serve app.
+
+``fer-ray score``'s flags and ``score_folder``'s keywords fill ``ScoreConfig``; ``fer-ray
+serve``'s flags, ``serve run ... key=value`` and a RayService's ``args`` fill ``ServeConfig``.
+Each default is written once, here. Nothing here imports Ray, torch or FastAPI, so the command
+line builds its flags from these quickly.
+"""
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fer_ray.data.faces import FACE_MODES, MARGIN
+from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS
+
+FINITE = {"allow_inf_nan": False}
+FACES = "all/largest: detect faces in photos; none: images are already face crops"
+MARGIN_HELP = "face box enlargement on each side, a fraction of its side"
+
+
+class ScoreConfig(BaseModel):
+    """One ``fer-ray score`` job (``score_folder``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: str
+    input: str = Field(description="folder (searched recursively), image file or glob")
+    output: str = Field(description="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
+    faces: Literal[FACE_MODES] = Field("all", description=FACES)
+    batch_size: int = Field(256, ge=1, description="faces per model call")
+    gpu: bool = Field(False, description="one GPU per model actor")
+    actors: Optional[int] = Field(None, ge=1, description="actors (default: one per GPU with --gpu, else one per CPU)")
+    margin: float = Field(MARGIN, ge=0, **FINITE, description=MARGIN_HELP)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images above this are error rows")
+    part_files: int = Field(1000, ge=1, description="write a resumable part once this many files are complete "
+                                                    "(the most an interruption can lose)")
+    num_cpus: Optional[int] = Field(None, ge=1, description="local Ray only: CPUs to use")
+    overwrite: bool = Field(False, description="discard earlier results for this output")
+
+
+class ServeConfig(BaseModel):
+    """Everything a deployment is built from (``serve run ... key=value`` sets these)."""
+
+    artifact: str
+    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, allow_inf_nan=False, description="how long a batch waits to fill")
+    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="per replica; >= max_batch_size")
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0)
+    device: str = "auto"
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body")
+    max_pixels: int = Field(25_000_000, ge=1, description="larger images are refused (413)")
+    max_files: int = Field(32, ge=1, description="files per /predict/batch request")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next part of a request body")
+    margin: float = Field(MARGIN, ge=0, **FINITE, description=MARGIN_HELP)
+    access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
+
+    def ongoing(self) -> int:
+        """Serve must let at least a full batch of requests into a replica, or batches never fill."""
+        return max(self.max_ongoing_requests or 0, 4 * self.max_batch_size, 32)
