@@ -130,9 +130,11 @@ def test_a_body_that_never_arrives_is_a_408_not_a_connection_held_for_ever():
 
 
 def test_app_builder_validates_string_args(small_artifact):
+    from ray import serve
+
     config = ServeConfig.model_validate({"artifact": str(small_artifact), "max_batch_size": "4"})
     assert config.max_batch_size == 4 and config.ongoing() >= 4
-    assert app_builder(config) is not None
+    assert isinstance(app_builder(config), serve.Application)
 
 
 # ------------------------------------------------------------------ over HTTP
