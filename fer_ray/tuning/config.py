@@ -11,8 +11,6 @@ from fer_ray.choices import MODEL_NAMES
 from fer_ray.training.config import TrainConfig
 
 FINITE = {"allow_inf_nan": False}
-RUN_DIR = "rerunning with the same run dir resumes the sweep"
-CONCURRENCY = "trials at a time (default: what the cluster fits)"
 
 
 def _increasing(*pairs) -> None:
@@ -21,15 +19,22 @@ def _increasing(*pairs) -> None:
             raise ValueError(f"need 0 < --{low_name} < --{high_name} < inf, got {low}, {high}")
 
 
-class SvmSweep(SvmFit):
-    """The SVM's lambda, log-uniform, chosen by val accuracy."""
+class Sweep(BaseModel):
+    """What every sweep has: where it runs, and its trials."""
+
+    model_config = ConfigDict(extra="forbid")
 
     catalog: str
-    run_dir: str = Field(description=RUN_DIR)
+    run_dir: str = Field(description="rerunning with the same run dir resumes the sweep")
     overwrite: bool = Field(False, description=TrainConfig.model_fields["overwrite"].description)
-    samples: int = Field(6, ge=1, description="trials")
-    concurrency: Optional[int] = Field(None, ge=1, description=CONCURRENCY)
+    concurrency: Optional[int] = Field(None, ge=1, description="trials at a time (default: what the cluster fits)")
     seed: int = Field(0, description="seed of the random search")
+
+
+class SvmSweep(Sweep, SvmFit):
+    """The SVM's lambda, log-uniform, chosen by val accuracy."""
+
+    samples: int = Field(6, ge=1, description="trials")
     lambda_min: float = 0.3
     lambda_max: float = 3.0
 
@@ -39,18 +44,11 @@ class SvmSweep(SvmFit):
         return self
 
 
-class CnnSweep(BaseModel):
+class CnnSweep(Sweep):
     """The CNN's learning rate and weight decay (and optionally batch size and label smoothing),
     with ASHA stopping the weak trials early."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    catalog: str
-    run_dir: str = Field(description=RUN_DIR)
-    overwrite: bool = Field(False, description=TrainConfig.model_fields["overwrite"].description)
     samples: int = Field(4, ge=1, description="trials")
-    concurrency: Optional[int] = Field(None, ge=1, description=CONCURRENCY)
-    seed: int = Field(0, description="seed of the random search")
     model: Literal[tuple(sorted(MODEL_NAMES))] = "small_cnn"
     epochs: int = Field(6, ge=1, description="epochs per trial (ASHA's max_t)")
     gpu: bool = Field(False, description="one GPU per trial")
