@@ -132,14 +132,14 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(synthetic_c
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(720)  # 235 s alone on 2 CPUs (2026-12-01), 420 s ran out beside other Ray work
+@pytest.mark.timeout(720)  # ~80 s alone on 2 CPUs; much longer beside other Ray work
 def test_cnn_sweep_reports_every_epoch_and_keeps_the_best_completed_trial(synthetic_catalog, ray_session, tmp_path):
     run = tmp_path / "cnn-sweep"
-    cfg = CnnSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=3, epochs=2,
+    cfg = CnnSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=2, epochs=2,
                    recipe={"batch_size": 64}, grace_period=1, reduction_factor=2)
     summary = sweep_cnn(cfg, **QUIET)
     rows = results_table(str(run))
-    assert len(rows) == 3 and {r["status"] for r in rows} <= {"complete", "stopped"}
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"complete", "stopped"}
     complete = [r for r in rows if r["status"] == "complete"]
     assert complete and all(r["epochs"] == 2 for r in complete)
     assert summary["best"]["val_acc"] == max(r["val_acc"] for r in complete)
