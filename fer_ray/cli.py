@@ -13,11 +13,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from fer_ray import demo
 from fer_ray.baseline.config import BaselineConfig
 from fer_ray.choices import TTA_MODES
 from fer_ray.data.catalog import CatalogError
-from fer_ray.data.sources import SOURCES, SourceError
-from fer_ray.data.splits import SPLIT_MODES
+from fer_ray.data.config import PrepareConfig
+from fer_ray.data.sources import SourceError
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.flags import AMOUNT, COUNT, add_flags, one_line
 from fer_ray.inference.config import ScoreConfig, ServeConfig
@@ -28,6 +29,8 @@ from fer_ray.tuning.config import CnnSweep, SvmSweep
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
 # The flags generated from each config's fields (fer_ray.flags), by field name.
+PREPARE_FLAGS = ("source", "input", "output", "size", "split", "seed", "count", "angles", "face_crop", "max_pixels",
+                 "overwrite", "num_cpus")
 TRAIN_FLAGS = ("catalog", "model", "run_dir", "overwrite", "name", "input_size", "workers", "gpu", "cpus_per_worker",
                "checkpoint_every", "max_failures", "init_from", "freeze", "weights", "eval_tta")
 RECIPE_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
@@ -51,33 +54,21 @@ VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress li
 def _prepare(args) -> None:
     from fer_ray.data.catalog import audit
     from fer_ray.data.ingest import build_catalog
-    from fer_ray.data.sources import KDEF_ANGLES, make_source
+    from fer_ray.data.sources import make_source
 
-    if args.source != "kdef" and (args.angles or args.face_crop):  # they would be ignored
-        raise ValueError(f"--angles and --face-crop apply to --source kdef, not --source {args.source}")
-    if args.max_pixels is not None and args.source not in ("folders", "kdef"):
-        raise ValueError(f"--max-pixels applies to image files (--source folders or kdef), not --source {args.source}")
-    options = {}
-    if args.source == "synthetic":
-        options = {"count": args.count, "seed": args.seed}
-    elif args.source == "kdef":
-        angles = tuple(a.strip().upper() for a in args.angles.split(",")) if args.angles else KDEF_ANGLES
-        options = {"angles": angles, "face_crop": args.face_crop}
-    if args.max_pixels is not None and args.source in ("folders", "kdef"):
-        options["max_pixels"] = args.max_pixels
-    source = make_source(args.source, args.input, size=args.size, **options)
-    manifest = build_catalog(source, args.output, split_mode=args.split, seed=args.seed,
-                             overwrite=args.overwrite, num_cpus=args.num_cpus)
+    cfg = PrepareConfig(**{k: getattr(args, k) for k in PREPARE_FLAGS})
+    source = make_source(cfg.source, cfg.input, size=cfg.size, **cfg.source_options())
+    manifest = build_catalog(source, cfg.output, split_mode=cfg.split, seed=cfg.seed,
+                             overwrite=cfg.overwrite, num_cpus=cfg.num_cpus)
     print(audit(manifest))
-    print(f"catalog written to {args.output} in {manifest['prepare_seconds']} s")
+    print(f"catalog written to {cfg.output} in {manifest['prepare_seconds']} s")
 
 
 def _demo(args) -> None:
-    from fer_ray.demo import run_demo
     from fer_ray.runtime import init_ray
 
     init_ray(args.num_cpus)
-    run_demo(args.output, count=args.count, epochs=args.epochs)
+    demo.run_demo(args.output, count=args.count, epochs=args.epochs)
 
 
 def _pipeline(args) -> None:
@@ -193,28 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.stages = stages.choices  # each stage's own parser, by name (for --config)
 
     p = stages.add_parser("prepare", help="read a source into a catalog (Parquet + manifest)")
-    # No argparse choices: an unknown source is one clear error line like every other input problem.
-    p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES)}")
-    p.add_argument("--input", help="CSV file or folder (not needed for synthetic)")
-    p.add_argument("--output", required=True, help="catalog directory to write")
-    p.add_argument("--size", type=COUNT, default=48, help="image side in pixels (default 48)")
-    p.add_argument("--split", choices=SPLIT_MODES, default=None,
-                   help="source: the source's own split (default; KDEF: subject); random: the "
-                        "paper's stratified 80/10/10; subject: identity-disjoint 80/10/10")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--count", type=COUNT, default=3500, help="synthetic: number of faces")
-    p.add_argument("--angles", help="KDEF: comma-separated angles to keep (FL,HL,S,HR,FR)")
-    p.add_argument("--face-crop", action="store_true", help="KDEF: crop the largest detected face")
-    p.add_argument("--max-pixels", type=COUNT, default=None, help="reject images above this many pixels")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
+    add_flags(p, PrepareConfig, PREPARE_FLAGS)
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_prepare)
 
     p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
     p.add_argument("--output", default="demo-output", help="where every output goes (rerun to resume)")
-    p.add_argument("--count", type=COUNT, default=3500, help="synthetic faces")
-    p.add_argument("--epochs", type=COUNT, default=8, help="epochs per small CNN")
+    p.add_argument("--count", type=COUNT, default=demo.COUNT, help="synthetic faces (default %(default)s)")
+    p.add_argument("--epochs", type=COUNT, default=demo.EPOCHS, help="epochs per small CNN (default %(default)s)")
     p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_demo)

@@ -13,7 +13,10 @@ import numpy as np
 
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import balanced_labels, synthetic_faces
-from fer_ray.pipeline import Pipeline, PipelineConfig, headline
+from fer_ray.pipeline import PREPARE, Pipeline, PipelineConfig, headline
+
+COUNT = PREPARE["count"].default  # synthetic faces
+EPOCHS = 8  # per small CNN: the demo is sized for about 3 minutes on 2 CPUs
 
 
 def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int = 20) -> int:
@@ -50,7 +53,7 @@ def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int =
     return count + 1
 
 
-def run_demo(output: str = "demo-output", count: int = 3500, epochs: int = 8, log=print) -> dict:
+def run_demo(output: str = "demo-output", count: int = COUNT, epochs: int = EPOCHS, log=print) -> dict:
     from fer_ray.runtime import init_ray
 
     out = Path(output).resolve()

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_ray.choices import MAX_SIDE, MODEL_NAMES
+from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.training.config import TrainConfig
@@ -34,6 +35,7 @@ STAGE_SETTINGS = ("source", "input", "count", "size", "models", "input_sizes", "
                   "workers", "svm_samples", "svm_lambda", "seed")
 # ...and these shape the transfer stage, so they matter only once a run has had one (--kdef).
 TRANSFER_SETTINGS = ("kdef", "kdef_face_crop", "transfer_freeze", "transfer_epochs")
+PREPARE = PrepareConfig.model_fields  # the catalog stage's defaults
 CONFIG_FILE = "pipeline-config.json"
 TIMINGS_FILE = "stage-timings.json"
 
@@ -48,8 +50,8 @@ class PipelineConfig(BaseModel):
                                                       "write to; a rerun with the same one resumes")
     source: Literal[tuple(SOURCES)] = "synthetic"
     input: Optional[str] = Field(None, description="the source's CSV file or folder")
-    count: int = Field(3500, ge=1, description="synthetic faces")
-    size: int = Field(48, ge=1, le=MAX_SIDE, description="image side in pixels")
+    count: int = Field(PREPARE["count"].default, ge=1, description=PREPARE["count"].description)
+    size: int = Field(PREPARE["size"].default, ge=1, le=MAX_SIDE, description=PREPARE["size"].description)
     # Two fast_cnn, seeded apart (each member's seed is --seed + its index): the CPU-efficient
     # family's best accuracy per CPU-minute (its narrower fast_cnn_s trains no faster on an AMX
     # CPU; benchmarks/RESULTS.md). The paper's vgg16_bn and resnet50 want a GPU (docs/pipeline.md).
@@ -144,11 +146,12 @@ class Pipeline:
         from fer_ray.data.sources import make_source
 
         out = self.work / "catalog"
-        options = {"count": self.cfg.count, "seed": self.cfg.seed} if self.cfg.source == "synthetic" else {}
+        prep = PrepareConfig(source=self.cfg.source, input=self.cfg.input, output=str(out), size=self.cfg.size,
+                             count=self.cfg.count, seed=self.cfg.seed, overwrite=True)
 
         def run():
-            source = make_source(self.cfg.source, self.cfg.input, size=self.cfg.size, **options)
-            build_catalog(source, str(out), seed=self.cfg.seed, overwrite=True, log=self.log)
+            source = make_source(prep.source, prep.input, size=prep.size, **prep.source_options())
+            build_catalog(source, prep.output, seed=prep.seed, overwrite=prep.overwrite, log=self.log)
 
         self.stage("catalog", out / "manifest.json", run)
         self.log(audit(read_manifest(str(out))))
