@@ -192,6 +192,10 @@ def test_yaml_values_get_the_flags_types(tmp_path):
     config.write_text("epochs: 3\nlr: 1e-3\ngpu: false\ntta: flip\ninput_size:\n")
     args = parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"])
     assert (args.epochs, args.lr, args.gpu, args.eval_tta, args.input_size) == (3, 0.001, False, "flip", None)
+    # a --no-NAME switch set by its flag's name means what the flag means; by its field's name, the value
+    for text, flip in (("no_flip: true\n", False), ("no-flip: false\n", True), ("flip: false\n", False)):
+        config.write_text(text)
+        assert parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"]).flip is flip, text
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text("storage: out\nmodels: [small_cnn, vgg16]\nepochs: 2\n")
     assert parse_args(["pipeline", "--config", str(pipeline)]).models == ["small_cnn", "vgg16"]
