@@ -24,6 +24,7 @@ from fer_ray.choices import MAX_SIDE, MODEL_NAMES
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.rundir import changed
 from fer_ray.training.config import TrainConfig
 
 PAPER = {  # Savoiu & Wong, test accuracy on FER2013 (transfer: on KDEF)
@@ -291,11 +292,11 @@ class Pipeline:
 
         path = self.work / CONFIG_FILE
         if path.exists() and (self.work / "catalog" / "manifest.json").exists():
-            old, new = json.loads(path.read_text()), json.loads(self.cfg.model_dump_json())
+            old = json.loads(path.read_text())
             compared = STAGE_SETTINGS + (TRANSFER_SETTINGS if old.get("kdef") else ())
-            changed = [k for k in compared if old.get(k) != new.get(k)]
-            if changed:
-                raise ValueError(f"{self.work} holds a pipeline run made with other {', '.join(changed)}; rerun "
+            differ = changed(old, self.cfg.model_dump(), compared)
+            if differ:
+                raise ValueError(f"{self.work} holds a pipeline run made with other {', '.join(differ)}; rerun "
                                  "with the same settings to resume it, or use a new output folder (--storage; --output for fer-ray demo)")
         if self.cfg.gpu:
             init_ray()

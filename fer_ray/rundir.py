@@ -48,13 +48,19 @@ def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool
     if old["stage"] != stage:
         raise ValueError(f"--run-dir {path} holds a {old['stage']} run; use another --run-dir, "
                          "or pass --overwrite to replace it")
-    settings = _as_stored(settings)
-    changed = sorted(k for k in set(old["settings"]) | set(settings) if old["settings"].get(k) != settings.get(k))
-    if changed:
-        raise ValueError(f"--run-dir {path} holds a {stage} run with different {', '.join(changed)}; "
+    differ = changed(old["settings"], settings)
+    if differ:
+        raise ValueError(f"--run-dir {path} holds a {stage} run with different {', '.join(differ)}; "
                          "rerun with the same settings (an unfinished run resumes), use another "
                          "--run-dir, or pass --overwrite to replace it")
     return False
+
+
+def changed(old: dict, new: dict, keys=None) -> list[str]:
+    """The settings (``keys``, or every key of either) whose recorded value in ``old`` differs
+    from ``new``'s, compared as JSON holds them: the one rule every resume guard applies."""
+    old, new = _as_stored(old), _as_stored(new)
+    return sorted(k for k in (set(old) | set(new) if keys is None else keys) if old.get(k) != new.get(k))
 
 
 def _as_stored(settings: dict) -> dict:

@@ -47,6 +47,7 @@ from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, FaceScorer, detect_batch
+from fer_ray.rundir import changed
 
 OUTPUT_FORMATS = (".parquet", ".csv")
 JOB_FILE = "job.json"
@@ -240,10 +241,9 @@ class PartStore:
         path = self.folder / JOB_FILE
         if path.is_file():
             previous = json.loads(path.read_text())
-            changed = {k: (previous.get(k), v) for k, v in job.items()
-                       if k != "artifact" and previous.get(k) != v}
-            if changed:
-                detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            differ = changed(previous, job, [k for k in job if k != "artifact"])
+            if differ:
+                detail = "; ".join(f"{k}: {previous.get(k)!r} -> {job[k]!r}" for k in differ)
                 raise ScoreError(f"{self.folder} holds results scored with other settings ({detail}); "
                                  "use another --output or pass --overwrite to start over")
         else:
