@@ -13,9 +13,9 @@ import numpy as np
 
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import balanced_labels, synthetic_faces
-from fer_ray.pipeline import PREPARE, Pipeline, PipelineConfig, headline
+from fer_ray.pipeline import Pipeline, PipelineConfig, headline
 
-COUNT = PREPARE["count"].default  # synthetic faces
+COUNT = PipelineConfig.model_fields["count"].default  # synthetic faces
 EPOCHS = 8  # per small CNN: the demo is sized for about 3 minutes on 2 CPUs
 
 

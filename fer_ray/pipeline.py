@@ -25,7 +25,8 @@ from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.rundir import changed
-from fer_ray.training.config import TrainConfig
+from fer_ray.training.config import Recipe, TrainConfig
+from fer_ray.tuning.config import SvmSweep
 
 PAPER = {  # Savoiu & Wong, test accuracy on FER2013 (transfer: on KDEF)
     "svm": 0.318, "vgg16": 0.592, "vgg16_bn": 0.592, "resnet50": 0.651, "ensemble": 0.672, "transfer": 0.783,
@@ -51,7 +52,8 @@ class PipelineConfig(BaseModel):
                                                       "write to; a rerun with the same one resumes")
     source: Literal[tuple(SOURCES)] = "synthetic"
     input: Optional[str] = Field(None, description="the source's CSV file or folder")
-    count: int = Field(PREPARE["count"].default, ge=1, description=PREPARE["count"].description)
+    # A field that means here what it means for the stage it is passed to is that stage's field.
+    count: int = PREPARE["count"]
     size: int = Field(PREPARE["size"].default, ge=1, le=MAX_SIDE, description=PREPARE["size"].description)
     # Two fast_cnn, seeded apart (each member's seed is --seed + its index): the CPU-efficient
     # family's best accuracy per CPU-minute (its narrower fast_cnn_s trains no faster on an AMX
@@ -61,16 +63,15 @@ class PipelineConfig(BaseModel):
         description="CNN members of the ensemble (the paper's are vgg16_bn resnet50)")
     input_sizes: dict[str, int] = Field(default_factory=dict, description="network input size per model")
     epochs: int = Field(50, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
-    workers: int = Field(1, ge=1)
+    batch_size: int = Recipe.model_fields["batch_size"]
+    lr: float = Recipe.model_fields["lr"]
+    workers: int = TrainConfig.model_fields["workers"]
     gpu: bool = False
-    cpus_per_worker: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
-                                             description=TrainConfig.model_fields["cpus_per_worker"].description)
+    cpus_per_worker: Optional[float] = TrainConfig.model_fields["cpus_per_worker"]
     svm_samples: int = Field(4, ge=1)
-    # `fer-ray sweep svm`'s range, chosen on FER2013: below ~0.3 a hinge fit there takes many minutes
-    svm_lambda: tuple[float, float] = (0.3, 3.0)
-    ensemble_batch_size: int = Field(EnsembleConfig.model_fields["batch_size"].default, ge=1)
+    svm_lambda: tuple[float, float] = (SvmSweep.model_fields["lambda_min"].default,
+                                       SvmSweep.model_fields["lambda_max"].default)
+    ensemble_batch_size: int = EnsembleConfig.model_fields["batch_size"]
     kdef: Optional[str] = Field(None, description="KDEF folder: fine-tune the best CNN on it (transfer learning)")
     kdef_face_crop: bool = Field(True, description="face crop of the KDEF photos")
     transfer_freeze: int = -2

@@ -79,7 +79,7 @@ class PhotoScorer:
     """
 
     def __init__(self, artifact: str, device: str = "auto", margin: float = MARGIN,
-                 max_pixels: int = 25_000_000, threads: int | None = None):
+                 max_pixels: int = ServeConfig.model_fields["max_pixels"].default, threads: int | None = None):
         import torch
 
         from fer_ray.inference.predictor import Predictor
