@@ -20,7 +20,7 @@ from fer_ray.data.catalog import CatalogError
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SourceError
 from fer_ray.ensemble.config import EnsembleConfig
-from fer_ray.flags import AMOUNT, COUNT, add_flags, one_line
+from fer_ray.flags import AMOUNT, COUNT, add_flags, fields, one_line
 from fer_ray.inference.config import ScoreConfig, ServeConfig
 from fer_ray.pipeline import PipelineConfig
 from fer_ray.runtime import Interrupted
@@ -28,27 +28,23 @@ from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
 USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
-# The flags generated from each config's fields (fer_ray.flags), by field name.
-PREPARE_FLAGS = ("source", "input", "output", "size", "split", "seed", "count", "angles", "face_crop", "max_pixels",
-                 "overwrite", "num_cpus")
-TRAIN_FLAGS = ("catalog", "model", "run_dir", "overwrite", "name", "input_size", "workers", "gpu", "cpus_per_worker",
-               "checkpoint_every", "max_failures", "init_from", "freeze", "weights", "eval_tta")
-RECIPE_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
-                "label_smoothing", "amp", "seed")
-PIPELINE_FLAGS = ("storage", "work_dir", "source", "input", "count", "size", "models", "epochs", "batch_size", "lr",
-                  "workers", "gpu", "cpus_per_worker", "svm_samples", "kdef", "kdef_face_crop", "transfer_freeze",
-                  "transfer_epochs", "score_input", "seed")
-_SWEEP = ("catalog", "run_dir", "overwrite", "samples", "concurrency", "seed")
-SWEEP_FLAGS = {"svm": (*_SWEEP, "lambda_min", "lambda_max", "solver", "loss", "max_iter"),
-               "cnn": (*_SWEEP, "model", "epochs", "gpu", "cpus_per_worker", "lr_min", "lr_max", "wd_min", "wd_max",
-                       "batch_sizes", "label_smoothing", "grace_period")}
-BASELINE_FLAGS = ("catalog", "run_dir", "overwrite", "lam", "solver", "loss", "max_iter")
-ENSEMBLE_FLAGS = ("members", "catalog", "run_dir", "overwrite", "grid", "batch_size", "actors")
-SCORE_FLAGS = ("input", "output", "faces", "batch_size", "gpu", "actors", "margin", "max_pixels", "part_files",
-               "num_cpus", "overwrite")
-SERVE_FLAGS = ("replicas", "max_batch_size", "max_body_bytes", "max_pixels", "max_files")
-AUGMENT_FLAGS = ("flip", "rotate_deg", "scale", "translate_px", "erase_p")
+# The flags generated from each config's fields (fer_ray.flags): all of them but those named.
+PREPARE_FLAGS = fields(PrepareConfig)
+TRAIN_FLAGS = fields(TrainConfig, exclude=("recipe", "fault_epoch"))  # the recipe has its own; a testing aid
+RECIPE_FLAGS = fields(Recipe, exclude=("augment", "channels_last", "eval_batch_size"))
+AUGMENT_FLAGS = fields(Augment, exclude=("erase_area",))
+PIPELINE_FLAGS = fields(PipelineConfig, exclude=("input_sizes", "svm_lambda", "ensemble_batch_size"))  # sizes: below
+SWEEP_FLAGS = {"svm": fields(SvmSweep), "cnn": fields(CnnSweep, exclude=("reduction_factor", "recipe"))}
+BASELINE_FLAGS = fields(BaselineConfig)
+ENSEMBLE_FLAGS = fields(EnsembleConfig, exclude=("gpu",))  # --gpu forces GPUs; unset, the cluster decides
+SCORE_FLAGS = fields(ScoreConfig, exclude=("artifact",))  # --artifact may be omitted: the shipped model
+SERVE_FLAGS = ("replicas", "max_batch_size", "max_body_bytes", "max_pixels", "max_files")  # the rest: below
 VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
+
+
+def _values(args, names) -> dict:
+    """The parsed values of a config's flags, by field name: what the config is built from."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _prepare(args) -> None:
@@ -56,7 +52,7 @@ def _prepare(args) -> None:
     from fer_ray.data.ingest import build_catalog
     from fer_ray.data.sources import make_source
 
-    cfg = PrepareConfig(**{k: getattr(args, k) for k in PREPARE_FLAGS})
+    cfg = PrepareConfig(**_values(args, PREPARE_FLAGS))
     source = make_source(cfg.source, cfg.input, size=cfg.size, **cfg.source_options())
     manifest = build_catalog(source, cfg.output, split_mode=cfg.split, seed=cfg.seed,
                              overwrite=cfg.overwrite, num_cpus=cfg.num_cpus)
@@ -80,21 +76,21 @@ def _pipeline(args) -> None:
         if not size.isdigit():
             raise ValueError(f"--input-sizes takes MODEL=PIXELS, got {item!r}")
         sizes[model] = int(size)
-    cfg = PipelineConfig(**{k: getattr(args, k) for k in PIPELINE_FLAGS}, input_sizes=sizes)
+    cfg = PipelineConfig(**_values(args, PIPELINE_FLAGS), input_sizes=sizes)
     summary = Pipeline(cfg).run()
     print(headline(summary))
     print(f"report: {summary['outputs']['report']}  (storage: {summary['storage']})")
 
 
 def _recipe(args):
-    augment = NO_AUGMENT if args.no_augment else Augment(**{k: getattr(args, k) for k in AUGMENT_FLAGS})
-    return Recipe(**{k: getattr(args, k) for k in RECIPE_FLAGS}, augment=augment)
+    augment = NO_AUGMENT if args.no_augment else Augment(**_values(args, AUGMENT_FLAGS))
+    return Recipe(**_values(args, RECIPE_FLAGS), augment=augment)
 
 
 def _train(args) -> None:
     from fer_ray.training.trainer import train
 
-    summary = train(TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS}, recipe=_recipe(args)))
+    summary = train(TrainConfig(**_values(args, TRAIN_FLAGS), recipe=_recipe(args)))
     print(f"artifact: {summary['artifact']}")
 
 
@@ -114,13 +110,13 @@ def _evaluate(args) -> None:
 def _score(args) -> None:
     from fer_ray.inference.batch import score_folder
 
-    score_folder(_artifact(args), **{k: getattr(args, k) for k in SCORE_FLAGS})
+    score_folder(_artifact(args), **_values(args, SCORE_FLAGS))
 
 
 def _serve(args) -> None:
     from fer_ray.inference.serve import run_server
 
-    config = ServeConfig(artifact=_artifact(args), **{k: getattr(args, k) for k in SERVE_FLAGS},
+    config = ServeConfig(artifact=_artifact(args), **_values(args, SERVE_FLAGS),
                          batch_wait_timeout_s=args.batch_wait_ms / 1000, num_cpus=args.replica_cpus,
                          num_gpus=1 if args.gpu else 0)
     run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
@@ -146,14 +142,14 @@ def _predict(args) -> None:
 def _baseline(args) -> None:
     from fer_ray.baseline.svm import run_baseline
 
-    summary = run_baseline(**{k: getattr(args, k) for k in BASELINE_FLAGS})
+    summary = run_baseline(**_values(args, BASELINE_FLAGS))
     print(f"artifact: {summary['artifact']}")
 
 
 def _sweep(args) -> None:
     from fer_ray.tuning.sweeps import sweep_cnn, sweep_svm
 
-    settings = {k: getattr(args, k) for k in SWEEP_FLAGS[args.kind]}
+    settings = _values(args, SWEEP_FLAGS[args.kind])
     if args.kind == "svm":
         summary = sweep_svm(SvmSweep(**settings))
     else:
@@ -167,7 +163,7 @@ def _sweep(args) -> None:
 def _ensemble(args) -> None:
     from fer_ray.ensemble.features import run_ensemble
 
-    summary = run_ensemble(**{k: getattr(args, k) for k in ENSEMBLE_FLAGS}, gpu=True if args.gpu else None)
+    summary = run_ensemble(**_values(args, ENSEMBLE_FLAGS), gpu=True if args.gpu else None)
     print(f"artifact: {summary['artifact']}; report: {args.run_dir}/report.md")
 
 

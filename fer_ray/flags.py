@@ -26,6 +26,15 @@ def flag(model: type[BaseModel], name: str) -> str:
     return prefix + name.replace("_", "-")
 
 
+def fields(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``model``'s field names, in order, less ``exclude``: a stage's flags are its config's
+    fields unless it says otherwise, so a new setting gets its flag without another list."""
+    unknown = set(exclude) - set(model.model_fields)
+    if unknown:
+        raise KeyError(f"{model.__name__} has no fields {sorted(unknown)}")
+    return tuple(name for name in model.model_fields if name not in exclude)
+
+
 def add_flags(parser, model: type[BaseModel], names) -> None:
     """Add a flag to ``parser`` (or an argument group) for each of ``model``'s fields in ``names``."""
     for name in names:
