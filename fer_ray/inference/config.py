@@ -14,8 +14,6 @@ from fer_ray.data.faces import FACE_MODES, MARGIN
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS
 
 FINITE = {"allow_inf_nan": False}
-FACES = "all/largest: detect faces in photos; none: images are already face crops"
-MARGIN_HELP = "face box enlargement on each side, a fraction of its side"
 
 
 class ScoreConfig(BaseModel):
@@ -26,11 +24,14 @@ class ScoreConfig(BaseModel):
     artifact: str
     input: str = Field(description="folder (searched recursively), image file or glob")
     output: str = Field(description="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
-    faces: Literal[FACE_MODES] = Field("all", description=FACES)
+    faces: Literal[FACE_MODES] = Field("all", description="all/largest: detect faces in photos; none: images "
+                                                          "are already face crops")
     batch_size: int = Field(256, ge=1, description="faces per model call")
     gpu: bool = Field(False, description="one GPU per model actor")
-    actors: Optional[int] = Field(None, ge=1, description="actors (default: one per GPU with --gpu, else one per CPU)")
-    margin: float = Field(MARGIN, ge=0, **FINITE, description=MARGIN_HELP)
+    actors: Optional[int] = Field(None, ge=1,
+                                  description="actors (default: one per GPU with --gpu, else one per CPU)")
+    margin: float = Field(MARGIN, ge=0, **FINITE,
+                          description="face box enlargement on each side, a fraction of its side")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images above this are error rows")
     part_files: int = Field(1000, ge=1, description="write a resumable part once this many files are complete "
                                                     "(the most an interruption can lose)")
@@ -53,7 +54,7 @@ class ServeConfig(BaseModel):
     max_pixels: int = Field(25_000_000, ge=1, description="larger images are refused (413)")
     max_files: int = Field(32, ge=1, description="files per /predict/batch request")
     body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next part of a request body")
-    margin: float = Field(MARGIN, ge=0, **FINITE, description=MARGIN_HELP)
+    margin: float = ScoreConfig.model_fields["margin"]  # served photos are cropped as scored ones
     access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
 
     def ongoing(self) -> int:
