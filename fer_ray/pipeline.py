@@ -3,8 +3,11 @@
 
 ``jobs/pipeline.py`` runs it on a cluster with the paper's networks; ``fer-ray demo`` runs it
 on synthetic faces with small CNNs. Each stage writes its own directory under the work
-directory and is skipped when its output already exists, so a rerun after an interruption
-continues where it stopped (training itself also resumes from its checkpoints). With a
+directory, a run directory (``fer_ray.rundir``) whose ``result.json`` says it finished: a
+finished stage is skipped, so a rerun after an interruption continues where it stopped
+(training itself also resumes from its checkpoints), and the report is read from the stages'
+results, not from their files. The work directory is itself claimed: its ``run.json`` holds
+the settings its finished stages were made with. With a
 storage URI (``s3://...``, anything pyarrow understands) every finished stage is uploaded
 there; the work directory must then be on storage all nodes share (e.g. the shared volume of
 the KubeRay manifests), since Ray tasks on any node write into it.
@@ -12,19 +15,19 @@ the KubeRay manifests), since Ray tasks on any node write into it.
 
 import glob
 import json
-import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_ray.choices import MAX_SIDE, MODEL_NAMES
+from fer_ray.data.catalog import MANIFEST
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
-from fer_ray.rundir import changed
+from fer_ray import rundir
 from fer_ray.training.config import Recipe, TrainConfig
 from fer_ray.tuning.config import SvmSweep
 
@@ -38,7 +41,6 @@ STAGE_SETTINGS = ("source", "input", "count", "size", "models", "input_sizes", "
 # ...and these shape the transfer stage, so they matter only once a run has had one (--kdef).
 TRANSFER_SETTINGS = ("kdef", "kdef_face_crop", "transfer_freeze", "transfer_epochs")
 PREPARE = PrepareConfig.model_fields  # the catalog stage's defaults
-CONFIG_FILE = "pipeline-config.json"
 TIMINGS_FILE = "stage-timings.json"
 
 
@@ -129,18 +131,21 @@ class Pipeline:
 
     # ------------------------------------------------------------ stages
 
-    def stage(self, name: str, done: Path, fn):
-        """Run ``fn`` unless ``done`` exists (a finished stage); upload; time it."""
+    def stage(self, name: str, fn, done: Path | None = None) -> dict | None:
+        """Run ``fn`` unless the stage finished; upload; time it. Return the stage's result:
+        its run directory's ``result.json`` (a catalog, no run, has a ``done`` file instead)."""
         t0 = time.perf_counter()
-        if done.exists():
-            self.log(f"[pipeline] {name}: already done ({done}), skipping")
+        folder = self.work / name
+        if (done or folder / rundir.RESULT).exists():
+            self.log(f"[pipeline] {name}: already done ({done or folder / rundir.RESULT}), skipping")
         else:
             self.log(f"[pipeline] {name} ...")
             fn()
             self.timings[name] = round(time.perf_counter() - t0, 1)
             (self.work / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2))
         if is_uri(self.cfg.storage):
-            upload(self.work / name, f"{self.cfg.storage.rstrip('/')}/{name}")
+            upload(folder, f"{self.cfg.storage.rstrip('/')}/{name}")
+        return None if done else rundir.result(folder)
 
     def prepare(self) -> str:
         from fer_ray.data.catalog import audit, read_manifest
@@ -155,107 +160,93 @@ class Pipeline:
             source = make_source(prep.source, prep.input, size=prep.size, **prep.source_options())
             build_catalog(source, prep.output, seed=prep.seed, overwrite=prep.overwrite, log=self.log)
 
-        self.stage("catalog", out / "manifest.json", run)
+        self.stage("catalog", run, done=out / MANIFEST)
         self.log(audit(read_manifest(str(out))))
         return str(out)
 
-    def svm(self, catalog: str) -> str:
+    def svm(self, catalog: str) -> dict:
         from fer_ray.tuning.sweeps import SvmSweep, sweep_svm
 
-        out = self.work / "svm"
         lo, hi = self.cfg.svm_lambda
-        self.stage("svm", out / "best.json", lambda: sweep_svm(
-            SvmSweep(catalog=catalog, run_dir=str(out), samples=self.cfg.svm_samples, lambda_min=lo,
+        return self.stage("svm", lambda: sweep_svm(
+            SvmSweep(catalog=catalog, run_dir=str(self.work / "svm"), samples=self.cfg.svm_samples, lambda_min=lo,
                      lambda_max=hi, seed=self.cfg.seed), log=self.log))
-        return str(out / "artifact")
 
     def cnn(self, catalog: str, index: int, model: str, init_from: str | None = None, freeze: int = 0,
-            epochs: int | None = None, name: str | None = None) -> str:
-        from fer_ray.data.catalog import read_manifest
+            epochs: int | None = None, name: str | None = None) -> dict:
         from fer_ray.training.config import Recipe, TrainConfig
         from fer_ray.training.trainer import train
 
         name = name or f"cnn-{index}-{model}"
-        out = self.work / name
         recipe = Recipe(epochs=epochs or self.cfg.epochs, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
                         seed=self.cfg.seed + index)
-        cfg = TrainConfig(catalog=catalog, run_dir=str(out), model=model, recipe=recipe,
+        cfg = TrainConfig(catalog=catalog, run_dir=str(self.work / name), model=model, recipe=recipe,
                           input_size=self.cfg.input_sizes.get(model), workers=self.cfg.workers, gpu=self.cfg.gpu,
                           cpus_per_worker=self.cfg.cpus_per_worker, init_from=init_from, freeze=freeze)
-        # Training evaluates val, then test: the stage is done once the last of them is written.
-        last = "test" if "test" in read_manifest(catalog)["shards"] else "val"
-        self.stage(name, out / f"eval-{last}" / "metrics.json", lambda: train(cfg, log=self.log))
-        return str(out / "artifact")
+        return self.stage(name, lambda: train(cfg, log=self.log))
 
-    def ensemble(self, catalog: str, members: list[str]) -> str:
+    def ensemble(self, catalog: str, members: list[dict]) -> dict:
         from fer_ray.ensemble.features import run_ensemble
 
-        out = self.work / "ensemble"
-        self.stage("ensemble", out / "metrics.json", lambda: run_ensemble(
-            members, catalog, str(out), batch_size=self.cfg.ensemble_batch_size, gpu=self.cfg.gpu, log=self.log))
-        return str(out / "artifact")
+        return self.stage("ensemble", lambda: run_ensemble(
+            [m["artifact"] for m in members], catalog, str(self.work / "ensemble"),
+            batch_size=self.cfg.ensemble_batch_size, gpu=self.cfg.gpu, log=self.log))
 
-    def transfer(self, source_artifact: str) -> tuple[str, str]:
+    def transfer(self, source: dict) -> tuple[str, dict]:
+        from fer_ray.artifacts import read_meta
         from fer_ray.data.ingest import build_catalog
         from fer_ray.data.sources import make_source
 
         catalog = self.work / "kdef-catalog"
-        self.stage("kdef-catalog", catalog / "manifest.json", lambda: build_catalog(
+        self.stage("kdef-catalog", lambda: build_catalog(
             make_source("kdef", self.cfg.kdef, size=self.cfg.size, face_crop=self.cfg.kdef_face_crop),
-            str(catalog), seed=self.cfg.seed, overwrite=True, log=self.log))
-        from fer_ray.artifacts import read_meta
-
-        artifact = self.cnn(str(catalog), 0, read_meta(source_artifact)["architecture"], init_from=source_artifact,
-                            freeze=self.cfg.transfer_freeze, epochs=self.cfg.transfer_epochs, name="transfer-kdef")
-        return str(catalog), artifact
+            str(catalog), seed=self.cfg.seed, overwrite=True, log=self.log), done=catalog / MANIFEST)
+        result = self.cnn(str(catalog), 0, read_meta(source["artifact"])["architecture"], init_from=source["artifact"],
+                          freeze=self.cfg.transfer_freeze, epochs=self.cfg.transfer_epochs, name="transfer-kdef")
+        return str(catalog), result
 
     def score(self, artifact: str) -> str:
         from fer_ray.inference.batch import score_folder
 
-        out = self.work / "scores" / "scores.parquet"
+        folder = self.work / "scores"
+        out = folder / "scores.parquet"
         # The scores belong to one --score-input: another one (allowed on a rerun) is scored afresh.
-        record = self.work / "scores" / "input.json"
         wanted = {"score_input": self.cfg.score_input, "artifact": artifact}
-        if record.is_file() and json.loads(record.read_text()) != wanted:
-            shutil.rmtree(self.work / "scores")
+        old = rundir.recorded(folder)
+        rundir.claim(folder, "scores", wanted, overwrite=old is not None and bool(rundir.changed(old, wanted)))
 
         def run():
-            score_folder(artifact, self.cfg.score_input, str(out), faces="all", gpu=self.cfg.gpu, log=self.log)
+            summary = score_folder(artifact, self.cfg.score_input, str(out), faces="all", gpu=self.cfg.gpu,
+                                   log=self.log)
+            rundir.finish(folder, asdict(summary))
 
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(wanted))
-        self.stage("scores", out, run)
+        self.stage("scores", run)
         return str(out)
 
     # ------------------------------------------------------------ report
 
-    def report(self, catalog: str, svm: str, cnns: list[str], ensemble: str, transfer=None) -> dict:
+    def report(self, catalog: str, svm: dict, cnns: list[dict], ensemble: dict, transfer=None) -> dict:
         """The paper's table on the held-out split, with the paper's own figures beside ours.
 
-        Every stage already evaluated its artifact on val and test (``eval-<split>/``) and the
-        ensemble stage kept each member's probabilities with its features, so the table is read
-        from those: no model runs again here.
+        Every stage evaluated its artifact on val and test and keeps the metrics in its result,
+        the ensemble's with its members' soft vote, so the table is read from those: no model
+        runs again here.
         """
         from fer_ray.artifacts import read_meta
-        from fer_ray.data.catalog import read_manifest
-        from fer_ray.ensemble.stack import read_features, soft_vote
         from fer_ray.evaluation.evaluate import protocol
-        from fer_ray.evaluation.metrics import classification_metrics, headline_figures
+        from fer_ray.evaluation.metrics import headline_figures
         from fer_ray.evaluation.report import comparison_table, recall_table
 
-        split = "test" if "test" in read_manifest(catalog)["shards"] else "val"
-        rows, paper = [], []
-        named = [("linear SVM (hinge, L2; swept lambda)", svm, "svm")]
-        named += [(f"{read_meta(p)['architecture']} #{i + 1}", p, read_meta(p)["architecture"]) for i, p in enumerate(cnns)]
-        for name, path, key in named:
-            rows.append((name, _evaluation(path, split)))
-            paper.append(PAPER.get(key))
-        feats = read_features(str(Path(ensemble).parent / "features" / split))
-        rows.append(("soft voting (mean of CNN probabilities)",
-                     classification_metrics(feats["label"], soft_vote(feats["probs"]).argmax(1))))
+        split = _held_out(catalog)
+        rows, paper = [("linear SVM (hinge, L2; swept lambda)", svm["evaluations"][split])], [PAPER["svm"]]
+        for i, cnn in enumerate(cnns):
+            architecture = read_meta(cnn["artifact"])["architecture"]
+            rows.append((f"{architecture} #{i + 1}", cnn["evaluations"][split]))
+            paper.append(PAPER.get(architecture))
+        rows.append(("soft voting (mean of CNN probabilities)", ensemble["soft_vote"][split]))
         paper.append(None)
         rows.append(("stacked ensemble (one-vs-rest logistic on concatenated penultimate features)",
-                     _evaluation(ensemble, split)))
+                     ensemble["evaluations"][split]))
         paper.append(PAPER["ensemble"])
         proto = protocol(catalog, split, "none")
         lines = ["# fer-ray pipeline report", "", "## The paper's table", "",
@@ -271,9 +262,9 @@ class Pipeline:
                               "recall": {k: c["recall"] for k, c in m["per_class"].items()}}
                              for (n, m), p in zip(rows, paper)]}
         if transfer:
-            kdef_catalog, artifact = transfer
-            kdef_split = "test" if "test" in read_manifest(kdef_catalog)["shards"] else "val"
-            m = _evaluation(artifact, kdef_split)
+            kdef_catalog, result = transfer
+            kdef_split = _held_out(kdef_catalog)
+            m = result["evaluations"][kdef_split]
             lines += ["", "## Transfer learning to KDEF", "",
                       comparison_table([("transfer (frozen early stages)", m)], protocol(kdef_catalog, kdef_split, "none")),
                       "", f"Paper: {PAPER['transfer']:.3f} on KDEF."]
@@ -287,22 +278,19 @@ class Pipeline:
         return summary
 
     def check_settings(self) -> None:
-        """Refuse to resume a work directory whose finished stages were made with other
-        settings (they would be reused as they are), and a ``--gpu`` the cluster cannot give."""
+        """Claim the work directory: refuse to resume one whose finished stages were made with
+        other settings (they would be reused as they are), and a ``--gpu`` the cluster cannot give.
+        Before any stage finished there is nothing to mix, so the settings are recorded anew."""
         from fer_ray.runtime import init_ray, require_gpus
 
-        path = self.work / CONFIG_FILE
-        if path.exists() and (self.work / "catalog" / "manifest.json").exists():
-            old = json.loads(path.read_text())
-            compared = STAGE_SETTINGS + (TRANSFER_SETTINGS if old.get("kdef") else ())
-            differ = changed(old, self.cfg.model_dump(), compared)
-            if differ:
-                raise ValueError(f"{self.work} holds a pipeline run made with other {', '.join(differ)}; rerun "
-                                 "with the same settings to resume it, or use a new output folder (--storage; --output for fer-ray demo)")
+        old = rundir.recorded(self.work) or {}
+        started = (self.work / "catalog" / MANIFEST).exists()
+        keys = (STAGE_SETTINGS + (TRANSFER_SETTINGS if old.get("kdef") else ())) if started else ()
+        rundir.claim(self.work, "pipeline", self.cfg.model_dump(), keys=keys,
+                     flag="--work-dir" if is_uri(self.cfg.storage) else "--storage")
         if self.cfg.gpu:
             init_ray()
             require_gpus(1)
-        path.write_text(self.cfg.model_dump_json(indent=2))
 
     def run(self) -> dict:
         t0 = time.perf_counter()
@@ -311,29 +299,26 @@ class Pipeline:
         svm = self.svm(catalog)
         cnns = [self.cnn(catalog, i + 1, m) for i, m in enumerate(self.cfg.models)]
         ensemble = self.ensemble(catalog, cnns)
-        transfer = self.transfer(cnns[int(np.argmax([_val_acc(c) for c in cnns]))]) if self.cfg.kdef else None
+        best = max(cnns, key=lambda c: c["evaluations"]["val"]["accuracy"])  # the first of equals
+        transfer = self.transfer(best) if self.cfg.kdef else None
         summary = self.report(catalog, svm, cnns, ensemble, transfer)
-        outputs = {"catalog": catalog, "svm": svm, "cnns": cnns, "ensemble": ensemble,
-                   "report": str(self.work / "report.md")}
+        outputs = {"catalog": catalog, "svm": svm["artifact"], "cnns": [c["artifact"] for c in cnns],
+                   "ensemble": ensemble["artifact"], "report": str(self.work / "report.md")}
         if transfer:
-            outputs["transfer"] = transfer[1]
+            outputs["transfer"] = transfer[1]["artifact"]
         if self.cfg.score_input:
-            outputs["scores"] = self.score(ensemble)
+            outputs["scores"] = self.score(ensemble["artifact"])
         summary["outputs"] = outputs
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["storage"] = self.cfg.storage
         return summary
 
 
-def _evaluation(artifact: str, split: str) -> dict:
-    """The metrics the artifact's own stage wrote for ``split`` (``<run dir>/eval-<split>/``)."""
-    return json.loads((Path(artifact).parent / f"eval-{split}" / "metrics.json").read_text())
+def _held_out(catalog: str) -> str:
+    """The split a report states: test, or val where the catalog has no test split."""
+    from fer_ray.data.catalog import read_manifest
 
-
-def _val_acc(artifact: str) -> float:
-    from fer_ray.artifacts import read_meta
-
-    return read_meta(artifact)["metrics"].get("val", {}).get("accuracy", 0.0)
+    return "test" if "test" in read_manifest(catalog)["shards"] else "val"
 
 
 def _upload_file(local: Path, uri: str) -> None:

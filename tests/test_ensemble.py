@@ -130,7 +130,7 @@ def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_
     assert feats["features"].shape[1] == sum(member_record(m)["feature_dim"] for m in members)
     np.testing.assert_allclose(feats["features"], expected, rtol=1e-4, atol=1e-5)
 
-    summary = json.loads((run / "metrics.json").read_text())
+    summary = json.loads((run / "result.json").read_text())
     table = summary["splits"]["val"]
     names = [n for n in table if n.startswith("member")]
     stacked = next(v for n, v in table.items() if n.startswith("stacked"))

@@ -75,7 +75,7 @@ def test_pipeline_job_succeeds_on_two_nodes(local_cluster, tmp_path):
     for artifact in ("svm/artifact", "cnn-1-small_cnn/artifact", "cnn-2-small_cnn/artifact", "ensemble/artifact"):
         assert (storage / artifact / "model.json").is_file(), artifact
         assert (storage / artifact / "model.safetensors").is_file(), artifact
-    assert json.loads((storage / "cnn-1-small_cnn" / "metrics.json").read_text())["history"]
+    assert json.loads((storage / "cnn-1-small_cnn" / "result.json").read_text())["history"]
     assert (storage / "catalog" / "manifest.json").is_file()
     report = json.loads((storage / "report.json").read_text())
     models = [row["model"] for row in report["table"]]

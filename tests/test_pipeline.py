@@ -3,7 +3,6 @@ the settings it checks before the first stage."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from datagen import write_kdef
 from fer_ray.artifacts import read_meta
 from fer_ray.data.catalog import read_manifest
 from fer_ray.demo import write_demo_photos
-from fer_ray.pipeline import Pipeline, PipelineConfig, _val_acc
+from fer_ray.pipeline import Pipeline, PipelineConfig
 
 
 @pytest.mark.timeout(600)
@@ -40,24 +39,24 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
     assert (scores["error"] == "no face detected").sum() == 1
 
     cnns = summary["outputs"]["cnns"]
-    best = max(cnns, key=_val_acc)
+    best = max(cnns, key=lambda c: read_meta(c)["metrics"]["val"]["accuracy"])
     transfer = read_meta(summary["outputs"]["transfer"])
     assert transfer["transfer"]["init_from"] == best and transfer["transfer"]["freeze"] == -2
     assert transfer["catalog"]["sha256"] == read_manifest(str(out / "kdef-catalog"))["catalog_sha256"]
     assert summary["transfer"]["paper"] == 0.783
     assert "## Transfer learning to KDEF" in (out / "report.md").read_text()
 
-    # Rerun: every finished stage is skipped. A CNN stage cut off after its val evaluation
-    # (before test) is not finished: it runs again (resuming its Train run) and completes.
-    shutil.rmtree(out / "cnn-1-small_cnn" / "eval-test")
+    # Rerun: every finished stage is skipped. A CNN stage cut off before it wrote its result
+    # (after training) is not finished: it runs again (resuming its Train run) and completes.
+    (out / "cnn-1-small_cnn" / "result.json").unlink()
     lines = []
     again = Pipeline(cfg, log=lines.append).run()
     assert "[pipeline] cnn-1-small_cnn ..." in lines and "[pipeline] ensemble ..." not in lines
-    assert (out / "cnn-1-small_cnn" / "eval-test" / "metrics.json").exists()
+    assert (out / "cnn-1-small_cnn" / "result.json").exists()
     assert again["table"] == summary["table"]
     # Other settings on the same work directory would reuse stages made with the old ones.
     changed = PipelineConfig(**{**cfg.__dict__, "epochs": 3})
-    with pytest.raises(ValueError, match="made with other epochs"):
+    with pytest.raises(ValueError, match="holds a pipeline run with different epochs"):
         Pipeline(changed, log=lambda *_: None).run()
 
 
@@ -90,7 +89,7 @@ def test_adding_kdef_on_a_rerun_may_bring_its_own_transfer_settings(tmp_path):
                                   "transfer_freeze": -1, "transfer_epochs": 3})
     Pipeline(with_kdef, log=lambda *_: None).check_settings()  # no transfer stage ran: nothing to mix
     other = PipelineConfig(**{**with_kdef.__dict__, "transfer_epochs": 4})
-    with pytest.raises(ValueError, match="made with other transfer_epochs"):  # now one exists
+    with pytest.raises(ValueError, match="holds a pipeline run with different transfer_epochs"):  # now one exists
         Pipeline(other, log=lambda *_: None).check_settings()
 
 
@@ -98,10 +97,10 @@ def test_a_resumed_run_reports_each_stage_s_time_when_it_ran(tmp_path):
     cfg = _finished_run(tmp_path)
     done = tmp_path / "out" / "stage-a" / "done"
     first = Pipeline(cfg, log=lambda *_: None)
-    first.stage("stage-a", done, lambda: (time.sleep(0.3), done.parent.mkdir(), done.touch()))
+    first.stage("stage-a", lambda: (time.sleep(0.3), done.parent.mkdir(), done.touch()), done=done)
     assert first.timings["stage-a"] >= 0.3
     again = Pipeline(cfg, log=lambda *_: None)
-    again.stage("stage-a", done, lambda: pytest.fail("a finished stage ran again"))
+    again.stage("stage-a", lambda: pytest.fail("a finished stage ran again"), done=done)
     assert again.timings == first.timings  # was 0.0: the time it took to skip it
 
 
@@ -113,6 +112,7 @@ def test_another_score_input_on_a_rerun_is_scored_not_reused(tmp_path, monkeypat
     def fake_score_folder(artifact, input, output, **kwargs):
         scored.append(input)
         Path(output).write_text(input)
+        return batch.ScoreSummary(output=output)
 
     monkeypatch.setattr(batch, "score_folder", fake_score_folder)
     for name in ("a", "b"):

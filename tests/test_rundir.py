@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fer_ray.rundir import RECORD, check_claim, claim
+from fer_ray.rundir import RECORD, RESULT, check_claim, claim, finish, finished, recorded, result
 
 
 def test_a_rerun_with_the_same_settings_resumes_and_other_owners_are_refused(tmp_path):
@@ -65,3 +65,29 @@ def test_a_damaged_run_record_is_refused_and_kept(tmp_path, text):
         with pytest.raises(ValueError, match=f"{RECORD} is damaged .*delete the folder yourself"):
             claim(run, "train", {"epochs": 3}, overwrite=overwrite)
     assert (run / "artifact").is_dir()
+
+
+def test_a_finished_run_answers_a_rerun_with_its_result(tmp_path):
+    """result.json, written last, is what "finished" means for every stage and the pipeline."""
+    run = tmp_path / "run"
+    lines = []
+    assert finished(run, "train", {"epochs": 3}, log=lines.append) is None and not run.exists()
+    claim(run, "train", {"epochs": 3})
+    assert finished(run, "train", {"epochs": 3}, log=lines.append) is None and result(run) is None  # resumes
+    finish(run, {"artifact": "a", "evaluations": {"val": {"accuracy": 0.5}}})
+    assert finished(run, "train", {"epochs": 3}, log=lines.append)["evaluations"]["val"]["accuracy"] == 0.5
+    assert lines == [f"train: already finished ({run.resolve() / RESULT}; --overwrite to run it again)"]
+    with pytest.raises(ValueError, match="holds a train run with different epochs"):
+        finished(run, "train", {"epochs": 4})
+    assert finished(run, "train", {"epochs": 4}, overwrite=True) is None  # runs again, from scratch
+    assert not list(run.glob(".*.tmp"))  # written atomically
+
+
+def test_keys_limit_what_a_rerun_may_not_change(tmp_path):
+    run = tmp_path / "run"
+    claim(run, "pipeline", {"epochs": 3, "gpu": False})
+    claim(run, "pipeline", {"epochs": 3, "gpu": True}, keys=("epochs",))  # recorded anew
+    assert recorded(run) == {"epochs": 3, "gpu": True}
+    with pytest.raises(ValueError, match="--storage .* holds a pipeline run with different epochs; .*another --storage"):
+        claim(run, "pipeline", {"epochs": 4, "gpu": True}, keys=("epochs",), flag="--storage")
+    assert recorded(tmp_path / "none") is None

@@ -301,7 +301,7 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     one = score_folder(str(small_artifact), str(root / "landscape.png"), str(out), faces="all", log=print)
     assert (one.files, one.scored_now, one.already_scored) == (1, 0, 1)  # OUT follows the input
     assert set(pq.read_table(out).column("path").to_pylist()) == {str(root / "landscape.png")}
-    with pytest.raises(ScoreError, match="other settings"):
+    with pytest.raises(ValueError, match="holds a score run with different mode"):
         score_folder(str(small_artifact), str(root), str(out), faces="largest", log=print)
 
 

@@ -121,7 +121,7 @@ def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path, c
 
     run = tmp_path / "baseline"
     assert main(["baseline", "--catalog", str(synthetic_catalog), "--run-dir", str(run), "--lambda", "1.0"]) == 0
-    summary = json.loads((run / "metrics.json").read_text())
+    summary = json.loads((run / "result.json").read_text())
     for split in ("val", "test"):
         assert (run / f"eval-{split}" / "report.md").is_file()
         assert summary["evaluations"][split]["accuracy"] > CHANCE + 0.05
@@ -135,7 +135,7 @@ def test_baseline_cli_writes_artifact_and_reports(synthetic_catalog, tmp_path, c
     assert json.loads((run / "run.json").read_text())["settings"]["lambda"] == 1.0
     assert main([*other, "--overwrite"]) == 0
     assert json.loads((run / "run.json").read_text())["settings"]["lambda"] == 0.1
-    assert json.loads((run / "metrics.json").read_text())["fit"]["lambda"] == 0.1
+    assert json.loads((run / "result.json").read_text())["fit"]["lambda"] == 0.1
 
 
 @pytest.mark.ray

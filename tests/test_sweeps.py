@@ -80,12 +80,11 @@ def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog,
     assert meta["fit"]["lambda"] == pytest.approx(best["lambda"])
     assert meta["metrics"]["val"]["accuracy"] == pytest.approx(best["val_acc"])
     assert (run / "eval-test" / "report.md").is_file()
-    # The same command again: finished, so nothing runs (it said "resuming the interrupted
-    # sweep" and rewrote best.json with the 0.1 s of restoring it).
-    lines, stamp = [], (run / "best.json").stat().st_mtime_ns
-    assert sweep_svm(cfg, log=lines.append) == json.loads((run / "best.json").read_text())
-    assert lines == [f"sweep svm: already finished ({run / 'best.json'}; --overwrite to run it again)"]
-    assert (run / "best.json").stat().st_mtime_ns == stamp
+    # The same command again: finished, so nothing runs and nothing is rewritten.
+    lines, stamp = [], (run / "result.json").stat().st_mtime_ns
+    assert sweep_svm(cfg, log=lines.append) == json.loads((run / "result.json").read_text())
+    assert lines == [f"sweep svm: already finished ({run / 'result.json'}; --overwrite to run it again)"]
+    assert (run / "result.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="different samples"):
         sweep_svm(SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=4, lambda_min=0.3,
                            lambda_max=3.0), **QUIET)

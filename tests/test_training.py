@@ -37,7 +37,7 @@ def test_cli_train_one_worker_learns_and_evaluates(synthetic_catalog, tmp_path, 
     assert meta["architecture"] == "small_cnn" and meta["epochs_trained"] == 6
     assert meta["metrics"]["val"]["accuracy"] > 0.6  # chance is 1/7
     assert meta["catalog"]["sha256"] == json.loads((synthetic_catalog / "manifest.json").read_text())["catalog_sha256"]
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    history = json.loads((run_dir / "result.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, 7))
     assert history[-1]["val_acc"] > history[0]["val_acc"]
     report = (run_dir / "eval-test" / "report.md").read_text()

@@ -27,7 +27,6 @@ calibrated.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from fer_ray.artifacts import ArtifactError, linear_arrays, load_artifact, save_
 from fer_ray.baseline.config import BaselineConfig
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
-from fer_ray.rundir import claim
+from fer_ray.rundir import claim, finish, finished
 
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
 MIN_SCALE_FRACTION = 0.1
@@ -199,14 +198,14 @@ def train_svm(catalog: str, output: str, lam: float = DEFAULT_LAMBDA, solver: st
 
 
 def run_baseline(catalog: str, run_dir: str, log=print, **settings) -> dict:
-    """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test, write metrics.json.
-    ``settings`` are ``BaselineConfig``'s other fields (lam, solver, loss, max_iter, overwrite).
+    """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test; return
+    the summary ``result.json`` keeps. ``settings`` are ``BaselineConfig``'s other fields (lam,
+    solver, loss, max_iter, overwrite).
 
     A run directory holding another run (or this one with another lambda) is refused unless
     ``overwrite``: a second SVM would silently replace the first."""
     from fer_ray.data.catalog import read_manifest, split_dir
     from fer_ray.evaluation.evaluate import evaluate_splits
-    from fer_ray.evaluation.metrics import headline_figures
 
     cfg = BaselineConfig(catalog=catalog, run_dir=run_dir, **settings)
     lam, solver, loss, max_iter = cfg.lam, cfg.solver, cfg.loss, cfg.max_iter
@@ -215,6 +214,9 @@ def run_baseline(catalog: str, run_dir: str, log=print, **settings) -> dict:
     split_dir(catalog, "train")
     config = {"catalog": str(Path(catalog).resolve()), "catalog_sha256": manifest["catalog_sha256"], "lambda": lam,
               "solver": solver, "loss": loss, "max_iter": max_iter}
+    done = finished(run_dir, "baseline", config, cfg.overwrite, log)
+    if done is not None:
+        return done
     out = claim(run_dir, "baseline", config, cfg.overwrite)  # run.json records these settings
     t0 = time.perf_counter()
     artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
@@ -222,7 +224,5 @@ def run_baseline(catalog: str, run_dir: str, log=print, **settings) -> dict:
         f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"
         + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
     evals = evaluate_splits(str(artifact), catalog, out, log=lambda line: log(f"baseline: {line}"))
-    summary = {"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
-               "evaluations": {s: headline_figures(m) for s, m in evals.items()}}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return finish(out, {"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
+                        "evaluations": evals})

@@ -13,7 +13,6 @@ Output columns: ``features`` float32 (sum of member widths), ``probs`` float32
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -23,7 +22,7 @@ from fer_ray.data.catalog import read_manifest, split_dir
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.ensemble.stack import (MemberFeatures, choose_head, member_record, read_features, save_ensemble,
                                     soft_vote)
-from fer_ray.rundir import claim
+from fer_ray.rundir import claim, finish, finished
 
 
 def plan_actors(cpus: float, gpus: int, gpu: bool, actors: int | None, cpus_per_actor: float) -> tuple[int, float]:
@@ -86,7 +85,8 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **se
     """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side.
     ``settings`` are ``EnsembleConfig``'s other fields (grid, batch_size, actors, gpu, overwrite).
 
-    The run directory is claimed for these members, catalog and grid (see ``fer_ray.rundir``)."""
+    The run directory is claimed for these members, catalog and grid, and its ``result.json``
+    keeps the returned summary (see ``fer_ray.rundir``)."""
     from fer_ray.data.catalog import read_manifest
     from fer_ray.evaluation.evaluate import evaluate_artifact, protocol
     from fer_ray.evaluation.metrics import classification_metrics, headline_figures
@@ -104,6 +104,9 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **se
         raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
     settings = {"members": member_paths, "catalog": str(Path(catalog).resolve()),
                 "catalog_sha256": manifest["catalog_sha256"], "grid": list(cfg.grid)}
+    done = finished(run_dir, "ensemble", settings, cfg.overwrite, log)
+    if done is not None:
+        return done
     out = claim(run_dir, "ensemble", settings, cfg.overwrite)
     t0 = time.perf_counter()
     paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=cfg.batch_size,
@@ -119,14 +122,16 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **se
 
     names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
              for i, r in enumerate(records)]
-    sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}}
+    # "evaluations": the stacked ensemble end to end; "soft_vote": its baseline, for reports.
+    sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}, "evaluations": {},
+                             "soft_vote": {}}
     for split in ("val", "test"):
         if split not in feats:
             continue
         f = feats[split]
         rows = [(n, classification_metrics(f["label"], f["probs"][:, i].argmax(axis=1))) for i, n in enumerate(names)]
-        rows.append(("soft voting (mean of member probabilities)",
-                     classification_metrics(f["label"], soft_vote(f["probs"]).argmax(axis=1))))
+        summary["soft_vote"][split] = classification_metrics(f["label"], soft_vote(f["probs"]).argmax(axis=1))
+        rows.append(("soft voting (mean of member probabilities)", summary["soft_vote"][split]))
         rows.append(("stacked ensemble (one-vs-rest logistic on concatenated features)",
                      classification_metrics(f["label"], head.scores(f["features"]).argmax(axis=1))))
         end_to_end = evaluate_artifact(str(artifact), catalog, split, str(out / f"eval-{split}"))
@@ -136,11 +141,11 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **se
                      f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
         summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
         summary["splits"][split]["end_to_end_accuracy"] = end_to_end["accuracy"]
+        summary["evaluations"][split] = end_to_end
         log(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
     lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
              f"Members: {len(records)}; features: {' + '.join(map(str, widths))} = {sum(widths)}; "
              f"head: 7 one-vs-rest logistic regressions, C = {choice['C']:g} "
              f"(val accuracy by C: {choice['val_accuracy_by_C']}).", ""] + sections
     (out / "report.md").write_text("\n".join(lines))
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return finish(out, summary)

@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import fnmatch
 import glob
-import json
 import math
 import os
 import re
@@ -47,10 +46,9 @@ from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, FaceScorer, detect_batch
-from fer_ray.rundir import changed
+from fer_ray.rundir import RECORD, claim
 
 OUTPUT_FORMATS = (".parquet", ".csv")
-JOB_FILE = "job.json"
 SCHEMA = pa.schema(
     [("path", pa.string()), ("face", pa.int32()), ("x", pa.int32()), ("y", pa.int32()),
      ("w", pa.int32()), ("h", pa.int32()), ("emotion", pa.string())]
@@ -205,7 +203,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
 
 
 class PartStore:
-    """The ``OUT.parts/`` folder: ``job.json`` (the settings) and ``part-NNNNNN.parquet`` files.
+    """The ``OUT.parts/`` folder: ``run.json`` (the settings) and ``part-NNNNNN.parquet`` files.
 
     A lock (``flock``, released by the kernel even when the process is killed) keeps two
     jobs from writing the same parts at once; ``--overwrite`` clears the folder under it.
@@ -232,22 +230,11 @@ class PartStore:
             if entry.name != ".lock":
                 entry.unlink()
 
-    def check_job(self, job: dict) -> None:
-        """Record the job's settings, or refuse to mix results made with other settings.
-
-        The model is identified by its weights' checksum, not its path, so a moved or copied
-        artifact resumes; a retrained one (or other face settings) does not.
-        """
-        path = self.folder / JOB_FILE
-        if path.is_file():
-            previous = json.loads(path.read_text())
-            differ = changed(previous, job, [k for k in job if k != "artifact"])
-            if differ:
-                detail = "; ".join(f"{k}: {previous.get(k)!r} -> {job[k]!r}" for k in differ)
-                raise ScoreError(f"{self.folder} holds results scored with other settings ({detail}); "
-                                 "use another --output or pass --overwrite to start over")
-        else:
-            path.write_text(json.dumps(job, indent=2))
+    def claim(self, job: dict) -> None:
+        """Record the job's settings, or refuse to mix results made with other settings (the
+        model is its weights' checksum, not its path: a moved artifact resumes, a retrained one
+        does not)."""
+        claim(self.folder, "score", job, flag="--output")
 
     def parts(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
@@ -389,10 +376,10 @@ def score_folder(artifact: str, input: str, output: str, log=print, **settings) 
         raise ScoreError(f"--output must end in {' or '.join(OUTPUT_FORMATS)}, got {out.name}{unnamed}")
     if out.is_dir():
         raise ScoreError(f"--output {out} is a folder; name a file inside it, e.g. {out / ('scores' + out.suffix)}")
-    if out.exists() and not cfg.overwrite and not (parts_folder(out) / JOB_FILE).is_file():
-        # Only a file this command wrote (its parts and job.json beside it) is rewritten unasked.
+    if out.exists() and not cfg.overwrite and not (parts_folder(out) / RECORD).is_file():
+        # Only a file this command wrote (its parts and run.json beside it) is rewritten unasked.
         raise ScoreError(f"{out} exists and is no earlier result of fer-ray score (no {parts_folder(out).name}/"
-                         f"{JOB_FILE} beside it); pass --overwrite to replace it, or choose another --output")
+                         f"{RECORD} beside it); pass --overwrite to replace it, or choose another --output")
     # Loaded whole here, as each model actor will load it: a broken artifact (weights that do
     # not fit, a pickle for weights) is one error line now, not actor tracebacks after Ray starts.
     meta = Predictor(artifact, device="cpu").meta
@@ -402,13 +389,13 @@ def score_folder(artifact: str, input: str, output: str, log=print, **settings) 
     shown = {f: display_path(f) for f in files}
     store = PartStore(parts_folder(out))
     summary = ScoreSummary(output=str(out), skipped_non_images=others)
-    job = {"artifact": os.path.abspath(artifact), "weights_sha256": meta.get("weights_sha256"),
+    job = {"weights_sha256": meta.get("weights_sha256"),
            **{k: v for k, v in asdict(config).items() if k != "image_size"}}
     with store.locked():
         if cfg.overwrite:  # under the lock: a running job's parts are never pulled from under it
             store.clear()
             out.unlink(missing_ok=True)
-        store.check_job(job)
+        store.claim(job)
         done = store.scored_paths()
         todo = [f for f in files if shown[f] not in done]
         summary.already_scored = len(files) - len(todo)

@@ -25,7 +25,7 @@ from fer_ray.data.catalog import read_manifest, split_dir
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
-from fer_ray.rundir import check_claim, claim
+from fer_ray.rundir import claim, finish, finished
 from fer_ray.training.local import artifact_meta
 from fer_ray.training.config import TRAJECTORY, Recipe, TrainConfig
 from fer_ray.training.loop import Run, TrainingDiverged, epoch_line, to_device
@@ -63,7 +63,8 @@ def _check_start(cfg: TrainConfig, resolved: dict) -> None:
 
 
 def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
-    """Train on Ray, write ``run_dir/artifact`` and evaluation reports; return a summary.
+    """Train on Ray, write ``run_dir/artifact`` and evaluation reports; return the summary
+    ``result.json`` keeps (which is all a rerun of a finished run does).
 
     ``callbacks`` go to the run's ``RunConfig`` (a Tune sweep passes ``TuneReportCallback`` so
     each epoch's report reaches its scheduler).
@@ -87,7 +88,9 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     stored = cfg.model_dump()
     # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
     settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
-    check_claim(cfg.run_dir, "train", settings, cfg.overwrite)
+    done = finished(cfg.run_dir, "train", settings, cfg.overwrite, log)
+    if done is not None:
+        return done
     init_ray()
     cfg = cfg.model_copy(update={"cpus_per_worker": cfg.cpus_per_worker or default_cpus_per_worker(cfg.workers)})
     # before anything is written: a refused run leaves no run directory behind
@@ -138,14 +141,13 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
         transfer={"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
         if cfg.init_from else None)
     artifact = save_cnn(str(run_dir / "artifact"), model, meta)
-    (run_dir / "metrics.json").write_text(json.dumps({"history": history}, indent=2))
     log(f"train: {len(history)} epochs in {time.time() - t0:.1f} s; artifact {artifact}")
 
     from fer_ray.evaluation.evaluate import evaluate_splits
 
     evals = evaluate_splits(str(artifact), cfg.catalog, run_dir, tta=cfg.eval_tta, log=lambda line: log(f"train: {line}"))
-    return {"artifact": str(artifact), "history": history, "evaluations": evals,
-            "parameters": state["parameters"], "run_dir": str(run_dir)}
+    return finish(run_dir, {"artifact": str(artifact), "history": history, "evaluations": evals,
+                            "parameters": state["parameters"], "run_dir": str(run_dir)})
 
 
 def _shard_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,9 @@ A sweep's run directory::
     tune/<kind>/        Tune's experiment state: rerunning the same command resumes it
     trials/<trial_id>/  SVM: artifact/ ; CNN: the trial's whole training run dir
     results.csv         one row per trial: config, val_acc, epochs, status
-    best.json           the chosen trial (highest final val accuracy among completed trials)
-    artifact/           a copy of its artifact, evaluated in eval-val/ and eval-test/
+    artifact/           a copy of the chosen trial's artifact (highest final val accuracy among
+                        completed trials), evaluated in eval-val/ and eval-test/
+    result.json         written last: the chosen trial, its scores (a rerun returns it)
 
 The run directory must be visible to every node (a local disk on one machine, shared
 storage on a cluster), as for ``fer-ray train``.
@@ -38,7 +39,6 @@ storage on a cluster), as for ``fer-ray train``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import time
@@ -47,7 +47,7 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler
 
 from fer_ray.baseline.svm import fit_svm, save_svm
-from fer_ray.rundir import claim
+from fer_ray.rundir import claim, finish, finished
 from fer_ray.runtime import Interrupted, environ
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 from fer_ray.data.catalog import load_split, read_manifest, split_dir
@@ -171,13 +171,16 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
     for split in ("train", "val"):  # fitted on, chosen on: checked before Ray starts
         split_dir(cfg.catalog, split)
     settings = _settings(cfg, manifest)
+    done = finished(cfg.run_dir, "sweep svm", settings, cfg.overwrite, log)
+    if done is not None:
+        return done
     init_ray()
     concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
     trainable = tune.with_resources(
         tune.with_parameters(svm_trial, settings=settings, train=load_split(cfg.catalog, "train"),
                              val=load_split(cfg.catalog, "val")), {"CPU": 1})
     space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
-    return _run(trainable, space, "svm", settings, cfg.samples, concurrency, scheduler=None, log=log)
+    return _run(trainable, space, "svm", settings, cfg, concurrency, scheduler=None, log=log)
 
 
 def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
@@ -196,6 +199,9 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     for split in ("train", "val"):  # every trial would fail on a catalog without them
         split_dir(cfg.catalog, split)
     settings = _settings(cfg, manifest)
+    done = finished(cfg.run_dir, "sweep cnn", settings, cfg.overwrite, log)
+    if done is not None:
+        return done
     init_ray()
     resources = cluster_capacity()
     if cfg.gpu:
@@ -219,7 +225,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
                                 grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=cfg.reduction_factor)
     try:
-        return _run(trainable, space, "cnn", settings, cfg.samples, concurrency, scheduler, log=log)
+        return _run(trainable, space, "cnn", settings, cfg, concurrency, scheduler, log=log)
     finally:
         ray.kill(board)  # a rerun (or a resume) starts from a clean board
 
@@ -246,33 +252,28 @@ class CooperativeASHA(ASHAScheduler):
 def _settings(cfg, manifest: dict) -> dict:
     """What a sweep's trials and its run.json see: the config with absolute paths, and the
     catalog's checksum (a catalog rebuilt in place is another catalog)."""
-    return {**cfg.model_dump(), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
+    return {**cfg.model_dump(exclude={"overwrite"}), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
             "catalog_sha256": manifest["catalog_sha256"]}
 
 
-def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concurrency: int, scheduler,
-         log=print) -> dict:
+def _run(trainable, space: dict, kind: str, settings: dict, cfg, concurrency: int, scheduler, log=print) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # Tune would silently keep a resumed sweep's old settings: other ones are refused.
-    compared = {k: v for k, v in settings.items() if k != "overwrite"}
-    run_dir = claim(settings["run_dir"], f"sweep {kind}", compared, settings["overwrite"])
-    if (run_dir / "best.json").is_file():  # written last: the sweep finished; restoring it redid the ending
-        log(f"sweep {kind}: already finished ({run_dir / 'best.json'}; --overwrite to run it again)")
-        return json.loads((run_dir / "best.json").read_text())
+    run_dir = claim(settings["run_dir"], f"sweep {kind}", settings, cfg.overwrite)
     experiment = run_dir / "tune" / kind
     t0 = time.time()
     if tune.Tuner.can_restore(str(experiment)):
         log(f"sweep {kind}: resuming the interrupted sweep in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        log(f"sweep {kind}: {samples} trials, up to {concurrency} at a time")
+        log(f"sweep {kind}: {cfg.samples} trials, up to {concurrency} at a time")
         tuner = tune.Tuner(
             trainable, param_space=space,
             # The random search's own limit (Tune ignores max_concurrent_trials for it).
-            tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=samples, scheduler=scheduler,
+            tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=cfg.samples, scheduler=scheduler,
                                         search_alg=BasicVariantGenerator(random_state=settings["seed"],
                                                                          max_concurrent=concurrency)),
             run_config=tune.RunConfig(name=kind, storage_path=str(run_dir / "tune"), verbose=0))
@@ -285,8 +286,8 @@ def _run(trainable, space: dict, kind: str, settings: dict, samples: int, concur
     _write_results(run_dir / "results.csv", rows)
     # From the rows, not Tune's counts: after Ctrl+C Tune marks the interrupted trials terminated.
     unfinished = sum(r["status"] == "unfinished" for r in rows)
-    if unfinished or len(grid) < samples:
-        raise SweepInterrupted(f"sweep {kind} stopped with {len(rows) - unfinished} of {samples} trials finished "
+    if unfinished or len(grid) < cfg.samples:
+        raise SweepInterrupted(f"sweep {kind} stopped with {len(rows) - unfinished} of {cfg.samples} trials finished "
                                f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
@@ -336,7 +337,6 @@ def _write_results(path: Path, rows: list[dict]) -> None:
 def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log) -> dict:
     from fer_ray.artifacts import update_metrics
     from fer_ray.evaluation.evaluate import evaluate_splits
-    from fer_ray.evaluation.metrics import headline_figures
 
     run_dir = Path(settings["run_dir"])
     artifact = run_dir / "artifact"
@@ -350,9 +350,8 @@ def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log
         f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
     evals = evaluate_splits(str(artifact), settings["catalog"], run_dir, log=lambda line: log(f"sweep: best {line}"))
     summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
-               "evaluations": {s: headline_figures(m) for s, m in evals.items()}}
-    (run_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+               "evaluations": evals}
+    return finish(run_dir, summary)
 
 
 def _fmt(config: dict) -> str:
