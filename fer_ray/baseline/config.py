@@ -25,7 +25,7 @@ class BaselineConfig(SvmFit):
     """One ``fer-ray baseline`` run."""
 
     catalog: str
-    run_dir: str = Field(description="artifact, metrics.json and val/test reports go here")
+    run_dir: str = Field(description="artifact, val/test reports and result.json go here")
     overwrite: bool = Field(False, description=TrainConfig.model_fields["overwrite"].description)
     lam: float = Field(SVM_DEFAULT_LAMBDA, gt=0, allow_inf_nan=False,
                        description="L2 weight in (1/N) sum hinge + lambda ||W||^2",

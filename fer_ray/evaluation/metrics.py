@@ -62,6 +62,5 @@ def classification_metrics(y_true, y_pred, labels=EMOTIONS) -> dict:
 
 
 def headline_figures(metrics: dict) -> dict:
-    """The two figures run summaries keep per split: accuracy and macro F1 (the full metrics
-    stay in each evaluation's own metrics.json)."""
+    """The two figures a summary table keeps per row: accuracy and macro F1."""
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"]}

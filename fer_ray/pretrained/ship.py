@@ -2,8 +2,8 @@
 
     python -m fer_ray.pretrained.ship --run-dir RUN --command "fer-ray train ..." [--name NAME]
 
-RUN is a ``fer-ray train`` run directory (``artifact/``, ``eval-val/``, ``eval-test/``,
-``metrics.json``). The card is generated from those files, so every figure in it is the one
+RUN is a finished ``fer-ray train`` run directory (``artifact/`` and ``result.json``, whose
+evaluations and history the card is generated from), so every figure in it is the one
 the run measured, and ``tests/test_pretrained.py`` checks the shipped model still earns it.
 """
 
@@ -18,6 +18,7 @@ from fer_ray.artifacts import META_FILE, WEIGHTS_FILE, read_meta
 from fer_ray.emotions import EMOTIONS
 from fer_ray.evaluation.report import confusion_table, per_class_table
 from fer_ray.pretrained import DEFAULT_MODEL, default_artifact
+from fer_ray.rundir import RESULT, result
 
 MAX_BYTES = 10 * 1024 * 1024  # what a wheel can carry without burdening every install
 
@@ -101,8 +102,10 @@ def ship(run_dir: str, command: str, name: str = DEFAULT_MODEL) -> Path:
     meta = read_meta(run / "artifact")
     if (run / "artifact" / WEIGHTS_FILE).stat().st_size > MAX_BYTES:
         raise ValueError(f"{run / 'artifact' / WEIGHTS_FILE} is over {MAX_BYTES} bytes: too big to ship in the wheel")
-    val, test = (json.loads((run / f"eval-{s}" / "metrics.json").read_text()) for s in ("val", "test"))
-    history = json.loads((run / "metrics.json").read_text())["history"]
+    done = result(run)
+    if done is None:
+        raise ValueError(f"{run} holds no finished fer-ray train run (no {RESULT})")
+    val, test, history = done["evaluations"]["val"], done["evaluations"]["test"], done["history"]
     out = default_artifact().parent / name
     out.mkdir(exist_ok=True)
     shutil.copyfile(run / "artifact" / WEIGHTS_FILE, out / WEIGHTS_FILE)
