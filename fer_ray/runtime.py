@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import warnings
@@ -21,6 +22,9 @@ from contextlib import contextmanager
 
 # Ray's own logs on the console too (``--verbose``): set by the command line before any stage runs.
 VERBOSE = False
+# A line of Ray's C++ core log ("[2026-12-03 16:56:08,274 E 2792 2849] core_worker.cc:2465: ..."),
+# which Ray's own processes write to stderr and Ray forwards to the driver's console.
+CORE_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:")
 
 
 class Interrupted(RuntimeError):
@@ -55,6 +59,8 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # running, it finds this Ray instead of failing with a traceback in every training run, or
     # finding another Ray on the same machine.
     port = _free_port()
+    if not VERBOSE:  # "Token authentication is enabled for this Ray cluster": the local Ray's default
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING, **quiet)
     _quiet_ray_driver()
@@ -81,6 +87,24 @@ def _quiet_ray_driver() -> None:
     # up when it is imported, which the serve stage has done by now; other stages never import it.
     if "ray.serve" in sys.modules:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # Ray's core log lines stay in the session's log files. Ray Train's controller writes one in
+    # every run, an error about the restart policy of Ray Train's own PreemptionWatcher actor.
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    forward = dict(dispatcher.handlers).get("ray_print_logs")  # absent with log_to_driver=False
+    if forward is not None:
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", without_core_log_lines(forward))
+
+
+def without_core_log_lines(forward):
+    """A handler of the worker lines Ray forwards to the console that passes on all but Ray's
+    C++ core log lines."""
+    def handler(batch: dict) -> None:
+        lines = [line for line in batch["lines"] if not CORE_LOG_LINE.match(line)]
+        if lines:
+            forward({**batch, "lines": lines})
+    return handler
 
 
 def quiet_ray_worker() -> None:

@@ -68,6 +68,23 @@ def test_ray_keeps_its_own_output_quiet_in_the_driver_and_every_worker(ray_sessi
 
     assert ray_session.get(worker_settings.remote(), timeout=60) == ("ERROR", "0")
     assert runtime.train_logging().log_level == "WARNING"
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    forward = dict(global_worker_stdstream_dispatcher.handlers)["ray_print_logs"]
+    assert forward.__qualname__.startswith("without_core_log_lines")
+
+
+def test_ray_core_log_lines_are_not_forwarded_to_the_console():
+    """Ray Train's controller logs a C++ error line about its own PreemptionWatcher in every run."""
+    from fer_ray.runtime import without_core_log_lines
+
+    shown = []
+    handler = without_core_log_lines(shown.append)
+    core = ("[2026-12-03 16:56:08,274 E 2792 2849] core_worker.cc:2465: Actor with class name: "
+            "'PreemptionWatcher' ... has constructor arguments in the object store and max_restarts > 0.")
+    handler({"pid": 1, "is_err": True, "lines": [core, "[train] epoch 1/1 loss 1.9"]})
+    handler({"pid": 1, "is_err": True, "lines": [core]})  # nothing left to show: nothing passed on
+    assert shown == [{"pid": 1, "is_err": True, "lines": ["[train] epoch 1/1 loss 1.9"]}]
 
 
 def test_verbose_is_a_flag_of_every_stage_that_starts_ray_and_reaches_the_runtime(monkeypatch):
