@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from fer_ray import demo
 from fer_ray.baseline.config import BaselineConfig
-from fer_ray.choices import TTA_MODES
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SourceError
 from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.evaluation.config import EvaluateConfig
 from fer_ray.flags import AMOUNT, COUNT, add_flags, fields, one_line
 from fer_ray.inference.config import ScoreConfig, ServeConfig
 from fer_ray.pipeline import PipelineConfig
@@ -97,14 +97,14 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     from fer_ray.evaluation.evaluate import evaluate_artifact
 
-    out = Path(args.output)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+    cfg = EvaluateConfig(**_values(args, fields(EvaluateConfig)))
+    out = Path(cfg.output)
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise ValueError(f"--output {out} is not empty (an earlier report?); use another folder, "
                          "or pass --overwrite to write over it")
-    metrics = evaluate_artifact(_artifact(args), args.catalog, args.split, args.output, tta=args.tta,
-                                device=args.device)
-    print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
-          f"({metrics['count']} images, TTA {args.tta}); report in {args.output}/report.md")
+    metrics = evaluate_artifact(_artifact(args), cfg.catalog, cfg.split, cfg.output, tta=cfg.tta, device=cfg.device)
+    print(f"{cfg.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
+          f"({metrics['count']} images, TTA {cfg.tta}); report in {cfg.output}/report.md")
 
 
 def _score(args) -> None:
@@ -210,12 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("evaluate", help="evaluate an artifact on a catalog split")
     p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--output", required=True, help="directory for metrics.json, report.md and plots")
-    p.add_argument("--overwrite", action="store_true", help="write over an earlier report in --output")
-    p.add_argument("--tta", choices=TTA_MODES, default="none")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_flags(p, EvaluateConfig, fields(EvaluateConfig))
     p.set_defaults(func=_evaluate)
 
     p = stages.add_parser("score", help="score every image in a folder or glob with Ray Data (resumable)")
