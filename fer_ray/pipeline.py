@@ -7,10 +7,10 @@ directory, a run directory (``fer_ray.rundir``) whose ``result.json`` says it fi
 finished stage is skipped, so a rerun after an interruption continues where it stopped
 (training itself also resumes from its checkpoints), and the report is read from the stages'
 results, not from their files. The work directory is itself claimed: its ``run.json`` holds
-the settings its finished stages were made with. With a
-storage URI (``s3://...``, anything pyarrow understands) every finished stage is uploaded
-there; the work directory must then be on storage all nodes share (e.g. the shared volume of
-the KubeRay manifests), since Ray tasks on any node write into it.
+the settings its finished stages were made with. With a storage URI (``s3://...``, anything
+pyarrow understands) every finished stage is uploaded there; the work directory must then be
+on storage all nodes share (e.g. the shared volume of the KubeRay manifests), since Ray tasks
+on any node write into it.
 """
 
 import glob
@@ -22,12 +22,12 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fer_ray import rundir
 from fer_ray.choices import MAX_SIDE, MODEL_NAMES
 from fer_ray.data.catalog import MANIFEST
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
-from fer_ray import rundir
 from fer_ray.training.config import Recipe, TrainConfig
 from fer_ray.tuning.config import SvmSweep
 
@@ -132,8 +132,8 @@ class Pipeline:
     # ------------------------------------------------------------ stages
 
     def stage(self, name: str, fn, done: Path | None = None) -> dict | None:
-        """Run ``fn`` unless the stage finished; upload; time it. Return the stage's result:
-        its run directory's ``result.json`` (a catalog, no run, has a ``done`` file instead)."""
+        """Run ``fn`` unless the stage finished; upload; time it. Return the stage's result, its
+        run directory's ``result.json`` (a catalog is no run: its ``done`` file says it is built)."""
         t0 = time.perf_counter()
         folder = self.work / name
         if (done or folder / rundir.RESULT).exists():
