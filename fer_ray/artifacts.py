@@ -209,11 +209,13 @@ def load_cnn(path: str | Path, device: torch.device | str = "cpu"):
     if meta["kind"] != "cnn":
         raise ArtifactError(f"{path} is a {meta['kind']} artifact, not a CNN")
     shape = (meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"])
-    # Built first without memory (torch's meta device) to compare with the weights: a vgg16
-    # whose model.json claims a larger input than its weights were trained at would otherwise
-    # allocate a first layer of the claimed size (100,000 px: hundreds of GB) before failing.
+    # Built without memory (torch's meta device), compared with the weights, then given them: a
+    # vgg16 whose model.json claims a larger input than its weights were trained at would
+    # otherwise allocate a first layer of the claimed size (100,000 px: hundreds of GB) before
+    # failing, and no weights are drawn at random only to be replaced.
     with torch.device("meta"):
-        wanted = {k: tuple(v.shape) for k, v in build_model(*shape).state_dict().items()}
+        model = build_model(*shape)
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if wanted != found:
         resized = sorted(k for k in wanted.keys() & found.keys() if wanted[k] != found[k])
@@ -223,6 +225,5 @@ def load_cnn(path: str | Path, device: torch.device | str = "cpu"):
                   f"e.g. {odd[0]}")
         raise ArtifactError(f"{path}: the weights do not fit the {meta['architecture']} described in "
                             f"{META_FILE} ({detail})")
-    model = build_model(*shape)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)
     return model.to(device).eval(), meta

@@ -44,7 +44,12 @@ def conv_bn_relu(cin: int, cout: int, batch_norm: bool = True) -> list[nn.Module
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming init for convs, small normal for linears (torchvision's VGG/ResNet choice)."""
+    """Kaiming init for convs, small normal for linears (torchvision's VGG/ResNet choice).
+
+    Not on torch's meta device (a model built for its shapes, or to take loaded weights):
+    there is nothing to draw, and drawing there first costs a second of torch's imports."""
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
