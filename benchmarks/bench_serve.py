@@ -14,6 +14,8 @@ Servers (``--servers``), each loaded in turn at every ``--concurrency``:
   with ``--gpu`` also one GPU), ``@serve.batch`` merging up to ``--max-batch-size`` requests
   into one forward pass after waiting up to ``--batch-wait-ms`` for them.
 - ``unbatched``: the same deployment with ``max_batch_size=1`` (every request its own forward).
+- ``command``: ``fer-ray serve`` as a user starts it (its own process and local Ray, one
+  replica, the same batching flags; ``--direct`` with ``--direct-ingress``).
 
 ``--direct-ingress`` turns on Ray Serve's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``,
 part of Ray's ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` mode): the replica serves HTTP on a port of its
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -145,24 +148,34 @@ def run_plain_server(artifact: str, port: int, device: str, threads: int) -> Non
                 log_level="warning", access_log=False)
 
 
-def start_plain_server(artifact: str, device: str, threads: int) -> tuple[subprocess.Popen, int]:
-    """This script in ``--plain-server`` mode, in its own process; returns once it answers."""
+def start_server(name: str, args: list[str]) -> tuple[subprocess.Popen, int]:
+    """``args`` + ``--port PORT`` in its own process; returns once it answers on PORT."""
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--plain-server", "--artifact", artifact,
-                             "--port", str(port), "--device", device, "--plain-threads", str(threads)])
-    deadline = time.time() + 120
+    proc = subprocess.Popen([*args, "--port", str(port)], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the hand-written server exited with status {proc.returncode}")
+            raise RuntimeError(f"the {name} exited with status {proc.returncode}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return proc, port
         except httpx.TransportError:  # not listening yet
             time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError("the hand-written server did not answer within 120 s")
+    raise RuntimeError(f"the {name} did not answer within 180 s")
+
+
+def load_server(name: str, args: list[str], body: bytes, cli) -> dict[int, dict]:
+    """Start a server process, load it at every concurrency, stop it (SIGINT, as Ctrl-C)."""
+    proc, port = start_server(name, args)
+    try:
+        url = f"http://127.0.0.1:{port}/predict?faces=none"
+        return {c: asyncio.run(closed_loop(url, body, c, cli.seconds, cli.warmup)) for c in cli.concurrency}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
 
 
 def batch_counts(base: str) -> dict[int, int]:
@@ -221,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=_positive_ints, default=[1, 8, 32],
                         help="clients (one request in flight each), comma-separated: one load per value")
     parser.add_argument("--servers", default="plain,batched",
-                        help="comma-separated, run in this order: plain (hand-written), batched, unbatched")
+                        help="comma-separated: plain (hand-written), command (fer-ray serve), batched, unbatched")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured load per server and concurrency")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -242,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         run_plain_server(args.artifact, args.port, args.device, args.plain_threads)
         return 0
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = set(servers) - {"plain", "batched", "unbatched"}
+    unknown = set(servers) - {"plain", "command", "batched", "unbatched"}
     if unknown or not servers:
-        parser.error(f"--servers takes plain, batched and unbatched, got {args.servers!r}")
+        parser.error(f"--servers takes plain, command, batched and unbatched, got {args.servers!r}")
     if args.untrained:
         import tempfile
         from pathlib import Path
@@ -261,17 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     body = encode_png(synthetic_faces(np.array([3]), 48, seed=0)[0])
     device = "cuda" if args.gpu else "cpu"
     results: dict[str, dict[int, dict]] = {}
+    # The processes of their own first: the in-process Ray below would share the machine with them.
     if "plain" in servers:
-        proc, port = start_plain_server(args.artifact, device, args.plain_threads)
-        try:
-            url = f"http://127.0.0.1:{port}/predict?faces=none"
-            results["plain"] = {c: asyncio.run(closed_loop(url, body, c, args.seconds, args.warmup))
-                                for c in args.concurrency}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+        results["plain"] = load_server("hand-written server", [
+            sys.executable, os.path.abspath(__file__), "--plain-server", "--artifact", args.artifact,
+            "--device", device, "--plain-threads", str(args.plain_threads)], body, args)
+    if "command" in servers:
+        results["command"] = load_server("fer-ray serve", [
+            sys.executable, "-m", "fer_ray.cli", "serve", "--artifact", args.artifact, "--num-cpus", str(args.num_cpus),
+            "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms),
+            *(["--gpu"] if args.gpu else []), *(["--direct"] if args.direct_ingress else [])], body, args)
     serve_configs = [(name, args.max_batch_size if name == "batched" else 1)
-                     for name in servers if name != "plain"]
+                     for name in servers if name in ("batched", "unbatched")]
     if serve_configs:
         results.update(run_serve(args, serve_configs, body))
 
@@ -283,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| server | clients | requests/s | p50 ms | p99 ms | mean batch | largest batch | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     labels = {"plain": "hand-written (uvicorn + Predictor)", "batched": f"batched (max_batch_size={args.max_batch_size})",
-              "unbatched": "unbatched (max_batch_size=1)"}
+              "unbatched": "unbatched (max_batch_size=1)",
+              "command": "`fer-ray serve" + (" --direct`" if args.direct_ingress else "`")}
     for name in servers:
         for c, r in results[name].items():
             batch = (f"{r['mean_batch']:.1f} | {r['largest_batch']}" if "mean_batch" in r else "- | -")
@@ -294,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{many:.2f} ms/face at batch "
           f"{args.max_batch_size}: batching can save at most {one / many:.2f}x of the model's time")
     print()
-    pairs = [("batched", "unbatched", "batched / unbatched"), ("batched", "plain", "Serve (batched) / hand-written")]
+    pairs = [("batched", "unbatched", "batched / unbatched"), ("batched", "plain", "Serve (batched) / hand-written"),
+             ("command", "plain", f"{labels['command']} / hand-written")]
     for a, b, label in pairs:  # the comparison with the hand-written server last
         if a in results and b in results:
             for c in args.concurrency:

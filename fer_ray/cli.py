@@ -119,7 +119,7 @@ def _serve(args) -> None:
     config = ServeConfig(artifact=_artifact(args), **_values(args, SERVE_FLAGS),
                          batch_wait_timeout_s=args.batch_wait_ms / 1000, num_cpus=args.replica_cpus,
                          num_gpus=1 if args.gpu else 0)
-    run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus)
+    run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus, direct=args.direct)
 
 
 def _artifact(args) -> str:
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{ServeConfig.model_fields['num_cpus'].description} (default %(default)s)")
     p.add_argument("--gpu", action="store_true", help="one GPU per replica")
     p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
+    p.add_argument("--direct", action="store_true", help="local Ray, one replica: it answers on --port itself, "
+                   "without the hop through Serve's proxy (Ray Serve's direct ingress; faster on small machines)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_serve)
 

@@ -58,7 +58,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # State API: with RAY_ADDRESS pointing at our GCS (whose port we choose) and the dashboard
     # running, it finds this Ray instead of failing with a traceback in every training run, or
     # finding another Ray on the same machine.
-    port = _free_port()
+    port = free_port()
     if not VERBOSE:  # "Token authentication is enabled for this Ray cluster": the local Ray's default
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
@@ -157,7 +157,7 @@ def _check_reachable(address: str) -> None:
                                  "(`ray start --head`, cluster/local.sh) or unset RAY_ADDRESS for a local Ray") from None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]

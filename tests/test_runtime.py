@@ -33,9 +33,9 @@ def test_workers_reach_their_own_local_ray_through_the_state_api(ray_session):
 @pytest.mark.timeout(120)
 def test_a_ray_address_nobody_answers_at_is_one_error_line_not_minutes_of_retries(tmp_path):
     """ray.init retried an unanswered GCS address for minutes (until killed), logging all along."""
-    from fer_ray.runtime import _free_port
+    from fer_ray.runtime import free_port
 
-    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
     t0 = time.time()
     done = subprocess.run([sys.executable, "-m", "fer_ray.cli", "prepare", "--source", "synthetic", "--count", "70",
                            "--output", str(tmp_path / "cat")], env=env, capture_output=True, text=True, timeout=100)

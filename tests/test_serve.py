@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -304,6 +305,16 @@ def test_serve_refuses_an_artifact_it_cannot_load_before_ray_starts(tmp_path, mo
     assert len(err) == 1 and "model.safetensors is not a readable safetensors file" in err[0]
 
 
+def _untrained_artifact(tmp_path):
+    """A small_cnn artifact without training: enough to serve."""
+    from fer_ray.artifacts import save_cnn
+    from fer_ray.models import build_model
+
+    return save_cnn(str(tmp_path / "model"), build_model("small_cnn"), {
+        "architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48, "in_channels": 1,
+        "normalization": {"mean": 0.5, "std": 0.25}})
+
+
 def _healthy(port: int) -> bool:
     try:
         return httpx.head(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
@@ -313,19 +324,15 @@ def _healthy(port: int) -> bool:
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_sigterm_stops_serve_cleanly(tmp_path):
-    """SIGTERM is how Kubernetes and systemd stop a server: it exited 134 with a stack dump
-    from Ray's own handler; it must stop as Ctrl-C does."""
-    from fer_ray.artifacts import save_cnn
-    from fer_ray.models import build_model
-
-    artifact = save_cnn(str(tmp_path / "model"), build_model("small_cnn"), {
-        "architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48, "in_channels": 1,
-        "normalization": {"mean": 0.5, "std": 0.25}})
+def test_serve_direct_answers_on_its_port_and_sigterm_stops_it_cleanly(tmp_path, images):
+    """``--direct``: the replica itself listens on --port (Serve's proxy on another port, named
+    in the start line). SIGTERM is how Kubernetes and systemd stop a server: it exited 134 with
+    a stack dump from Ray's own handler; it must stop as Ctrl-C does."""
+    artifact = _untrained_artifact(tmp_path)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-u", "-m", "fer_ray.cli", "serve", "--artifact", str(artifact), "--port", str(port),
-           "--num-cpus", "1", "--replica-cpus", "0.5"]
+           "--num-cpus", "1", "--replica-cpus", "0.5", "--direct"]
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:  # files: Ray logs a lot
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
     try:
@@ -334,6 +341,11 @@ def test_sigterm_stops_serve_cleanly(tmp_path):
                 "serving" in (tmp_path / "out").read_text() and _healthy(port)):
             time.sleep(1)
         assert _healthy(port), (tmp_path / "err").read_text()[-3000:]
+        proxy = int(re.search(r"Serve's proxy: http://127.0.0.1:(\d+)", (tmp_path / "out").read_text()).group(1))
+        assert proxy != port and _healthy(proxy)  # both answer: the replica on --port, the proxy beside it
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict?faces=none", content=images["crop"],
+                            headers={"content-type": "image/png"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["faces"][0]["emotion"] in EMOTIONS
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     finally:
@@ -342,3 +354,19 @@ def test_sigterm_stops_serve_cleanly(tmp_path):
     errors = (tmp_path / "err").read_text()
     assert proc.returncode in (0, 143), errors[-3000:]
     assert "SIGTERM received" not in errors and "stopping" in (tmp_path / "out").read_text()
+
+
+@pytest.mark.parametrize("extra,env,message", [
+    (["--replicas", "2"], {}, "--direct serves one replica on --port; --replicas 2 needs Serve's proxy"),
+    ([], {"RAY_ADDRESS": "127.0.0.1:1"}, "--direct needs the local Ray that fer-ray serve starts"),
+])
+def test_direct_is_refused_where_it_cannot_hold_before_ray_starts(tmp_path, monkeypatch, capsys, extra, env, message):
+    import fer_ray.runtime
+    from fer_ray.cli import main
+
+    monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["serve", "--artifact", str(_untrained_artifact(tmp_path)), "--port", str(_free_port()), "--direct",
+                 *extra]) == 2
+    assert message in capsys.readouterr().err

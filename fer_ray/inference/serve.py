@@ -411,21 +411,63 @@ def _check_port_free(host: str, port: int) -> None:
             raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """Ray Serve's direct ingress (a feature flag of Ray 2.55+): the replica serves HTTP on
+    ``port`` itself, so requests skip the hop through Serve's proxy process, which on a small
+    machine costs more than batching saves (benchmarks/RESULTS.md). Serve's controller and
+    replica read these from the environment of the Ray this process starts."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # one port: the replica's
+            # A replaced replica takes the port back at once (instead of after a quarantine), and a
+            # stop does not wait 30 s for load balancers to notice: there are none in front of it.
+            "RAY_SERVE_PORT_QUARANTINE_S": "0",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
+
+def _wait_for(url: str, seconds: float) -> bool:
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return answer.status == 200
+        except OSError:  # not listening yet
+            time.sleep(0.5)
+    return False
+
+
 def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
-               log=print) -> None:
+               direct: bool = False, log=print) -> None:
     """``fer-ray serve``: start (or join) Ray, serve on host:port until Ctrl-C, then shut down.
 
     Loopback is the default on purpose: the service has no authentication, so exposing it
     (``--host 0.0.0.0``) is a decision to take explicitly, behind whatever guards the network.
+    ``direct``: the one replica answers on host:port itself (``direct_ingress_env``); Serve's
+    proxy listens on another port.
     """
     import signal
     import sys
     import time
 
+    import ray
+
     from fer_ray.inference.predictor import Predictor
-    from fer_ray.runtime import init_ray, require_gpus
+    from fer_ray.runtime import free_port, init_ray, require_gpus
 
     _check_port_free(host, port)
+    proxy_port = port
+    if direct:
+        if config.replicas != 1:
+            raise ValueError(f"--direct serves one replica on --port; --replicas {config.replicas} needs "
+                             "Serve's proxy (or Ray's HAProxy mode on a cluster: docs/serve.md)")
+        if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+            raise ValueError("--direct needs the local Ray that fer-ray serve starts, whose environment it "
+                             "sets; RAY_ADDRESS names a running cluster (unset it, or leave out --direct)")
+        os.environ.update(direct_ingress_env(port))
+        proxy_port = free_port()
     # Loaded whole here, as each replica will load it: a broken artifact is one error line
     # now, not replica tracebacks after Ray and Serve have started.
     Predictor(config.artifact, device="cpu")
@@ -436,9 +478,15 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     if config.num_gpus:
         require_gpus(config.num_gpus * config.replicas)
     try:  # a stop while Serve is still starting shuts it down too
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": proxy_port})
         serve.run(build_app(config), name="fer-ray", route_prefix="/")
-        log(f"serving {config.artifact} at http://{host}:{port} (docs: /docs); Ctrl-C stops")
+        via = ""
+        if direct:
+            if not _wait_for(f"http://{host}:{port}/healthz", 60):
+                raise RuntimeError(f"the replica did not answer on port {port} (Ray Serve's direct ingress); "
+                                   "leave out --direct to serve through Serve's proxy")
+            via = f", by the replica itself (Serve's proxy: http://{host}:{proxy_port})"
+        log(f"serving {config.artifact} at http://{host}:{port}{via} (docs: /docs); Ctrl-C stops")
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
