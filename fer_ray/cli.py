@@ -39,6 +39,7 @@ BASELINE_FLAGS = fields(BaselineConfig)
 ENSEMBLE_FLAGS = fields(EnsembleConfig, exclude=("gpu",))  # --gpu forces GPUs; unset, the cluster decides
 SCORE_FLAGS = fields(ScoreConfig, exclude=("artifact",))  # --artifact may be omitted: the shipped model
 SERVE_FLAGS = ("replicas", "max_batch_size", "max_body_bytes", "max_pixels", "max_files")  # the rest: below
+ARTIFACT = "artifact folder (default: the model that ships with fer-ray)"  # score, serve, evaluate, predict
 VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
 
 
@@ -209,18 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = stages.add_parser("evaluate", help="evaluate an artifact on a catalog split")
-    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
+    p.add_argument("--artifact", help=ARTIFACT)
     add_flags(p, EvaluateConfig, fields(EvaluateConfig))
     p.set_defaults(func=_evaluate)
 
     p = stages.add_parser("score", help="score every image in a folder or glob with Ray Data (resumable)")
-    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
+    p.add_argument("--artifact", help=ARTIFACT)
     add_flags(p, ScoreConfig, SCORE_FLAGS)
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_score)
 
     p = stages.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (batched)")
-    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
+    p.add_argument("--artifact", help=ARTIFACT)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     add_flags(p, ServeConfig, SERVE_FLAGS)
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("predict", help="emotions of the faces in a few images, no Ray (table, or --json)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--artifact", help="artifact folder (default: the model that ships with fer-ray)")
+    p.add_argument("--artifact", help=ARTIFACT)
     add_flags(p, ScoreConfig, ("faces", "margin"))  # as score detects and crops
     p.add_argument("--top", type=COUNT, default=3, help="likeliest emotions listed per face")
     p.add_argument("--json", action="store_true", help="JSON records instead of a table")

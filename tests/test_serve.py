@@ -17,20 +17,15 @@ import httpx
 import numpy as np
 import pytest
 
-from datagen import encode, pickled_weights_artifact, truncated_jpeg
+from datagen import encode, pickled_weights_artifact, truncated_jpeg, untrained_artifact
 from fer_ray.data.preprocess import ImageError
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.serve import PhotoScorer, ServeConfig, app_builder, build_app, image_error_status
+from fer_ray.runtime import free_port
 from photos import background, detectable_faces, two_face_photo
 
 LIMIT_BYTES = 300_000
 LIMIT_PIXELS = 1_000_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def service(ray_session, small_artifact):
     """The app on a free loopback port; batches wait 50 ms so concurrent requests meet."""
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(artifact=str(small_artifact), max_batch_size=8, batch_wait_timeout_s=0.05,
                          max_body_bytes=LIMIT_BYTES, max_pixels=LIMIT_PIXELS, max_files=4)
@@ -300,19 +295,9 @@ def test_serve_refuses_an_artifact_it_cannot_load_before_ray_starts(tmp_path, mo
 
     monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     artifact = pickled_weights_artifact(tmp_path / "artifact")
-    assert main(["serve", "--artifact", str(artifact), "--port", str(_free_port())]) == 2
+    assert main(["serve", "--artifact", str(artifact), "--port", str(free_port())]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.safetensors is not a readable safetensors file" in err[0]
-
-
-def _untrained_artifact(tmp_path):
-    """A small_cnn artifact without training: enough to serve."""
-    from fer_ray.artifacts import save_cnn
-    from fer_ray.models import build_model
-
-    return save_cnn(str(tmp_path / "model"), build_model("small_cnn"), {
-        "architecture": "small_cnn", "num_classes": 7, "input_size": 48, "image_size": 48, "in_channels": 1,
-        "normalization": {"mean": 0.5, "std": 0.25}})
 
 
 def _healthy(port: int) -> bool:
@@ -328,8 +313,8 @@ def test_serve_direct_answers_on_its_port_and_sigterm_stops_it_cleanly(tmp_path,
     """``--direct``: the replica itself listens on --port (Serve's proxy on another port, named
     in the start line). SIGTERM is how Kubernetes and systemd stop a server: it exited 134 with
     a stack dump from Ray's own handler; it must stop as Ctrl-C does."""
-    artifact = _untrained_artifact(tmp_path)
-    port = _free_port()
+    artifact = untrained_artifact(tmp_path / "model")
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-u", "-m", "fer_ray.cli", "serve", "--artifact", str(artifact), "--port", str(port),
            "--num-cpus", "1", "--replica-cpus", "0.5", "--direct"]
@@ -367,6 +352,6 @@ def test_direct_is_refused_where_it_cannot_hold_before_ray_starts(tmp_path, monk
     monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert main(["serve", "--artifact", str(_untrained_artifact(tmp_path)), "--port", str(_free_port()), "--direct",
+    assert main(["serve", "--artifact", str(untrained_artifact(tmp_path / "model")), "--port", str(free_port()), "--direct",
                  *extra]) == 2
     assert message in capsys.readouterr().err
