@@ -31,18 +31,17 @@ def stand_in_members(catalog: str, out: Path, count: int = 2) -> list[str]:
     import torch
 
     from fer_ray.artifacts import save_cnn
-    from fer_ray.data.catalog import read_manifest
+    from fer_ray.data.catalog import Catalog
     from fer_ray.models import build_model, parameter_counts
     from fer_ray.training.local import artifact_meta
     from fer_ray.training.config import Recipe
 
-    manifest = read_manifest(catalog)
+    catalog = Catalog.open(catalog)
     paths = []
     for i in range(count):
         torch.manual_seed(i)
-        model = build_model("small_cnn", 7, manifest["image_size"])
-        meta = artifact_meta("small_cnn", manifest["image_size"], manifest, catalog,
-                             {"mean": manifest["pixel_mean"], "std": manifest["pixel_std"]}, Recipe(),
+        model = build_model("small_cnn", 7, catalog.image_size)
+        meta = artifact_meta("small_cnn", catalog.image_size, catalog, catalog.normalization, Recipe(),
                              parameter_counts(model), note="random weights: featurize benchmark stand-in")
         paths.append(str(save_cnn(str(out / f"member{i}"), model, meta)))
     return paths
@@ -50,10 +49,10 @@ def stand_in_members(catalog: str, out: Path, count: int = 2) -> list[str]:
 
 def plain_loop(members: list[str], catalog: str, split: str, batch_size: int, output: Path) -> int:
     """The baseline: one process reads the split, runs the batches in order, writes one file."""
-    from fer_ray.data.catalog import load_split
+    from fer_ray.data.catalog import Catalog
     from fer_ray.ensemble.stack import MemberFeatures
 
-    data = load_split(catalog, split, columns=("image", "label", "id"))
+    data = Catalog.open(catalog).load(split, columns=("image", "label", "id"))
     featurizer = MemberFeatures(members, device="auto", batch_size=batch_size)
     feats, probs = [], []
     for start in range(0, len(data["label"]), batch_size):

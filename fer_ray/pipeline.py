@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_ray import rundir
 from fer_ray.choices import MAX_SIDE, MODEL_NAMES
-from fer_ray.data.catalog import MANIFEST
+from fer_ray.data.catalog import MANIFEST, Catalog
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
@@ -147,8 +147,8 @@ class Pipeline:
             upload(folder, f"{self.cfg.storage.rstrip('/')}/{name}")
         return None if done else rundir.result(folder)
 
-    def prepare(self) -> str:
-        from fer_ray.data.catalog import audit, read_manifest
+    def prepare(self) -> Catalog:
+        from fer_ray.data.catalog import audit
         from fer_ray.data.ingest import build_catalog
         from fer_ray.data.sources import make_source
 
@@ -161,18 +161,19 @@ class Pipeline:
             build_catalog(source, prep.output, seed=prep.seed, overwrite=prep.overwrite, log=self.log)
 
         self.stage("catalog", run, done=out / MANIFEST)
-        self.log(audit(read_manifest(str(out))))
-        return str(out)
+        catalog = Catalog.open(out)
+        self.log(audit(catalog.manifest))
+        return catalog
 
-    def svm(self, catalog: str) -> dict:
+    def svm(self, catalog: Catalog) -> dict:
         from fer_ray.tuning.sweeps import SvmSweep, sweep_svm
 
         lo, hi = self.cfg.svm_lambda
         return self.stage("svm", lambda: sweep_svm(
-            SvmSweep(catalog=catalog, run_dir=str(self.work / "svm"), samples=self.cfg.svm_samples, lambda_min=lo,
+            SvmSweep(catalog=str(catalog.path), run_dir=str(self.work / "svm"), samples=self.cfg.svm_samples, lambda_min=lo,
                      lambda_max=hi, seed=self.cfg.seed), log=self.log))
 
-    def cnn(self, catalog: str, index: int, model: str, init_from: str | None = None, freeze: int = 0,
+    def cnn(self, catalog: Catalog, index: int, model: str, init_from: str | None = None, freeze: int = 0,
             epochs: int | None = None, name: str | None = None) -> dict:
         from fer_ray.training.config import Recipe, TrainConfig
         from fer_ray.training.trainer import train
@@ -180,30 +181,31 @@ class Pipeline:
         name = name or f"cnn-{index}-{model}"
         recipe = Recipe(epochs=epochs or self.cfg.epochs, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
                         seed=self.cfg.seed + index)
-        cfg = TrainConfig(catalog=catalog, run_dir=str(self.work / name), model=model, recipe=recipe,
+        cfg = TrainConfig(catalog=str(catalog.path), run_dir=str(self.work / name), model=model, recipe=recipe,
                           input_size=self.cfg.input_sizes.get(model), workers=self.cfg.workers, gpu=self.cfg.gpu,
                           cpus_per_worker=self.cfg.cpus_per_worker, init_from=init_from, freeze=freeze)
         return self.stage(name, lambda: train(cfg, log=self.log))
 
-    def ensemble(self, catalog: str, members: list[dict]) -> dict:
+    def ensemble(self, catalog: Catalog, members: list[dict]) -> dict:
         from fer_ray.ensemble.features import run_ensemble
 
         return self.stage("ensemble", lambda: run_ensemble(
             [m["artifact"] for m in members], catalog, str(self.work / "ensemble"),
             batch_size=self.cfg.ensemble_batch_size, gpu=self.cfg.gpu, log=self.log))
 
-    def transfer(self, source: dict) -> tuple[str, dict]:
+    def transfer(self, source: dict) -> tuple[Catalog, dict]:
         from fer_ray.artifacts import read_meta
         from fer_ray.data.ingest import build_catalog
         from fer_ray.data.sources import make_source
 
-        catalog = self.work / "kdef-catalog"
+        out = self.work / "kdef-catalog"
         self.stage("kdef-catalog", lambda: build_catalog(
             make_source("kdef", self.cfg.kdef, size=self.cfg.size, face_crop=self.cfg.kdef_face_crop),
-            str(catalog), seed=self.cfg.seed, overwrite=True, log=self.log), done=catalog / MANIFEST)
-        result = self.cnn(str(catalog), 0, read_meta(source["artifact"])["architecture"], init_from=source["artifact"],
+            str(out), seed=self.cfg.seed, overwrite=True, log=self.log), done=out / MANIFEST)
+        catalog = Catalog.open(out)
+        result = self.cnn(catalog, 0, read_meta(source["artifact"])["architecture"], init_from=source["artifact"],
                           freeze=self.cfg.transfer_freeze, epochs=self.cfg.transfer_epochs, name="transfer-kdef")
-        return str(catalog), result
+        return catalog, result
 
     def score(self, artifact: str) -> str:
         from fer_ray.inference.batch import score_folder
@@ -225,7 +227,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ report
 
-    def report(self, catalog: str, svm: dict, cnns: list[dict], ensemble: dict, transfer=None) -> dict:
+    def report(self, catalog: Catalog, svm: dict, cnns: list[dict], ensemble: dict, transfer=None) -> dict:
         """The paper's table on the held-out split, with the paper's own figures beside ours.
 
         Every stage evaluated its artifact on val and test and keeps the metrics in its result,
@@ -233,11 +235,10 @@ class Pipeline:
         runs again here.
         """
         from fer_ray.artifacts import read_meta
-        from fer_ray.evaluation.evaluate import protocol
         from fer_ray.evaluation.metrics import headline_figures
         from fer_ray.evaluation.report import comparison_table, recall_table
 
-        split = _held_out(catalog)
+        split = catalog.held_out
         rows, paper = [("linear SVM (hinge, L2; swept lambda)", svm["evaluations"][split])], [PAPER["svm"]]
         for i, cnn in enumerate(cnns):
             architecture = read_meta(cnn["artifact"])["architecture"]
@@ -248,7 +249,7 @@ class Pipeline:
         rows.append(("stacked ensemble (one-vs-rest logistic on concatenated penultimate features)",
                      ensemble["evaluations"][split]))
         paper.append(PAPER["ensemble"])
-        proto = protocol(catalog, split, "none")
+        proto = catalog.protocol(split, "none")
         lines = ["# fer-ray pipeline report", "", "## The paper's table", "",
                  comparison_table(rows, proto), "", "## Recall per emotion", "", recall_table(rows), "",
                  "Paper (Savoiu & Wong, FER2013 test accuracy), for reference; comparable only when the "
@@ -263,10 +264,10 @@ class Pipeline:
                              for (n, m), p in zip(rows, paper)]}
         if transfer:
             kdef_catalog, result = transfer
-            kdef_split = _held_out(kdef_catalog)
+            kdef_split = kdef_catalog.held_out
             m = result["evaluations"][kdef_split]
             lines += ["", "## Transfer learning to KDEF", "",
-                      comparison_table([("transfer (frozen early stages)", m)], protocol(kdef_catalog, kdef_split, "none")),
+                      comparison_table([("transfer (frozen early stages)", m)], kdef_catalog.protocol(kdef_split, "none")),
                       "", f"Paper: {PAPER['transfer']:.3f} on KDEF."]
             summary["transfer"] = {**headline_figures(m), "paper": PAPER["transfer"]}
         lines += ["", "## Stage timings (s)", "", *(f"- {k}: {v}" for k, v in self.timings.items()), ""]
@@ -302,7 +303,7 @@ class Pipeline:
         best = max(cnns, key=lambda c: c["evaluations"]["val"]["accuracy"])  # the first of equals
         transfer = self.transfer(best) if self.cfg.kdef else None
         summary = self.report(catalog, svm, cnns, ensemble, transfer)
-        outputs = {"catalog": catalog, "svm": svm["artifact"], "cnns": [c["artifact"] for c in cnns],
+        outputs = {"catalog": str(catalog.path), "svm": svm["artifact"], "cnns": [c["artifact"] for c in cnns],
                    "ensemble": ensemble["artifact"], "report": str(self.work / "report.md")}
         if transfer:
             outputs["transfer"] = transfer[1]["artifact"]
@@ -312,13 +313,6 @@ class Pipeline:
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["storage"] = self.cfg.storage
         return summary
-
-
-def _held_out(catalog: str) -> str:
-    """The split a report states: test, or val where the catalog has no test split."""
-    from fer_ray.data.catalog import read_manifest
-
-    return "test" if "test" in read_manifest(catalog)["shards"] else "val"
 
 
 def _upload_file(local: Path, uri: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fer_ray.artifacts import ArtifactError, load_artifact, load_cnn, read_meta, save_cnn, update_metrics
-from fer_ray.data.catalog import load_split
+from fer_ray.data.catalog import Catalog
 from fer_ray.inference.predictor import Predictor
 from fer_ray.models import build_model
 
@@ -153,7 +153,7 @@ def test_metrics_updates_keep_weights_valid(tmp_path):
 
 def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
     predictor = Predictor(small_artifact, device="cpu")
-    data = load_split(str(synthetic_catalog), "val")
+    data = Catalog.open(synthetic_catalog).load("val")
     probs = predictor.predict_proba(data["image"])
     assert probs.shape == (len(data["image"]), 7)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -182,22 +182,23 @@ def test_predictor_on_any_face_size(small_artifact, synthetic_catalog):
 
 
 def test_evaluations_on_another_catalog_are_kept_apart(synthetic_catalog, tmp_path):
-    from fer_ray.data.catalog import MANIFEST, read_manifest
+    from fer_ray.data.catalog import Catalog, MANIFEST
     from fer_ray.evaluation.evaluate import metrics_key
 
-    checksum = read_manifest(str(synthetic_catalog))["catalog_sha256"]
+    catalog = Catalog.open(synthetic_catalog)
+    checksum = catalog.sha256
     own = {"catalog": {"sha256": checksum}}
-    assert metrics_key(own, str(synthetic_catalog), "test", "none") == "test"
-    assert metrics_key(own, str(synthetic_catalog), "val", "flip") == "val+tta-flip"
+    assert metrics_key(own, catalog, "test", "none") == "test"
+    assert metrics_key(own, catalog, "val", "flip") == "val+tta-flip"
     other = {"catalog": {"sha256": "0" * 64}}  # trained elsewhere (e.g. FER2013, scored on KDEF)
-    key = metrics_key(other, str(synthetic_catalog), "test", "none")
+    key = metrics_key(other, catalog, "test", "none")
     assert key == f"{synthetic_catalog.name}@{checksum[:8]}:test"
     # Another catalog in a folder of the same name (e.g. two `kdef` folders) gets its own key.
     twin = tmp_path / "elsewhere" / synthetic_catalog.name
     shutil.copytree(synthetic_catalog, twin)
     manifest = json.loads((twin / MANIFEST).read_text())
     (twin / MANIFEST).write_text(json.dumps(manifest | {"catalog_sha256": "f" * 64}))
-    assert metrics_key(other, str(twin), "test", "none") not in (key, "test")
+    assert metrics_key(other, Catalog.open(twin), "test", "none") not in (key, "test")
 
 
 def test_every_artifact_kind_has_a_predictor_backend():

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datagen import bad_files, face_pixels, fer_line, write_fer_csv, write_folder_tree, write_image
-from fer_ray.data.catalog import CatalogError, audit, load_split, read_manifest
+from fer_ray.data.catalog import Catalog, CatalogError, audit
 from fer_ray.data.ingest import build_catalog
 from fer_ray.data.sources import Fer2013CsvSource, FolderSource, SourceError
 from fer_ray.emotions import EMOTIONS
@@ -79,7 +79,7 @@ def test_counts_per_split_and_class(messy, built):
         assert counts["test"][emotion] == expected["test"].get(emotion, 0)
     for split, c in counts.items():
         assert c["total"] == sum(c[e] for e in EMOTIONS)
-        assert len(load_split(str(cat), split)["label"]) == c["total"]
+        assert len(Catalog.open(cat).load(split)["label"]) == c["total"]
     assert manifest["split_mode"] == "source" and manifest["image_size"] == 48
     assert manifest["labels"] == list(EMOTIONS) and manifest["channels"] == 1
 
@@ -89,7 +89,7 @@ def test_rows_round_trip_through_parquet(messy, built):
     cat, manifest, _, _ = built
     seen = {}
     for split in manifest["shards"]:
-        part = load_split(str(cat), split, columns=("image", "label", "split", "id", "source"))
+        part = Catalog.open(cat).load(split, columns=("image", "label", "split", "id", "source"))
         assert part["image"].dtype == np.uint8 and part["image"].shape[1:] == (48, 48)
         assert set(part["split"]) == {split} and set(part["source"]) == {"folders"}
         for rid, image, label in zip(part["id"], part["image"], part["label"]):
@@ -125,10 +125,10 @@ def test_rejections_are_counted_listed_and_in_rejected_csv(messy, built):
 
 def test_pixel_statistics_match_numpy_on_the_train_split(built):
     cat, manifest, _, _ = built
-    images = load_split(str(cat), "train")["image"].astype(np.float64) / 255.0
+    images = Catalog.open(cat).load("train")["image"].astype(np.float64) / 255.0
     assert manifest["pixel_mean"] == pytest.approx(images.mean(), abs=2e-6)
     assert manifest["pixel_std"] == pytest.approx(images.std(), abs=2e-6)
-    everything = np.concatenate([load_split(str(cat), s)["image"] for s in ("train", "val", "test")])
+    everything = np.concatenate([Catalog.open(cat).load(s)["image"] for s in ("train", "val", "test")])
     assert abs(manifest["pixel_mean"] - everything.mean() / 255.0) > 1e-6  # train only
 
 
@@ -150,11 +150,11 @@ def test_rebuild_is_reproducible(built):
     assert first["catalog_sha256"] == second["catalog_sha256"]
     assert first["source"]["content_sha256"] == second["source"]["content_sha256"]
     for split in ("train", "val", "test"):
-        a = load_split(str(cat_a), split, columns=("id",))["id"]
-        b = load_split(str(cat_b), split, columns=("id",))["id"]
+        a = Catalog.open(cat_a).load(split, columns=("id",))["id"]
+        b = Catalog.open(cat_b).load(split, columns=("id",))["id"]
         assert sorted(a) == sorted(b)
     assert json.loads((cat_a / "manifest.json").read_text())["catalog_sha256"] == first["catalog_sha256"]
-    assert read_manifest(str(cat_b))["counts"] == first["counts"]
+    assert Catalog.open(cat_b).manifest["counts"] == first["counts"]
 
 
 def test_output_is_never_overwritten_by_accident(messy, built, tmp_path):
@@ -191,13 +191,15 @@ def test_overwrite_never_loses_the_old_catalog_or_the_input(messy, built, tmp_pa
         build_catalog(FolderSource(str(root)), str(tmp_path / "afile"), overwrite=True, **QUIET)
 
 
-def test_load_split_errors(built, tmp_path):
+def test_catalog_open_errors(built, tmp_path):
     cat, _, _, _ = built
+    with pytest.raises(CatalogError, match="has no 'holdout' split .*; scored on it"):
+        Catalog.open(cat).require("train", "holdout", why="scored on it")
     with pytest.raises(CatalogError, match="not a catalog"):
-        load_split(str(tmp_path), "train")
+        Catalog.open(tmp_path).load("train")
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something/else"}))
     with pytest.raises(CatalogError, match="format"):
-        read_manifest(str(tmp_path))
+        Catalog.open(tmp_path)
 
 
 def csv_catalog(tmp_path, name, lines):
@@ -225,7 +227,7 @@ def test_csv_bad_rows_through_ray_land_in_manifest_and_rejected_csv(tmp_path):
         assert {r["id"] for r in csv.DictReader(fh)} == listed
     assert manifest["counts"]["train"]["total"] == 24 - 5
     assert manifest["counts"]["val"]["total"] == 6
-    train = load_split(str(tmp_path / "c"), "train", columns=("image", "id"))
+    train = Catalog.open(tmp_path / "c").load("train", columns=("image", "id"))
     by_line = dict(zip(train["id"], train["image"]))
     np.testing.assert_array_equal(by_line["line:2"], faces[0])
 

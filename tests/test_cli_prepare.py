@@ -7,7 +7,7 @@ import pytest
 
 from datagen import face_pixels, fer_line, write_fer_csv, write_folder_tree, write_image
 from fer_ray.cli import main
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.data.synthetic import GENERATOR_VERSION
 
 
@@ -97,7 +97,7 @@ def test_max_pixels_flag_rejects_big_images_and_keeps_the_rest(tmp_path, ray_ses
     write_image(tmp_path / "in" / "train" / "happy" / "poster.png", np.full((400, 300), 90, np.uint8))
     assert prepare("--source", "folders", "--input", tmp_path / "in", "--output", tmp_path / "out",
                    "--max-pixels", 100_000) == 0
-    manifest = read_manifest(str(tmp_path / "out"))
+    manifest = Catalog.open(tmp_path / "out").manifest
     assert manifest["rejected"]["rows"] == [{
         "id": "train/happy/poster.png",
         "reason": "image too large: 300x400 = 120000 pixels > limit 100000"}]
@@ -120,13 +120,13 @@ def test_nothing_usable_is_an_input_error_through_the_cli(tmp_path, ray_session,
 def test_synthetic_prepare_through_the_cli(tmp_path, ray_session, capsys):
     assert prepare("--source", "synthetic", "--count", 140, "--seed", 7, "--size", 40,
                    "--split", "random", "--output", tmp_path / "out") == 0
-    manifest = read_manifest(str(tmp_path / "out"))
+    manifest = Catalog.open(tmp_path / "out").manifest
     assert manifest["source"] == {"kind": "synthetic", "count": 140, "seed": 7,
                                   "generator_version": GENERATOR_VERSION,
                                   "content_sha256": manifest["source"]["content_sha256"]}
     assert manifest["split_mode"] == "random" and manifest["image_size"] == 40
     assert [manifest["counts"][s]["total"] for s in ("train", "val", "test")] == [112, 14, 14]
-    assert load_split(str(tmp_path / "out"), "val")["image"].shape == (14, 40, 40)
+    assert Catalog.open(tmp_path / "out").load("val")["image"].shape == (14, 40, 40)
     assert "catalog written to" in capsys.readouterr().out
 
 
@@ -138,7 +138,7 @@ def test_a_catalog_without_train_records_no_pixel_statistics(tmp_path, ray_sessi
     lines = [fer_line(i % 7, p, usage="PrivateTest") for i, p in enumerate(face_pixels(14))]
     path = write_fer_csv(tmp_path / "test.csv", lines)
     assert prepare("--source", "fer2013-csv", "--input", path, "--output", tmp_path / "out") == 0
-    manifest = read_manifest(str(tmp_path / "out"))
+    manifest = Catalog.open(tmp_path / "out").manifest
     assert list(manifest["counts"]) == ["test"]
     assert manifest["pixel_mean"] is None and manifest["pixel_std"] is None
     assert "train pixel mean: none (no train split" in capsys.readouterr().out

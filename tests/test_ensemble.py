@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fer_ray.artifacts import ArtifactError, load_cnn, save_cnn
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.stack import (EnsembleBackend, MemberFeatures, choose_head, fit_head, member_record, save_ensemble,
                                     soft_vote)
@@ -52,7 +52,7 @@ def direct_features(path: str, images: np.ndarray) -> np.ndarray:
 
 
 def test_member_features_equal_a_direct_forward_pass(members, synthetic_catalog):
-    images = load_split(str(synthetic_catalog), "val")["image"][:50]
+    images = Catalog.open(synthetic_catalog).load("val")["image"][:50]
     featurizer = MemberFeatures(members, device="cpu", batch_size=16)
     out = featurizer({"image": images, "label": np.zeros(50), "id": np.arange(50)})
     expected = np.concatenate([direct_features(m, images) for m in members], axis=1)
@@ -83,11 +83,11 @@ def test_tampered_member_is_refused(members, synthetic_catalog, tmp_path):
     catalog = str(synthetic_catalog)
     copies = [shutil.copytree(m, tmp_path / f"member{i}") for i, m in enumerate(members)]
     records = [member_record(str(c)) for c in copies]
-    val = load_split(catalog, "val")
+    val = Catalog.open(catalog).load("val")
     feats = MemberFeatures([str(c) for c in copies], device="cpu").features(val["image"])
     head = fit_head(feats, val["label"], C=1.0)
     artifact = save_ensemble(str(tmp_path / "ens"), head, records, [r["feature_dim"] for r in records],
-                             {"C": 1.0}, read_manifest(catalog), catalog)
+                             {"C": 1.0}, Catalog.open(catalog))
     assert Predictor(artifact, device="cpu").predict_proba(val["image"][:4]).shape == (4, NUM_CLASSES)
 
     # A member retrained in place (consistent on its own, but not the network the head was fitted on).
@@ -122,7 +122,7 @@ def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_
     assert "constructor arguments" not in capfd.readouterr().err
 
     # The Ray Data featurizer wrote exactly the direct forward pass, for every val row.
-    val = load_split(catalog, "val", columns=("image", "label", "id"))
+    val = Catalog.open(catalog).load("val", columns=("image", "label", "id"))
     feats = read_features(str(run / "features" / "val"))
     order = np.argsort(val["id"])
     np.testing.assert_array_equal(feats["id"], val["id"][order])

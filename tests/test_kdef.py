@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from datagen import KDEF_EXPRESSIONS, by_id, encode, kdef_name, kdef_photo, run_source, write_image, write_kdef
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.data.ingest import build_catalog
 from fer_ray.data.faces import FaceDetector, find_faces
 from fer_ray.data.preprocess import decode_grey, resize
@@ -189,7 +189,7 @@ def test_default_split_is_identity_disjoint(kdef_tree, ray_session, tmp_path):
     assert manifest["source"]["excluded_by_angle_filter"] == 140
     owner = {}
     for split in ("train", "val", "test"):
-        part = load_split(str(tmp_path / "cat"), split, columns=("image", "label", "subject", "id"))
+        part = Catalog.open(tmp_path / "cat").load(split, columns=("image", "label", "subject", "id"))
         assert part["image"].shape[1:] == (48, 48)
         assert manifest["counts"][split]["total"] == len(part["label"])
         for subject in set(part["subject"]):
@@ -214,10 +214,10 @@ def test_random_split_option_is_stratified_80_10_10(kdef_tree, ray_session, tmp_
         assert manifest["counts"]["train"][emotion] == 32
         assert manifest["counts"]["val"][emotion] == 4
         assert manifest["counts"]["test"][emotion] == per_class - 36
-    subjects = {s: set(load_split(str(tmp_path / "cat"), s, columns=("subject",))["subject"])
+    subjects = {s: set(Catalog.open(tmp_path / "cat").load(s, columns=("subject",))["subject"])
                 for s in ("train", "val", "test")}
     assert subjects["train"] & subjects["test"]  # random mixes identities across splits
-    assert read_manifest(str(tmp_path / "cat"))["rejected"]["count"] == 0
+    assert Catalog.open(tmp_path / "cat").manifest["rejected"]["count"] == 0
 
 
 @pytest.mark.ray
@@ -229,10 +229,10 @@ def test_cli_prepares_kdef_with_angle_and_size_options(kdef_tree, ray_session, t
     out = tmp_path / "cat"
     assert main(["prepare", "--source", "kdef", "--input", str(root), "--output", str(out),
                  "--angles", "hl", "--size", "32"]) == 0
-    manifest = read_manifest(str(out))
+    manifest = Catalog.open(out).manifest
     assert manifest["image_size"] == 32
     assert manifest["source"]["angles"] == ["HL"] and manifest["source"]["face_crop"] is False
     total = sum(c["total"] for c in manifest["counts"].values())
     assert total == 140
-    assert load_split(str(out), "train")["image"].shape[1:] == (32, 32)
+    assert Catalog.open(out).load("train")["image"].shape[1:] == (32, 32)
     assert "catalog written to" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 
 from datagen import write_kdef
 from fer_ray.artifacts import read_meta
-from fer_ray.data.catalog import read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.demo import write_demo_photos
 from fer_ray.pipeline import Pipeline, PipelineConfig
 
@@ -42,7 +42,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
     best = max(cnns, key=lambda c: read_meta(c)["metrics"]["val"]["accuracy"])
     transfer = read_meta(summary["outputs"]["transfer"])
     assert transfer["transfer"]["init_from"] == best and transfer["transfer"]["freeze"] == -2
-    assert transfer["catalog"]["sha256"] == read_manifest(str(out / "kdef-catalog"))["catalog_sha256"]
+    assert transfer["catalog"]["sha256"] == Catalog.open(out / "kdef-catalog").sha256
     assert summary["transfer"]["paper"] == 0.783
     assert "## Transfer learning to KDEF" in (out / "report.md").read_text()
 

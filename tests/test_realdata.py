@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from fer_ray.data.catalog import load_split
+from fer_ray.data.catalog import Catalog
 from fer_ray.data.ingest import build_catalog
 from fer_ray.data.preprocess import decode_grey
 from fer_ray.data.sources import Fer2013CsvSource, FolderSource
@@ -36,7 +36,7 @@ def test_csv_sample_gives_500_train_and_100_val(fer_csv_sample, ray_session, tmp
         labels = [int(r["emotion"]) for r in rows if r["Usage"] == usage]
         expected = np.bincount(labels, minlength=7)
         assert [manifest["counts"][split][e] for e in EMOTIONS] == expected.tolist()
-    train = load_split(str(tmp_path / "cat"), "train", columns=("image", "label", "id"))
+    train = Catalog.open(tmp_path / "cat").load("train", columns=("image", "label", "id"))
     by_line = dict(zip(train["id"], zip(train["image"], train["label"])))
     for line in (2, 101, 501):  # header is line 1
         row = rows[line - 2]
@@ -77,7 +77,7 @@ def test_folder_catalog_round_trips_through_load_split(folder_catalog, fer_folde
     out, manifest = folder_catalog
     rng = np.random.default_rng(0)
     for split in ("train", "val", "test"):
-        part = load_split(str(out), split, columns=("image", "label", "id"))
+        part = Catalog.open(out).load(split, columns=("image", "label", "id"))
         assert part["image"].shape == (manifest["counts"][split]["total"], 48, 48)
         assert part["image"].dtype == np.uint8
         per_class = np.bincount(part["label"], minlength=7)
@@ -86,6 +86,6 @@ def test_folder_catalog_round_trips_through_load_split(folder_catalog, fer_folde
             rel = part["id"][i]
             assert EMOTIONS[part["label"][i]] == rel.split("/")[1]
             np.testing.assert_array_equal(part["image"][i], decode_grey((fer_folders / rel).read_bytes()))
-    pixels = load_split(str(out), "train")["image"].astype(np.float64) / 255.0
+    pixels = Catalog.open(out).load("train")["image"].astype(np.float64) / 255.0
     assert manifest["pixel_mean"] == pytest.approx(pixels.mean(), abs=2e-6)
     assert manifest["pixel_std"] == pytest.approx(pixels.std(), abs=2e-6)

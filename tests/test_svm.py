@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from fer_ray.artifacts import ArtifactError
 from fer_ray.baseline.svm import MIN_SCALE_FRACTION, LinearSvm, SvmBackend, fit_svm, save_svm, solver_parameter
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.inference.predictor import Predictor
 
@@ -26,7 +26,7 @@ def accuracy(model, split) -> float:
 
 @pytest.fixture(scope="module")
 def synthetic_svm(synthetic_catalog):
-    train = load_split(str(synthetic_catalog), "train")
+    train = Catalog.open(synthetic_catalog).load("train")
     model, info = fit_svm(train["image"], train["label"], lam=1.0)
     return model, info
 
@@ -72,14 +72,14 @@ def test_an_artifact_with_one_global_scale_still_loads():
 
 def test_svm_beats_chance_on_synthetic(synthetic_svm, synthetic_catalog):
     model, info = synthetic_svm
-    val = load_split(str(synthetic_catalog), "val")
+    val = Catalog.open(synthetic_catalog).load("val")
     assert info["converged"]
     assert accuracy(model, val) > CHANCE + MARGIN
     assert model.coef.shape == (NUM_CLASSES, 48 * 48)
 
 
 def test_sgd_solver_also_learns(synthetic_catalog):
-    train, val = (load_split(str(synthetic_catalog), s) for s in ("train", "val"))
+    train, val = (Catalog.open(synthetic_catalog).load(s) for s in ("train", "val"))
     model, info = fit_svm(train["image"], train["label"], lam=0.01, solver="sgd", max_iter=30)
     assert info["solver"] == "sgd" and "alpha" in info
     assert accuracy(model, val) > CHANCE + MARGIN
@@ -88,12 +88,12 @@ def test_sgd_solver_also_learns(synthetic_catalog):
 def test_svm_artifact_round_trips_through_predictor(synthetic_svm, synthetic_catalog, tmp_path):
     model, info = synthetic_svm
     catalog = str(synthetic_catalog)
-    path = save_svm(str(tmp_path / "svm"), model, info, read_manifest(catalog), catalog)
+    path = save_svm(str(tmp_path / "svm"), model, info, Catalog.open(catalog))
     meta = json.loads((path / "model.json").read_text())
     assert meta["kind"] == "svm" and meta["fit"]["lambda"] == 1.0
     assert set(load_file(str(path / "model.safetensors"))) == {"coef", "intercept", "mean", "scale"}
 
-    val = load_split(catalog, "val")
+    val = Catalog.open(catalog).load("val")
     predictor = Predictor(path, device="cpu")
     probs = predictor.predict_proba(val["image"])
     assert probs.shape == (len(val["label"]), NUM_CLASSES)
@@ -147,7 +147,7 @@ def test_svm_beats_chance_on_real_csv_sample(fer_csv_sample, ray_session, tmp_pa
 
     catalog = str(tmp_path / "cat")
     build_catalog(Fer2013CsvSource(str(fer_csv_sample)), catalog, log=lambda *_: None)
-    train, val = (load_split(catalog, s) for s in ("train", "val"))
+    train, val = (Catalog.open(catalog).load(s) for s in ("train", "val"))
     model, _ = fit_svm(train["image"], train["label"], lam=0.5)
     # 500 real training faces give 28% on the 100 val faces: P(>= 28 right | p = 1/7) < 0.001.
     # (Always answering the commonest emotion would score 32% here; the SVM needs more data.)

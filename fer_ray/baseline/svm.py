@@ -31,6 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from fer_ray.baseline.config import BaselineConfig
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.rundir import claim, finish, finished
+
+if TYPE_CHECKING:  # the catalog's readers are not needed to load an SVM
+    from fer_ray.data.catalog import Catalog
 
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
 MIN_SCALE_FRACTION = 0.1
@@ -173,46 +177,45 @@ class SvmBackend:
         return self.model.predict_proba(images, tta)
 
 
-def save_svm(path: str, model: LinearSvm, info: dict, manifest: dict, catalog: str) -> Path:
-    meta = {"architecture": "linear_svm", "num_classes": NUM_CLASSES, "image_size": manifest["image_size"],
+def save_svm(path: str, model: LinearSvm, info: dict, catalog: Catalog) -> Path:
+    meta = {"architecture": "linear_svm", "num_classes": NUM_CLASSES, "image_size": catalog.image_size,
             "in_channels": 1,
             "objective": f"(1/N) sum one-vs-rest {info['loss']} + lambda ||W||^2 on standardised pixels",
             "probabilities": "softmax of the hinge scores (argmax exact, not calibrated)",
-            "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]},
+            "catalog": catalog.identity,
             "fit": info}
     return save_artifact(path, "svm", model.arrays(), meta)
 
 
-def train_svm(catalog: str, output: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
+def train_svm(catalog: Catalog | str, output: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
               max_iter: int = 1000, loss: str = "hinge", train: dict | None = None) -> tuple[Path, dict]:
     """Fit on the catalog's train split and save the artifact to ``output``.
 
     ``train`` may hand in the split already loaded (a sweep shares it between trials).
     """
-    from fer_ray.data.catalog import load_split, read_manifest
+    from fer_ray.data.catalog import Catalog
 
-    manifest = read_manifest(catalog)
-    train = train if train is not None else load_split(catalog, "train")
+    catalog = Catalog.open(catalog)
+    train = train if train is not None else catalog.load("train")
     model, info = fit_svm(train["image"], train["label"], lam, solver, max_iter, loss=loss)
-    return save_svm(output, model, info, manifest, catalog), info
+    return save_svm(output, model, info, catalog), info
 
 
-def run_baseline(catalog: str, run_dir: str, log=print, **settings) -> dict:
+def run_baseline(catalog: Catalog | str, run_dir: str, log=print, **settings) -> dict:
     """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test; return
     the summary ``result.json`` keeps. ``settings`` are ``BaselineConfig``'s other fields (lam,
     solver, loss, max_iter, overwrite).
 
     A run directory holding another run (or this one with another lambda) is refused unless
     ``overwrite``: a second SVM would silently replace the first."""
-    from fer_ray.data.catalog import read_manifest, split_dir
+    from fer_ray.data.catalog import Catalog
     from fer_ray.evaluation.evaluate import evaluate_splits
 
-    cfg = BaselineConfig(catalog=catalog, run_dir=run_dir, **settings)
+    cfg = BaselineConfig(catalog=str(catalog), run_dir=run_dir, **settings)
     lam, solver, loss, max_iter = cfg.lam, cfg.solver, cfg.loss, cfg.max_iter
     # A wrong --catalog fails before the run directory is claimed.
-    manifest = read_manifest(catalog)
-    split_dir(catalog, "train")
-    config = {"catalog": str(Path(catalog).resolve()), "catalog_sha256": manifest["catalog_sha256"], "lambda": lam,
+    catalog = Catalog.open(catalog).require("train")
+    config = {"catalog": catalog.identity["path"], "catalog_sha256": catalog.sha256, "lambda": lam,
               "solver": solver, "loss": loss, "max_iter": max_iter}
     done = finished(run_dir, "baseline", config, cfg.overwrite, log)
     if done is not None:

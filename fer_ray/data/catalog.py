@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,35 +111,84 @@ def _rejections(rejected) -> dict:
             "listed": min(len(rows), LISTED_LIMIT), "all_in": "rejected.csv"}
 
 
-def read_manifest(catalog: str) -> dict:
-    path = Path(catalog) / MANIFEST
-    if not path.exists():
-        raise CatalogError(f"not a catalog (no {MANIFEST}): {catalog}; build one with `fer-ray prepare`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise CatalogError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+@dataclass(frozen=True)
+class Catalog:
+    """A prepared catalog, opened once: its manifest read and checked, its splits at hand.
 
+    A stage opens the catalog it is given once and passes this object on, so one run reads one
+    manifest (and states one checksum) from its first check to its last report."""
 
-def split_dir(catalog: str, split: str) -> Path:
-    manifest = read_manifest(catalog)
-    if split not in manifest["shards"]:
-        raise CatalogError(f"catalog {catalog} has no {split!r} split (it has {sorted(manifest['shards'])})")
-    return Path(catalog) / split
+    path: Path
+    manifest: dict
 
+    @classmethod
+    def open(cls, path: str | Path | Catalog) -> Catalog:
+        """Open the catalog at ``path`` (an open one is returned as it is)."""
+        if isinstance(path, Catalog):
+            return path
+        file = Path(path) / MANIFEST
+        if not file.exists():
+            raise CatalogError(f"not a catalog (no {MANIFEST}): {path}; build one with `fer-ray prepare`")
+        manifest = json.loads(file.read_text())
+        if manifest.get("format") != FORMAT:
+            raise CatalogError(f"{file} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return cls(Path(path), manifest)
 
-def load_split(catalog: str, split: str, columns=("image", "label")) -> dict[str, np.ndarray]:
-    """Read one split into numpy arrays (images as uint8 (N, S, S)) without Ray."""
-    size = read_manifest(catalog)["image_size"]
-    table = pq.read_table(split_dir(catalog, split), columns=list(columns))
-    out = {}
-    for name in columns:
-        col = table.column(name).combine_chunks()
-        if name == "image":
-            out[name] = images_from_arrow(col, size)
-        else:
-            out[name] = col.to_numpy(zero_copy_only=False)
-    return out
+    @property
+    def sha256(self) -> str:
+        return self.manifest["catalog_sha256"]
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest["image_size"]
+
+    @property
+    def identity(self) -> dict:
+        """What an artifact's model.json records about the catalog it was fitted on."""
+        return {"path": str(self.path.resolve()), "sha256": self.sha256}
+
+    @property
+    def normalization(self) -> dict:
+        """Train-split pixel mean and std on the 0..1 scale (None without a train split)."""
+        return {"mean": self.manifest["pixel_mean"], "std": self.manifest["pixel_std"]}
+
+    @property
+    def held_out(self) -> str:
+        """The split a report states: test, or val where the catalog has no test split."""
+        return "test" if self.has("test") else "val"
+
+    def has(self, split: str) -> bool:
+        return split in self.manifest["shards"]
+
+    def require(self, *splits: str, why: str = "") -> Catalog:
+        """Refuse a catalog that lacks one of ``splits`` (``why`` says what needs it)."""
+        for split in splits:
+            if not self.has(split):
+                raise CatalogError(f"catalog {self.path} has no {split!r} split (it has "
+                                   f"{sorted(self.manifest['shards'])})" + (f"; {why}" if why else ""))
+        return self
+
+    def split_dir(self, split: str) -> Path:
+        self.require(split)
+        return self.path / split
+
+    def load(self, split: str, columns=("image", "label")) -> dict[str, np.ndarray]:
+        """Read one split into numpy arrays (images as uint8 (N, S, S)) without Ray."""
+        table = pq.read_table(self.split_dir(split), columns=list(columns))
+        out = {}
+        for name in columns:
+            col = table.column(name).combine_chunks()
+            out[name] = (images_from_arrow(col, self.image_size) if name == "image"
+                         else col.to_numpy(zero_copy_only=False))
+        return out
+
+    def protocol(self, split: str, tta: str) -> str:
+        """How a figure on ``split`` was measured, in the words every report uses."""
+        source = self.manifest["source"]
+        where = source.get("input") or f"{source['kind']} (seed {source.get('seed')})"
+        return (f"split '{split}' of catalog '{self.path.name}' ({source['kind']}: {where}; "
+                f"split mode {self.manifest['split_mode']}), {self.manifest['counts'][split]['total']} images, "
+                f"test-time augmentation: {tta}")
 
 
 def images_from_arrow(col, size: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from fer_ray.data.catalog import read_manifest, split_dir
+from fer_ray.data.catalog import Catalog
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.ensemble.stack import (MemberFeatures, choose_head, member_record, read_features, save_ensemble,
                                     soft_vote)
@@ -39,7 +39,7 @@ def plan_actors(cpus: float, gpus: int, gpu: bool, actors: int | None, cpus_per_
     return actors, max(0.0, min(cpus_per_actor, math.floor((cpus - 1) / actors * 1000) / 1000))
 
 
-def featurize_split(members: list[str], catalog: str, split: str, output: str, batch_size: int = 256,
+def featurize_split(members: list[str], catalog: Catalog | str, split: str, output: str, batch_size: int = 256,
                     actors: int | None = None, gpu: bool | None = None, cpus_per_actor: float = 1.0):
     """Write ``output/*.parquet`` for one split through an actor pool; returns the output path.
 
@@ -57,7 +57,7 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
         require_gpus(1)
     actors, cpus_per_actor = plan_actors(resources.get("CPU", 1), int(resources.get("GPU", 0)), gpu, actors,
                                          cpus_per_actor)
-    ds = ray.data.read_parquet(str(split_dir(catalog, split))).select_columns(["image", "label", "id"])
+    ds = ray.data.read_parquet(str(Catalog.open(catalog).split_dir(split))).select_columns(["image", "label", "id"])
     ds = map_batches_on_actors(ds, MemberFeatures, max(1, actors),
                                fn_constructor_kwargs={"members": [str(m) for m in members],
                                                       "device": "cuda" if gpu else "cpu", "batch_size": batch_size},
@@ -71,39 +71,35 @@ def featurize_split(members: list[str], catalog: str, split: str, output: str, b
     return out
 
 
-def featurize(members: list[str], catalog: str, output: str, splits: tuple[str, ...] = ("train", "val", "test"),
+def featurize(members: list[str], catalog: Catalog | str, output: str, splits: tuple[str, ...] = ("train", "val", "test"),
               **kwargs) -> dict[str, Path]:
     """Featurize every requested split the catalog has into ``output/<split>/``."""
-    present = read_manifest(catalog)["shards"]
-    return {s: featurize_split(members, catalog, s, str(Path(output) / s), **kwargs) for s in splits if s in present}
+    catalog = Catalog.open(catalog)
+    return {s: featurize_split(members, catalog, s, str(Path(output) / s), **kwargs) for s in splits if catalog.has(s)}
 
 
 # ------------------------------------------------------------------ `fer-ray ensemble`
 
 
-def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **settings) -> dict:
+def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=print, **settings) -> dict:
     """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side.
     ``settings`` are ``EnsembleConfig``'s other fields (grid, batch_size, actors, gpu, overwrite).
 
     The run directory is claimed for these members, catalog and grid, and its ``result.json``
     keeps the returned summary (see ``fer_ray.rundir``)."""
-    from fer_ray.data.catalog import read_manifest
-    from fer_ray.evaluation.evaluate import evaluate_artifact, protocol
+    from fer_ray.evaluation.evaluate import evaluate_artifact
     from fer_ray.evaluation.metrics import classification_metrics, headline_figures
     from fer_ray.evaluation.report import comparison_table
 
-    cfg = EnsembleConfig(members=members, catalog=catalog, run_dir=run_dir, **settings)
-    manifest = read_manifest(catalog)
-    for split in ("train", "val"):
-        if split not in manifest["shards"]:
-            raise ValueError(f"catalog {catalog} has no {split!r} split (the head is fitted on train, C chosen on val)")
+    cfg = EnsembleConfig(members=members, catalog=str(catalog), run_dir=run_dir, **settings)
+    catalog = Catalog.open(catalog).require("train", "val", why="the head is fitted on train, C chosen on val")
     records = [member_record(m) for m in members]
     member_paths = [r["path"] for r in records]
     if len(set(member_paths)) < len(member_paths):
         twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
         raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
-    settings = {"members": member_paths, "catalog": str(Path(catalog).resolve()),
-                "catalog_sha256": manifest["catalog_sha256"], "grid": list(cfg.grid)}
+    settings = {"members": member_paths, "catalog": catalog.identity["path"], "catalog_sha256": catalog.sha256,
+                "grid": list(cfg.grid)}
     done = finished(run_dir, "ensemble", settings, cfg.overwrite, log)
     if done is not None:
         return done
@@ -117,7 +113,7 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **se
         f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
     head, choice = choose_head(feats["train"], feats["val"], cfg.grid)
     widths = [r["feature_dim"] for r in records]
-    artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, manifest, catalog)
+    artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, catalog)
     log(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
 
     names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
@@ -136,7 +132,7 @@ def run_ensemble(members: list[str], catalog: str, run_dir: str, log=print, **se
                      classification_metrics(f["label"], head.scores(f["features"]).argmax(axis=1))))
         end_to_end = evaluate_artifact(str(artifact), catalog, split, str(out / f"eval-{split}"))
         note = " (C was chosen on this split)" if split == "val" else ""
-        sections += [f"## {split}{note}", "", comparison_table(rows, protocol(catalog, split, "none")), "",
+        sections += [f"## {split}{note}", "", comparison_table(rows, catalog.protocol(split, "none")), "",
                      f"End to end through the Predictor on raw images, the stacked ensemble scores "
                      f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
         summary["splits"][split] = {name: headline_figures(m) for name, m in rows}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -32,6 +33,8 @@ from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.config import C_GRID
 from fer_ray.inference.predictor import Predictor
 
+if TYPE_CHECKING:  # the catalog's readers are not needed to load an ensemble
+    from fer_ray.data.catalog import Catalog
 
 
 @dataclass
@@ -149,13 +152,13 @@ class EnsembleBackend:
 
 
 def save_ensemble(path: str, head: StackedHead, members: list[dict], widths: list[int], choice: dict,
-                  manifest: dict, catalog: str) -> Path:
+                  catalog: Catalog) -> Path:
     meta = {"architecture": "ensemble(" + "+".join(m["architecture"] for m in members) + ")",
-            "num_classes": NUM_CLASSES, "image_size": manifest["image_size"], "in_channels": 1,
+            "num_classes": NUM_CLASSES, "image_size": catalog.image_size, "in_channels": 1,
             "members": members,
             "head": {"type": "one-vs-rest logistic regression on standardised concatenated penultimate features",
                      "feature_widths": widths, **choice},
-            "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]}}
+            "catalog": catalog.identity}
     return save_artifact(path, "ensemble", head.arrays(), meta)
 
 

@@ -5,30 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from fer_ray.artifacts import update_metrics
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.evaluation.metrics import classification_metrics, headline_figures
 from fer_ray.evaluation.report import write_report
 from fer_ray.inference.predictor import Predictor
 
 
-def protocol(catalog: str, split: str, tta: str) -> str:
-    manifest = read_manifest(catalog)
-    source = manifest["source"]
-    where = source.get("input") or f"{source['kind']} (seed {source.get('seed')})"
-    return (f"split '{split}' of catalog '{Path(catalog).name}' ({source['kind']}: {where}; "
-            f"split mode {manifest['split_mode']}), {manifest['counts'][split]['total']} images, "
-            f"test-time augmentation: {tta}")
-
-
-def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta: str = "none",
+def evaluate_artifact(artifact: str, catalog: Catalog | str, split: str, output: str, tta: str = "none",
                       device: str = "auto", predictor: Predictor | None = None) -> dict:
     """Evaluate and write the report; also records the result in the artifact's model.json
     (except in a model that ships with fer-ray, marked ``"shipped": true`` by ``pretrained.ship``)."""
+    catalog = Catalog.open(catalog)
     predictor = predictor or Predictor(artifact, device=device)
-    data = load_split(catalog, split)
+    data = catalog.load(split)
     probs = predictor.predict_proba(data["image"], tta=tta)
     metrics = classification_metrics(data["label"], probs.argmax(axis=1))
-    proto = protocol(catalog, split, tta)
+    proto = catalog.protocol(split, tta)
     write_report(metrics, output, f"{predictor.kind} {predictor.meta.get('architecture', '')} on {split}".strip(),
                  proto)
     if not predictor.meta.get("shipped"):  # a model.json of the installed package is not ours to write
@@ -37,26 +29,24 @@ def evaluate_artifact(artifact: str, catalog: str, split: str, output: str, tta:
     return metrics
 
 
-def metrics_key(meta: dict, catalog: str, split: str, tta: str) -> str:
+def metrics_key(meta: dict, catalog: Catalog, split: str, tta: str) -> str:
     """Where model.json records a result: the split's name on the catalog the artifact was
     trained on (``val``, ``test+tta-flip``), prefixed on any other catalog by its folder name
     and the start of its checksum (``kdef@1f2e3d4c:test``), so evaluating elsewhere never
     overwrites those figures, nor two catalogs in folders of the same name each other's."""
     key = split if tta == "none" else f"{split}+tta-{tta}"
     trained_on = (meta.get("catalog") or {}).get("sha256")
-    checksum = read_manifest(catalog)["catalog_sha256"]
-    if trained_on != checksum:
-        key = f"{Path(catalog).resolve().name}@{checksum[:8]}:{key}"
+    if trained_on != catalog.sha256:
+        key = f"{catalog.path.resolve().name}@{catalog.sha256[:8]}:{key}"
     return key
 
 
-def evaluate_splits(artifact: str, catalog: str, run_dir: Path, tta: str = "none", log=print) -> dict:
+def evaluate_splits(artifact: str, catalog: Catalog, run_dir: Path, tta: str = "none", log=print) -> dict:
     """Evaluate an artifact on the catalog's val and test splits (those present) into
     ``run_dir/eval-<split>/``: what every training, baseline and sweep run ends with."""
-    shards = read_manifest(catalog)["shards"]
     evals = {}
     for split in ("val", "test"):
-        if split in shards:
+        if catalog.has(split):
             evals[split] = evaluate_artifact(str(artifact), catalog, split, str(Path(run_dir) / f"eval-{split}"), tta=tta)
             log(f"{split} accuracy {evals[split]['accuracy']:.4f} "
                 f"(macro F1 {evals[split]['macro']['f1']:.4f}, TTA {tta})")

@@ -5,11 +5,9 @@ Same ``Run`` as the Ray Train workers, same artifact metadata; only the wiring d
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from fer_ray.data.catalog import load_split, read_manifest
+from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.inference.predictor import pick_device
 from fer_ray.models import build_model, parameter_counts
@@ -17,34 +15,34 @@ from fer_ray.models.inputs import Normalization
 from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
 
 
-def artifact_meta(architecture: str, input_size: int, manifest: dict, catalog: str, normalization: dict,
+def artifact_meta(architecture: str, input_size: int, catalog: Catalog, normalization: dict,
                   recipe: Recipe, parameters: dict, **extra) -> dict:
     """model.json fields of a CNN trained on ``catalog`` (shared by Ray and local training)."""
     return {
         "architecture": architecture, "num_classes": NUM_CLASSES, "input_size": input_size,
-        "image_size": manifest["image_size"], "in_channels": 1, "normalization": normalization,
-        "catalog": {"path": str(Path(catalog).resolve()), "sha256": manifest["catalog_sha256"]},
+        "image_size": catalog.image_size, "in_channels": 1, "normalization": normalization,
+        "catalog": catalog.identity,
         "recipe": recipe.model_dump(), "parameters": parameters, **extra,
     }
 
 
-def fit_local(catalog: str, architecture: str, recipe: Recipe, device: str = "auto",
+def fit_local(catalog: Catalog | str, architecture: str, recipe: Recipe, device: str = "auto",
               input_size: int | None = None, log=print):
     """Train on one device; returns (model, history, artifact metadata)."""
-    manifest = read_manifest(catalog)
+    catalog = Catalog.open(catalog)
     dev = pick_device(device)
-    input_size = input_size or manifest["image_size"]
-    norm = Normalization(manifest["pixel_mean"], manifest["pixel_std"])
+    input_size = input_size or catalog.image_size
+    norm = Normalization(**catalog.normalization)
     torch.manual_seed(recipe.seed)
     model = build_model(architecture, NUM_CLASSES, input_size).to(dev)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train, val = (load_split(catalog, s) for s in ("train", "val"))
+    train, val = (catalog.load(s) for s in ("train", "val"))
     run = Run(model, recipe, input_size, norm, to_device(train["image"], train["label"], dev),
               to_device(val["image"], val["label"], dev))
     while not run.done:
         log(epoch_line(run.epoch(), recipe.epochs))
-    meta = artifact_meta(architecture, input_size, manifest, catalog, norm.to_dict(), recipe,
+    meta = artifact_meta(architecture, input_size, catalog, norm.to_dict(), recipe,
                          parameter_counts(model), workers=0, gpu=dev.type == "cuda",
                          epochs_trained=len(run.history))
     return model, run.history, meta

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fer_ray.artifacts import load_artifact, load_cnn, read_meta, save_cnn
-from fer_ray.data.catalog import read_manifest, split_dir
+from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
@@ -34,7 +34,7 @@ from fer_ray.training.transfer import freeze_stages, resolve_freeze
 STATE_FILE = "state.pt"
 
 
-def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
+def _resolve(cfg: TrainConfig, catalog: Catalog) -> dict:
     """Architecture, sizes and normalisation: from the catalog, or from the artifact to transfer."""
     if cfg.init_from:
         meta = read_meta(cfg.init_from)
@@ -47,8 +47,8 @@ def _resolve(cfg: TrainConfig, manifest: dict) -> dict:
                                  f"fine-tuning keeps the artifact's {flag[2:]}, so drop {flag}")
         return {"architecture": meta["architecture"], "input_size": meta["input_size"],
                 "normalization": meta["normalization"]}
-    return {"architecture": cfg.model, "input_size": cfg.input_size or manifest["image_size"],
-            "normalization": {"mean": manifest["pixel_mean"], "std": manifest["pixel_std"]}}
+    return {"architecture": cfg.model, "input_size": cfg.input_size or catalog.image_size,
+            "normalization": catalog.normalization}
 
 
 def _check_start(cfg: TrainConfig, resolved: dict) -> None:
@@ -76,10 +76,9 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
 
     from fer_ray.runtime import default_cpus_per_worker, init_ray, require_cpus, require_gpus, train_logging
 
-    manifest = read_manifest(cfg.catalog)
-    for split in ("train", "val"):  # trained on, validated on each epoch: checked before anything is written
-        split_dir(cfg.catalog, split)
-    resolved = _resolve(cfg, manifest)
+    # trained on, validated on each epoch: checked before anything is written
+    catalog = Catalog.open(cfg.catalog).require("train", "val")
+    resolved = _resolve(cfg, catalog)
     _check_start(cfg, resolved)
     # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
     # name and storage path); other settings would silently mix two schedules, so they are
@@ -87,7 +86,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     cfg = cfg.model_copy(update={"model": resolved["architecture"]})  # what config.json records is what trains
     stored = cfg.model_dump()
     # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
-    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": manifest["catalog_sha256"]}
+    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": catalog.sha256}
     done = finished(cfg.run_dir, "train", settings, cfg.overwrite, log)
     if done is not None:
         return done
@@ -101,7 +100,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     run_dir = claim(cfg.run_dir, "train", settings, cfg.overwrite)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump() | {"resolved": resolved}, indent=2))
 
-    datasets = {split: ray.data.read_parquet(str(split_dir(cfg.catalog, split)))
+    datasets = {split: ray.data.read_parquet(str(catalog.split_dir(split)))
                 .select_columns(["image", "label"]).materialize() for split in ("train", "val")}
     worker_cfg = {**cfg.model_dump(), **resolved, "fault_marker": str(run_dir / ".fault-injected")}
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {})
@@ -136,7 +135,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     model.load_state_dict(state["model"])
     history = state["history"]
     meta = artifact_meta(
-        resolved["architecture"], resolved["input_size"], manifest, cfg.catalog, resolved["normalization"],
+        resolved["architecture"], resolved["input_size"], catalog, resolved["normalization"],
         cfg.recipe, state["parameters"], workers=cfg.workers, gpu=cfg.gpu, epochs_trained=len(history),
         transfer={"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
         if cfg.init_from else None)
@@ -145,7 +144,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
 
     from fer_ray.evaluation.evaluate import evaluate_splits
 
-    evals = evaluate_splits(str(artifact), cfg.catalog, run_dir, tta=cfg.eval_tta, log=lambda line: log(f"train: {line}"))
+    evals = evaluate_splits(str(artifact), catalog, run_dir, tta=cfg.eval_tta, log=lambda line: log(f"train: {line}"))
     return finish(run_dir, {"artifact": str(artifact), "history": history, "evaluations": evals,
                             "parameters": state["parameters"], "run_dir": str(run_dir)})
 

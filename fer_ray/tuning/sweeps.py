@@ -47,10 +47,10 @@ from pathlib import Path
 from ray.tune.schedulers import ASHAScheduler
 
 from fer_ray.baseline.svm import fit_svm, save_svm
+from fer_ray.data.catalog import Catalog
 from fer_ray.rundir import claim, finish, finished
 from fer_ray.runtime import Interrupted, environ
 from fer_ray.tuning.config import CnnSweep, SvmSweep
-from fer_ray.data.catalog import load_split, read_manifest, split_dir
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
 RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config", "artifact", "error")
@@ -71,7 +71,7 @@ def _trial_dir(run_dir: str) -> Path:
     return path
 
 
-def svm_trial(config: dict, settings: dict, train: dict, val: dict) -> None:
+def svm_trial(config: dict, settings: dict, catalog: Catalog, train: dict, val: dict) -> None:
     """Fit one lambda on train, score val, keep the artifact; one report per trial.
 
     Tune runs quietly here (its tables would bury the results), so each trial says itself when
@@ -85,8 +85,7 @@ def svm_trial(config: dict, settings: dict, train: dict, val: dict) -> None:
                           loss=settings["loss"])
     val_acc = float((model.decision(val["image"]).argmax(axis=1) == val["label"]).mean())
     print(f"{name}: val accuracy {val_acc:.4f} (fit {info['fit_seconds']:.0f} s)", flush=True)
-    artifact = save_svm(str(_trial_dir(settings["run_dir"]) / "artifact"), model, info,
-                        read_manifest(settings["catalog"]), settings["catalog"])
+    artifact = save_svm(str(_trial_dir(settings["run_dir"]) / "artifact"), model, info, catalog)
     tune.report({"val_acc": val_acc, "epoch": 1, "fit_seconds": info["fit_seconds"],
                  "converged": info["converged"], "artifact": str(artifact)})
 
@@ -167,20 +166,18 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
 
     from fer_ray.runtime import cluster_capacity, init_ray
 
-    manifest = read_manifest(cfg.catalog)
-    for split in ("train", "val"):  # fitted on, chosen on: checked before Ray starts
-        split_dir(cfg.catalog, split)
-    settings = _settings(cfg, manifest)
+    catalog = Catalog.open(cfg.catalog).require("train", "val")  # fitted on, chosen on: checked before Ray starts
+    settings = _settings(cfg, catalog)
     done = finished(cfg.run_dir, "sweep svm", settings, cfg.overwrite, log)
     if done is not None:
         return done
     init_ray()
     concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
     trainable = tune.with_resources(
-        tune.with_parameters(svm_trial, settings=settings, train=load_split(cfg.catalog, "train"),
-                             val=load_split(cfg.catalog, "val")), {"CPU": 1})
+        tune.with_parameters(svm_trial, settings=settings, catalog=catalog, train=catalog.load("train"),
+                             val=catalog.load("val")), {"CPU": 1})
     space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
-    return _run(trainable, space, "svm", settings, cfg, concurrency, scheduler=None, log=log)
+    return _run(trainable, space, "svm", settings, cfg, catalog, concurrency, scheduler=None, log=log)
 
 
 def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
@@ -195,10 +192,8 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
     Recipe.model_validate({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
-    manifest = read_manifest(cfg.catalog)
-    for split in ("train", "val"):  # every trial would fail on a catalog without them
-        split_dir(cfg.catalog, split)
-    settings = _settings(cfg, manifest)
+    catalog = Catalog.open(cfg.catalog).require("train", "val")  # every trial would fail without them
+    settings = _settings(cfg, catalog)
     done = finished(cfg.run_dir, "sweep cnn", settings, cfg.overwrite, log)
     if done is not None:
         return done
@@ -225,7 +220,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
                                 grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=cfg.reduction_factor)
     try:
-        return _run(trainable, space, "cnn", settings, cfg, concurrency, scheduler, log=log)
+        return _run(trainable, space, "cnn", settings, cfg, catalog, concurrency, scheduler, log=log)
     finally:
         ray.kill(board)  # a rerun (or a resume) starts from a clean board
 
@@ -249,14 +244,15 @@ class CooperativeASHA(ASHAScheduler):
         return self.CONTINUE
 
 
-def _settings(cfg, manifest: dict) -> dict:
+def _settings(cfg, catalog: Catalog) -> dict:
     """What a sweep's trials and its run.json see: the config with absolute paths, and the
     catalog's checksum (a catalog rebuilt in place is another catalog)."""
-    return {**cfg.model_dump(exclude={"overwrite"}), "catalog": str(Path(cfg.catalog).resolve()), "run_dir": str(Path(cfg.run_dir).resolve()),
-            "catalog_sha256": manifest["catalog_sha256"]}
+    return {**cfg.model_dump(exclude={"overwrite"}), "catalog": catalog.identity["path"],
+            "run_dir": str(Path(cfg.run_dir).resolve()), "catalog_sha256": catalog.sha256}
 
 
-def _run(trainable, space: dict, kind: str, settings: dict, cfg, concurrency: int, scheduler, log=print) -> dict:
+def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int, scheduler,
+         log=print) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -291,7 +287,7 @@ def _run(trainable, space: dict, kind: str, settings: dict, cfg, concurrency: in
                                f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
-    return _keep_best(best, rows, settings, seconds, log)
+    return _keep_best(best, rows, settings, catalog, seconds, log)
 
 
 def _row(result) -> dict:
@@ -334,7 +330,7 @@ def _write_results(path: Path, rows: list[dict]) -> None:
             w.writerow([r[f] for f in RESULT_FIELDS if f != "config"] + [(r["config"] or {}).get(k) for k in keys])
 
 
-def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log) -> dict:
+def _keep_best(best: dict, rows: list[dict], settings: dict, catalog: Catalog, seconds: float, log) -> dict:
     from fer_ray.artifacts import update_metrics
     from fer_ray.evaluation.evaluate import evaluate_splits
 
@@ -348,7 +344,7 @@ def _keep_best(best: dict, rows: list[dict], settings: dict, seconds: float, log
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "error")}
     log(f"sweep: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in {seconds:.1f} s; "
         f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
-    evals = evaluate_splits(str(artifact), settings["catalog"], run_dir, log=lambda line: log(f"sweep: best {line}"))
+    evals = evaluate_splits(str(artifact), catalog, run_dir, log=lambda line: log(f"sweep: best {line}"))
     summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
                "evaluations": evals}
     return finish(run_dir, summary)
