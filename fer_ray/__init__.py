@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def predict(images, faces: str = "all", **options) -> list[dict]:
+def predict(images, **options) -> list[dict]:
     """Emotions of the faces in a photo path, an image array, or a list of them; one dict per face.
 
     ``fer_ray.predict("photo.jpg")`` uses the model that ships with fer-ray; ``artifact=DIR``
@@ -12,4 +12,4 @@ def predict(images, faces: str = "all", **options) -> list[dict]:
     """
     from fer_ray.inference.predict import predict as _predict
 
-    return _predict(images, faces=faces, **options)
+    return _predict(images, **options)

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from fer_ray import demo
+from fer_ray.demo import DemoConfig
 from fer_ray.baseline.config import BaselineConfig
 from fer_ray.data.catalog import CatalogError
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SourceError
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.evaluation.config import EvaluateConfig
-from fer_ray.flags import AMOUNT, COUNT, add_flags, fields, one_line
-from fer_ray.inference.config import ScoreConfig, ServeConfig
+from fer_ray.flags import AMOUNT, add_flags, fields, one_line
+from fer_ray.inference.config import PredictConfig, ScoreConfig, ServeConfig, ServerOptions
 from fer_ray.pipeline import PipelineConfig
 from fer_ray.runtime import Interrupted
 from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
@@ -38,7 +38,7 @@ SWEEP_FLAGS = {"svm": fields(SvmSweep), "cnn": fields(CnnSweep, exclude=("reduct
 BASELINE_FLAGS = fields(BaselineConfig)
 ENSEMBLE_FLAGS = fields(EnsembleConfig, exclude=("gpu",))  # --gpu forces GPUs; unset, the cluster decides
 SCORE_FLAGS = fields(ScoreConfig, exclude=("artifact",))  # --artifact may be omitted: the shipped model
-SERVE_FLAGS = ("replicas", "max_batch_size", "max_body_bytes", "max_pixels", "max_files")  # the rest: below
+SERVE_FLAGS = ("replicas", "num_cpus", "max_batch_size", "max_body_bytes", "max_pixels", "max_files")  # the rest: below
 ARTIFACT = "artifact folder (default: the model that ships with fer-ray)"  # score, serve, evaluate, predict
 VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
 
@@ -62,10 +62,9 @@ def _prepare(args) -> None:
 
 
 def _demo(args) -> None:
-    from fer_ray.runtime import init_ray
+    from fer_ray.demo import run_demo
 
-    init_ray(args.num_cpus)
-    demo.run_demo(args.output, count=args.count, epochs=args.epochs)
+    run_demo(**_values(args, fields(DemoConfig)))
 
 
 def _pipeline(args) -> None:
@@ -118,9 +117,8 @@ def _serve(args) -> None:
     from fer_ray.inference.serve import run_server
 
     config = ServeConfig(artifact=_artifact(args), **_values(args, SERVE_FLAGS),
-                         batch_wait_timeout_s=args.batch_wait_ms / 1000, num_cpus=args.replica_cpus,
-                         num_gpus=1 if args.gpu else 0)
-    run_server(config, host=args.host, port=args.port, num_cpus=args.num_cpus, direct=args.direct)
+                         batch_wait_timeout_s=args.batch_wait_ms / 1000, num_gpus=1 if args.gpu else 0)
+    run_server(config, ServerOptions(**_values(args, fields(ServerOptions))))
 
 
 def _artifact(args) -> str:
@@ -136,7 +134,7 @@ def _predict(args) -> None:
     from fer_ray.inference.predict import check_inputs, format_table, predict
 
     check_inputs(args.images)
-    records = predict(args.images, faces=args.faces, artifact=_artifact(args), margin=args.margin, top=args.top)
+    records = predict(args.images, artifact=_artifact(args), **_values(args, fields(PredictConfig)))
     print(json.dumps(records, indent=2) if args.json else format_table(records))
 
 
@@ -186,10 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_prepare)
 
     p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
-    p.add_argument("--output", default="demo-output", help="where every output goes (rerun to resume)")
-    p.add_argument("--count", type=COUNT, default=demo.COUNT, help="synthetic faces (default %(default)s)")
-    p.add_argument("--epochs", type=COUNT, default=demo.EPOCHS, help="epochs per small CNN (default %(default)s)")
-    p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
+    add_flags(p, DemoConfig, fields(DemoConfig))
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_demo)
 
@@ -222,26 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (batched)")
     p.add_argument("--artifact", help=ARTIFACT)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    add_flags(p, ServerOptions, fields(ServerOptions))
     add_flags(p, ServeConfig, SERVE_FLAGS)
     wait = ServeConfig.model_fields["batch_wait_timeout_s"]
     p.add_argument("--batch-wait-ms", type=AMOUNT, default=wait.default * 1000,
                    help=f"{wait.description}, ms (default %(default)s)")
-    p.add_argument("--replica-cpus", type=AMOUNT, default=ServeConfig.model_fields["num_cpus"].default,
-                   help=f"{ServeConfig.model_fields['num_cpus'].description} (default %(default)s)")
     p.add_argument("--gpu", action="store_true", help="one GPU per replica")
-    p.add_argument("--num-cpus", type=COUNT, default=None, help="local Ray only: CPUs to use")
-    p.add_argument("--direct", action="store_true", help="local Ray, one replica: it answers on --port itself, "
-                   "without the hop through Serve's proxy (Ray Serve's direct ingress; faster on small machines)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
     p.set_defaults(func=_serve)
 
     p = stages.add_parser("predict", help="emotions of the faces in a few images, no Ray (table, or --json)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--artifact", help=ARTIFACT)
-    add_flags(p, ScoreConfig, ("faces", "margin"))  # as score detects and crops
-    p.add_argument("--top", type=COUNT, default=3, help="likeliest emotions listed per face")
+    add_flags(p, PredictConfig, fields(PredictConfig))
     p.add_argument("--json", action="store_true", help="JSON records instead of a table")
     p.set_defaults(func=_predict)
 

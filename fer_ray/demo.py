@@ -8,15 +8,26 @@ laptop: about 3 minutes on 2 CPUs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from fer_ray.data.config import PrepareConfig
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import balanced_labels, synthetic_faces
 from fer_ray.pipeline import Pipeline, PipelineConfig, headline
 
-COUNT = PipelineConfig.model_fields["count"].default  # synthetic faces
-EPOCHS = 8  # per small CNN: the demo is sized for about 3 minutes on 2 CPUs
+
+class DemoConfig(BaseModel):
+    """``fer-ray demo``'s settings: sized for about 3 minutes on 2 CPUs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field("demo-output", description="where every output goes (rerun to resume)")
+    count: int = Field(PipelineConfig.model_fields["count"].default, ge=1, description="synthetic faces")
+    epochs: int = Field(8, ge=1, description="epochs per small CNN")
+    num_cpus: Optional[int] = PrepareConfig.model_fields["num_cpus"]
 
 
 def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int = 20) -> int:
@@ -53,19 +64,21 @@ def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int =
     return count + 1
 
 
-def run_demo(output: str = "demo-output", count: int = COUNT, epochs: int = EPOCHS, log=print) -> dict:
+def run_demo(log=print, **settings) -> dict:
+    """Run the demo; ``settings`` are ``DemoConfig``'s."""
     from fer_ray.runtime import init_ray
 
-    out = Path(output).resolve()
+    cfg = DemoConfig(**settings)
+    out = Path(cfg.output).resolve()
     photos = out / "photos"
     if not photos.exists():
         write_demo_photos(photos)
+    init_ray(cfg.num_cpus)
     # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01).
-    init_ray()
-    cfg = PipelineConfig(storage=str(out), source="synthetic", count=count, models=("small_cnn", "small_cnn"),
-                         epochs=epochs, batch_size=32, lr=0.05, workers=1, svm_samples=3,
-                         svm_lambda=(0.01, 10.0), score_input=str(photos))
-    summary = Pipeline(cfg, log=log).run()
+    pipeline = PipelineConfig(storage=str(out), source="synthetic", count=cfg.count, models=("small_cnn", "small_cnn"),
+                              epochs=cfg.epochs, batch_size=32, lr=0.05, workers=1, svm_samples=3,
+                              svm_lambda=(0.01, 10.0), score_input=str(photos))
+    summary = Pipeline(pipeline, log=log).run()
     log("")
     log(f"demo finished in {summary['seconds']:.0f} s; outputs under {out}:")
     for name, path in summary["outputs"].items():

@@ -132,6 +132,4 @@ def parse_as(annotation):
     return check
 
 
-COUNT = parse_as(Annotated[int, Field(ge=1)])  # for flags that belong to no config
-AMOUNT = parse_as(Annotated[float, Field(ge=0, allow_inf_nan=False)])
-POSITIVE = parse_as(Annotated[float, Field(gt=0, allow_inf_nan=False)])
+AMOUNT = parse_as(Annotated[float, Field(ge=0, allow_inf_nan=False)])  # --batch-wait-ms: belongs to no config

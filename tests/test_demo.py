@@ -32,7 +32,7 @@ def test_the_demo_runs_the_pipeline_on_synthetic_faces_and_scores_its_photos(tmp
     monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: None)
     monkeypatch.setattr(Pipeline, "run", run)
     lines = []
-    run_demo(str(tmp_path / "demo"), count=700, epochs=3, log=lines.append)
+    run_demo(output=str(tmp_path / "demo"), count=700, epochs=3, log=lines.append)
     (cfg,) = ran
     assert (cfg.source, cfg.count, cfg.epochs, cfg.models) == ("synthetic", 700, 3, ("small_cnn", "small_cnn"))
     assert cfg.score_input == str(tmp_path / "demo" / "photos")

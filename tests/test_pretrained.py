@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,7 +92,7 @@ def test_predict_accounts_for_every_image(default_predictor, tmp_path):
         ("array 0", None, "no face detected"), (str(bad), None, "not a decodable image (unrecognised content)")]
     table = format_table(records)
     assert "no face detected" in table and str(bad) in table
-    with pytest.raises(ValueError, match="face mode"):
+    with pytest.raises(ValueError, match="faces"):
         predict(blank, faces="some", predictor=default_predictor)
     with pytest.raises(ValueError, match="uint8"):
         predict(blank.astype(np.float32), predictor=default_predictor)
@@ -132,7 +131,7 @@ def test_score_and_serve_fall_back_to_the_default_model(stage, target, argv, mon
     if stage == "score":
         monkeypatch.setattr(target, lambda artifact, *a, **k: seen.append(artifact))
     else:
-        monkeypatch.setattr(target, lambda config, **k: seen.append(config.artifact))
+        monkeypatch.setattr(target, lambda config, *a, **k: seen.append(config.artifact))
     assert main([stage, *argv]) == 0
     assert seen == [str(default_artifact())]
     assert f"fer-ray {stage}: no --artifact given: using the default model {DEFAULT_MODEL}" in capsys.readouterr().err

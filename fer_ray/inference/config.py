@@ -1,7 +1,9 @@
-"""The settings of ``fer-ray score`` and of a fer-ray Serve app.
+"""The settings of ``fer-ray score``, ``fer-ray predict`` and of a fer-ray Serve app.
 
 ``fer-ray score``'s flags and ``score_folder``'s keywords fill ``ScoreConfig``; ``fer-ray
-serve``'s flags, ``serve run ... key=value`` and a RayService's ``args`` fill ``ServeConfig``.
+predict``'s and ``fer_ray.predict``'s fill ``PredictConfig``; ``fer-ray serve``'s flags,
+``serve run ... key=value`` and a RayService's ``args`` fill ``ServeConfig`` (the deployment)
+and ``ServerOptions`` (where the command listens).
 Each default is written once, here. Nothing here imports Ray, torch or FastAPI, so the command
 line builds its flags from these quickly.
 """
@@ -39,6 +41,16 @@ class ScoreConfig(BaseModel):
     overwrite: bool = Field(False, description="discard earlier results for this output")
 
 
+class PredictConfig(BaseModel):
+    """A few images scored in this process (``fer_ray.inference.predict.predict``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    faces: Literal[FACE_MODES] = ScoreConfig.model_fields["faces"]  # detected and cropped as score does
+    margin: float = ScoreConfig.model_fields["margin"]
+    top: int = Field(3, ge=1, description="likeliest emotions listed per face")
+
+
 class ServeConfig(BaseModel):
     """Everything a deployment is built from (``serve run ... key=value`` sets these)."""
 
@@ -46,8 +58,9 @@ class ServeConfig(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass")
     batch_wait_timeout_s: float = Field(0.01, ge=0, allow_inf_nan=False, description="how long a batch waits to fill")
     max_ongoing_requests: Optional[int] = Field(None, ge=1, description="per replica; >= max_batch_size")
-    replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="CPUs per replica")
+    replicas: int = Field(1, ge=1, description="copies of the model, each its own Ray actor")
+    num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="CPUs per replica (torch uses that many "
+                            "threads)", json_schema_extra={"flag": "--replica-cpus"})
     num_gpus: float = Field(0.0, ge=0)
     device: str = "auto"
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body")
@@ -60,3 +73,19 @@ class ServeConfig(BaseModel):
     def ongoing(self) -> int:
         """Serve must let at least a full batch of requests into a replica, or batches never fill."""
         return max(self.max_ongoing_requests or 0, 4 * self.max_batch_size, 32)
+
+
+class ServerOptions(BaseModel):
+    """Where ``fer-ray serve`` listens and the local Ray it starts (``run_server``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="bind address (loopback unless you choose to expose the "
+                                                "service, which has no authentication)")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    # not ``num_cpus``: that is each replica's share (ServeConfig), beside it on the command line
+    ray_cpus: Optional[int] = Field(None, ge=1, description=ScoreConfig.model_fields["num_cpus"].description,
+                                    json_schema_extra={"flag": "--num-cpus"})
+    direct: bool = Field(False, description="local Ray, one replica: it answers on --port itself, without the "
+                                            "hop through Serve's proxy (Ray Serve's direct ingress; faster on "
+                                            "small machines)")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_ray.data.faces import MARGIN
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
+from fer_ray.inference.config import PredictConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
 
 
@@ -35,13 +35,13 @@ def _grey(item) -> np.ndarray:
     return arr
 
 
-def predict(images, faces: str = "all", artifact: str | None = None, margin: float = MARGIN,
-            top: int = 3, predictor=None) -> list[dict]:
+def predict(images, artifact: str | None = None, predictor=None, **settings) -> list[dict]:
     """Emotion records for every face in ``images``: a path, an image array, or a list of them.
 
-    ``faces``: ``all`` detects every face, ``largest`` keeps one per image, ``none`` takes each
-    image as an already cropped face. Without ``artifact`` (or ``predictor``) the shipped default
-    model is used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
+    ``settings`` are ``PredictConfig``'s: ``faces`` (``all`` detects every face, the default;
+    ``largest`` keeps one per image; ``none`` takes each image as an already cropped face),
+    ``margin`` and ``top``. Without ``artifact`` (or ``predictor``) the shipped default model is
+    used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
     first), ``box`` (x, y, w, h in the image's pixels), ``emotion``, ``probabilities`` (all seven)
     and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
     one that cannot be read, gives one record with ``face`` None and the reason in ``error``:
@@ -50,10 +50,11 @@ def predict(images, faces: str = "all", artifact: str | None = None, margin: flo
     from fer_ray.inference.predictor import Predictor
     from fer_ray.pretrained import default_artifact
 
+    cfg = PredictConfig(**settings)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     predictor = predictor or Predictor(artifact or default_artifact())
-    config = DetectConfig(mode=faces, image_size=predictor.image_size, margin=margin)  # checks the mode
-    detector = None if faces == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin)
+    detector = None if cfg.faces == "none" else cached_detector(config.detect_side, config.min_face_fraction)
     found, crops = [], []  # (image name, face index, box, error) per record; crops of the faces
     for i, item in enumerate(items):
         name = _name(item, i)
@@ -79,7 +80,7 @@ def predict(images, faces: str = "all", artifact: str | None = None, margin: flo
         records.append({"image": name, "face": face, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
                         "emotion": predictor.labels[order[0]],
                         "probabilities": {label: float(v) for label, v in zip(predictor.labels, p)},
-                        "top": [{"emotion": predictor.labels[k], "probability": float(p[k])} for k in order[:top]],
+                        "top": [{"emotion": predictor.labels[k], "probability": float(p[k])} for k in order[:cfg.top]],
                         "error": None})
     return records
 

@@ -46,7 +46,7 @@ from fer_ray.data.faces import FACE_MODES, MARGIN, FaceDetector
 from fer_ray.data.preprocess import ImageError, TooManyPixels, UnsupportedFormat, decode_grey
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.crops import DetectConfig, crop_faces
-from fer_ray.inference.config import ServeConfig
+from fer_ray.inference.config import ServeConfig, ServerOptions
 
 FaceMode = Literal[FACE_MODES]
 RAW_TYPES = ("application/octet-stream",)  # besides image/*; no Content-Type is sniffed too
@@ -399,11 +399,9 @@ def app_builder(args: ServeConfig):
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """A busy or impossible port: one clear error instead of Serve's proxy retrying and crashing."""
+    """A busy port: one clear error instead of Serve's proxy retrying and crashing."""
     import socket
 
-    if not 0 < port < 65536:
-        raise ValueError(f"--port must be 1..65535, got {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         try:
             s.bind((host, port))
@@ -439,8 +437,7 @@ def _wait_for(url: str, seconds: float) -> bool:
     return False
 
 
-def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, num_cpus: int | None = None,
-               direct: bool = False, log=print) -> None:
+def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log=print) -> None:
     """``fer-ray serve``: start (or join) Ray, serve on host:port until Ctrl-C, then shut down.
 
     Loopback is the default on purpose: the service has no authentication, so exposing it
@@ -448,6 +445,7 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     ``direct``: the one replica answers on host:port itself (``direct_ingress_env``); Serve's
     proxy listens on another port.
     """
+    host, port, direct = server.host, server.port, server.direct
     import signal
     import sys
     import time
@@ -471,7 +469,7 @@ def run_server(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, n
     # Loaded whole here, as each replica will load it: a broken artifact is one error line
     # now, not replica tracebacks after Ray and Serve have started.
     Predictor(config.artifact, device="cpu")
-    init_ray(num_cpus)
+    init_ray(server.ray_cpus)
     # A container or job runner stops us with SIGTERM: shut Serve down as for Ctrl-C. Set after
     # Ray's start, whose own handler would dump a stack and abort (exit 134) instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
