@@ -1,4 +1,4 @@
-"""Our metrics agree with scikit-learn on fixed inputs; reports label split and averaging."""
+"""The metrics dict carries scikit-learn's figures, field by field; reports label split and averaging."""
 
 from __future__ import annotations
 
