@@ -119,8 +119,8 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
     """Milliseconds per image of each step, run one after another in this process, 1 thread."""
     from fer_ray.data.files import read_image_file
     from fer_ray.data.preprocess import decode_grey
-    from fer_ray.inference.batch import list_images, rows_table, write_atomic
-    from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces
+    from fer_ray.inference.batch import list_images, write_atomic
+    from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces, scored_table
 
     set_threads(1)
     config = DetectConfig(mode=mode, image_size=predictor.image_size)
@@ -141,10 +141,10 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
     probs = timed("model", lambda: np.concatenate([predictor.predict_proba(np.stack(crops[i : i + 256]))
                                                    for i in range(0, len(crops), 256)]) if crops else None)
     k = len(crops)
-    rows = {"path": [paths[min(i, n - 1)] for i in range(k)], "face": list(range(k)), "x": [0] * k, "y": [0] * k,
-            "w": [48] * k, "h": [48] * k, "emotion": ["happy"] * k, "error": [""] * k}
-    rows |= {e: (probs[:, j] if probs is not None else []) for j, e in enumerate(predictor.labels)}
-    table = timed("row assembly", lambda: rows_table(rows))
+    rows = {"path": np.array([paths[min(i, n - 1)] for i in range(k)], object), "face": np.arange(k),
+            "n_faces": np.ones(k), "x": np.zeros(k), "y": np.zeros(k), "w": np.full(k, 48), "h": np.full(k, 48),
+            "error": np.array([""] * k, object)}
+    table = timed("row assembly", lambda: scored_table(rows, probs if probs is not None else np.zeros((0, 7))))
     with tempfile.TemporaryDirectory() as tmp:
         timed("part write", lambda: write_atomic(table, Path(tmp) / "part.parquet"))
     return ms

@@ -78,17 +78,17 @@ def main() -> int:
         paths.append(str(path))
     paths.append(str(work / "missing.png"))  # an error row must pass through untouched
     batch = detect_batch({"path": np.array(paths, dtype=object)}, DetectConfig(mode="none"))
-    cpu = FaceScorer(args.artifact, device="cpu")(dict(batch))
+    cpu = FaceScorer(args.artifact, device="cpu")(dict(batch))  # Arrow tables: null where no face
     gpu = FaceScorer(args.artifact, device=args.device)(dict(batch))
-    names = [k for k in cpu if k not in ("path", "face", "n_faces", "x", "y", "w", "h", "emotion", "error")]
-    p_cpu = np.stack([cpu[k] for k in names], axis=1)
-    p_gpu = np.stack([gpu[k] for k in names], axis=1)
+    names = [k for k in cpu.column_names if k not in ("path", "face", "n_faces", "x", "y", "w", "h", "emotion", "error")]
+    p_cpu = np.stack([cpu[k].to_numpy(zero_copy_only=False) for k in names], axis=1)  # null -> NaN
+    p_gpu = np.stack([gpu[k].to_numpy(zero_copy_only=False) for k in names], axis=1)
     ok = ~np.isnan(p_cpu[:, 0])
     report["agreement"] = {
         "rows": int(len(ok)), "scored": int(ok.sum()), "error_rows_nan_on_gpu": bool(np.isnan(p_gpu[~ok]).all()),
         "max_abs_diff": float(np.abs(p_cpu[ok] - p_gpu[ok]).max()),
         "argmax_agree": float((p_cpu[ok].argmax(1) == p_gpu[ok].argmax(1)).mean()),
-        "emotion_equal": float(np.mean(cpu["emotion"][ok] == gpu["emotion"][ok])),
+        "emotion_equal": float(np.mean(np.array(cpu["emotion"].to_pylist())[ok] == np.array(gpu["emotion"].to_pylist())[ok])),
     }
     print(json.dumps(report["agreement"]))
 

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
-from fer_ray.inference.batch import (SCHEMA, FileAssembler, PartStore, ScoreError, display_path, list_images,
-                                     parts_folder, plan_resources, rows_table, score_folder, write_atomic)
-from fer_ray.inference.crops import NO_FACE, DetectConfig, detect_batch
+from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, display_path, list_images,
+                                     parts_folder, plan_resources, score_folder, write_atomic)
+from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
 from photos import background, one_face_photo, two_face_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,16 @@ def test_detect_batch_modes_and_bad_files(tmp_path):
     for rel, want in expect.items():
         if "face" not in want or want == NO_FACE:
             (i,) = by_path[rel]
-            assert rows["error"][i].startswith(want) and rows["face"][i] == -1
+            assert rows["error"][i].startswith(want) and rows["n_faces"][i] == 1
+    faces = [i for idx in by_path.values() for i in idx if not rows["error"][i]]
+    assert len(faces) >= 2 and all(rows["w"][i] > 0 for i in faces)
+    # every row in the output's schema; a row with an error has no face, box, emotion or probabilities
+    table = scored_table(rows, np.full((len(rows["path"]), 7), 1 / 7, np.float32))
+    assert table.drop_columns(["n_faces"]).schema == SCHEMA
+    void = [bool(e) for e in rows["error"]]
+    for name in ("face", "x", "w", "emotion", EMOTIONS[0]):
+        assert [v is None for v in table[name].to_pylist()] == void, name
+    assert [e is not None for e in table["error"].to_pylist()] == void  # null on a face's row
 
     largest = detect_batch({"path": paths[:1]}, DetectConfig(mode="largest"))
     assert list(largest["face"]) == [0]
@@ -67,29 +77,32 @@ def test_detect_batch_modes_and_bad_files(tmp_path):
     assert (whole["w"][0], whole["h"][0]) == (640, 480) and whole["error"][0] == ""
 
 
-def test_assembler_holds_a_file_until_all_its_faces_arrive():
-    def rows(path, faces, n):
-        base = {k: np.array([0] * len(faces), np.int32) for k in ("x", "y", "w", "h")}
-        probs = {e: np.full(len(faces), 1 / 7, np.float32) for e in EMOTIONS}
-        return {"path": np.array([path] * len(faces), object), "face": np.array(faces, np.int32),
-                "n_faces": np.array([n] * len(faces), np.int32), "emotion": np.array(["happy"] * len(faces), object),
-                "error": np.array([""] * len(faces), object), **base, **probs}
+def scored(path, faces, n, error=""):
+    """``scored_table`` rows of one file: ``faces`` of its ``n``, or one row with ``error``."""
+    k = len(faces)
+    rows = {"path": np.array([path] * k, object), "face": np.array(faces, np.int32),
+            "n_faces": np.array([n] * k, np.int32), "error": np.array([error] * k, object),
+            **{key: np.arange(k, dtype=np.int32) + 1 for key in ("x", "y", "w", "h")}}
+    return scored_table(rows, np.full((k, 7), 1 / 7, np.float32))
 
+
+def test_assembler_holds_a_file_until_all_its_faces_arrive():
     asm = FileAssembler()
-    asm.add(rows("a.jpg", [1], 2))            # Ray Data cut a.jpg's faces across two batches
-    assert asm.ready_files == 0 and asm.pending_files == 1
-    asm.add(rows("a.jpg", [0], 2))
+    asm.add(pa.concat_tables([scored("a.jpg", [1], 2), scored("b.jpg", [0], 1)]))  # a.jpg cut across batches
+    assert asm.ready_files == 1 and asm.pending_files == 1
+    asm.add(scored("a.jpg", [0], 2))
     ready, files = asm.take()
-    assert files == 1 and ready["face"] == [0, 1]
-    assert rows_table(ready).schema == SCHEMA
+    assert files == 2 and ready.schema == SCHEMA and asm.pending_files == 0
+    assert sorted(zip(ready["path"].to_pylist(), ready["face"].to_pylist())) == [("a.jpg", 0), ("a.jpg", 1),
+                                                                                  ("b.jpg", 0)]
+    assert asm.take()[1] == 0  # taken once
 
 
 def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
     store = PartStore(tmp_path / "out.csv.parts")
-    ok = {"path": ["b.jpg", "a.jpg"], "face": [0, -1], "x": [1, -1], "y": [2, -1], "w": [3, -1], "h": [4, -1],
-          "emotion": ["sad", ""], **{e: [0.5, float("nan")] for e in EMOTIONS}, "error": ["", NO_FACE]}
+    ok = pa.concat_tables([scored("b.jpg", [0], 1), scored("a.jpg", [0], 1, error=NO_FACE)]).drop_columns(["n_faces"])
     with store.locked():
-        store.write(rows_table(ok))
+        store.write(ok)
         store.consolidate(tmp_path / "out.csv", {"a.jpg", "b.jpg"})
         with pytest.raises(ScoreError, match="another scoring job"):
             with PartStore(store.folder).locked():
@@ -100,15 +113,13 @@ def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
     assert not list(store.folder.glob(".*.tmp"))
     store.consolidate(tmp_path / "only_b.csv", {"b.jpg", "gone.jpg"})  # b.jpg alone is still input
     assert list(pd.read_csv(tmp_path / "only_b.csv")["path"]) == ["b.jpg"]
-    store.write(rows_table(ok))                  # the same files again: a resume bug
+    store.write(ok)                              # the same files again: a resume bug
     with pytest.raises(RuntimeError, match="duplicate"):
         store.consolidate(tmp_path / "out.parquet", {"a.jpg", "b.jpg"})
 
 
 def test_an_upper_case_csv_name_gets_csv(tmp_path):
-    table = rows_table({"path": ["a.jpg"], "face": [-1], "x": [-1], "y": [-1], "w": [-1], "h": [-1],
-                        "emotion": [""], **{e: [float("nan")] for e in EMOTIONS}, "error": [NO_FACE]})
-    write_atomic(table, tmp_path / "OUT.CSV")
+    write_atomic(scored("a.jpg", [0], 1, error=NO_FACE), tmp_path / "OUT.CSV")
     assert (tmp_path / "OUT.CSV").read_text().startswith('"path"')
 
 
@@ -133,8 +144,7 @@ def test_links_special_files_and_foreign_names_are_listed_and_get_rows(tmp_path)
     rows = detect_batch({"path": np.array([display_path(f) for f in files], dtype=object),
                          "file": np.array([os.fsencode(f) for f in files], dtype=object)}, DetectConfig(mode="all"))
     assert list(rows["error"]) == ["broken symbolic link", NO_FACE, "not a regular file", NO_FACE]
-    assert rows_table({**{k: list(v) for k, v in rows.items() if k != "image"}, "emotion": [""] * 4,
-                       **{e: [float("nan")] * 4 for e in EMOTIONS}}).num_rows == 4  # UTF-8 all through
+    assert scored_table(rows, np.zeros((4, 7), np.float32)).num_rows == 4  # UTF-8 all through
 
 
 @pytest.mark.timeout(60)  # glob.glob on the two loops below never ends
@@ -303,6 +313,26 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     assert set(pq.read_table(out).column("path").to_pylist()) == {str(root / "landscape.png")}
     with pytest.raises(ValueError, match="holds a score run with different mode"):
         score_folder(str(small_artifact), str(root), str(out), faces="largest", log=print)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
+def test_the_gpu_layout_on_cpus_gives_the_same_rows(tmp_path, ray_session, small_artifact, monkeypatch):
+    """--gpu's layout (detection tasks, then model actors that Ray Data feeds one face at a time
+    here, so a file's faces arrive in different batches) run on CPUs: every file still comes
+    out whole, with its error rows null where they have no face."""
+    import fer_ray.inference.batch as batch
+
+    split = batch.ResourcePlan(actors=1, actor_cpus=1.0, actor_gpus=0, device="cpu", threads=1, task_cpus=0.5,
+                               files_per_task=2)
+    monkeypatch.setattr(batch, "plan_resources", lambda *args: split)
+    root = tmp_path / "photos"
+    expect = messy_folder(root)
+    out = tmp_path / "scores.parquet"
+    lines = []
+    score_folder(str(small_artifact), str(root), str(out), faces="all", batch_size=1, log=lines.append)
+    assert any("detection tasks of 2 files" in line for line in lines), lines
+    _check_exact(out, root, expect)
 
 
 @pytest.mark.ray

@@ -35,7 +35,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -43,18 +42,11 @@ import pyarrow.parquet as pq
 
 from fer_ray.data.files import files_under
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
-from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.config import ScoreConfig
-from fer_ray.inference.crops import NO_FACE, DetectConfig, FaceScorer, detect_batch
+from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, detect_batch
 from fer_ray.rundir import RECORD, claim
 
 OUTPUT_FORMATS = (".parquet", ".csv")
-SCHEMA = pa.schema(
-    [("path", pa.string()), ("face", pa.int32()), ("x", pa.int32()), ("y", pa.int32()),
-     ("w", pa.int32()), ("h", pa.int32()), ("emotion", pa.string())]
-    + [(name, pa.float32()) for name in EMOTIONS]
-    + [("error", pa.string())]
-)
 
 
 class ScoreError(ValueError):
@@ -143,50 +135,38 @@ def display_path(path: str) -> str:
 # Driver side: assemble complete files, write parts atomically, consolidate
 # ---------------------------------------------------------------------------------------
 
-def rows_table(rows: dict[str, list]) -> pa.Table:
-    """Scorer rows (sentinels -1 / "" / NaN) -> the output schema with proper nulls."""
-    error = [e or None for e in rows["error"]]
-    scored = [e is None for e in error]
-    cols = {"path": rows["path"]}
-    for key in ("face", "x", "y", "w", "h"):
-        cols[key] = [int(v) if s else None for v, s in zip(rows[key], scored)]
-    cols["emotion"] = [v if s else None for v, s in zip(rows["emotion"], scored)]
-    for name in EMOTIONS:
-        cols[name] = [float(v) if s else None for v, s in zip(rows[name], scored)]
-    cols["error"] = error
-    return pa.table(cols, schema=SCHEMA)
-
-
 class FileAssembler:
-    """Buffers rows by path and releases a file only when all of its ``n_faces`` rows are in."""
+    """Scored rows in (``scored_table``'s), whole files out: a part holds only complete files.
 
-    COLUMNS = ("path", "face", "x", "y", "w", "h", "emotion", *EMOTIONS, "error")
+    Ray Data may cut one file's faces across batches (with ``--gpu``, where detection and the
+    model are separate stages), so each row carries its file's ``n_faces`` and a file's rows
+    wait here until all of them are in. Arrow does the grouping; no row is touched in Python.
+    """
 
     def __init__(self):
-        self._pending: dict[str, list[dict]] = {}
-        self.ready: dict[str, list] = {k: [] for k in self.COLUMNS}
+        self.pending: pa.Table | None = None  # rows of files still missing some
+        self.ready: list[pa.Table] = []
         self.ready_files = 0
 
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        keys = self.COLUMNS + ("n_faces",)
-        for values in zip(*(batch[k] for k in keys)):
-            row = dict(zip(keys, values))
-            rows = self._pending.setdefault(str(row["path"]), [])
-            rows.append(row)
-            if len(rows) == int(row["n_faces"]):
-                for r in sorted(self._pending.pop(str(row["path"])), key=lambda r: r["face"]):
-                    for k in self.COLUMNS:
-                        self.ready[k].append(r[k])
-                self.ready_files += 1
+    def add(self, rows: pa.Table) -> None:
+        if self.pending is not None:
+            rows = pa.concat_tables([self.pending, rows], promote_options="default")
+        seen = rows.group_by("path").aggregate([("path", "count"), ("n_faces", "max")])
+        whole = seen.filter(pc.equal(seen["path_count"], seen["n_faces_max"]))["path"]
+        done = pc.is_in(rows["path"], value_set=whole.combine_chunks())
+        self.ready.append(rows.filter(done).select(SCHEMA.names).cast(SCHEMA))
+        self.pending = rows.filter(pc.invert(done))
+        self.ready_files += len(whole)
 
-    def take(self) -> tuple[dict[str, list], int]:
-        rows, files = self.ready, self.ready_files
-        self.ready, self.ready_files = {k: [] for k in self.COLUMNS}, 0
-        return rows, files
+    def take(self) -> tuple[pa.Table, int]:
+        """The whole files so far (in the output's schema) and how many they are."""
+        table, files = pa.concat_tables(self.ready) if self.ready else SCHEMA.empty_table(), self.ready_files
+        self.ready, self.ready_files = [], 0
+        return table, files
 
     @property
     def pending_files(self) -> int:
-        return len(self._pending)
+        return 0 if self.pending is None else pc.count_distinct(self.pending["path"]).as_py()
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
@@ -455,10 +435,10 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
     def flush() -> None:
         rows, n = assembler.take()
         if n:
-            store.write(rows_table(rows))
+            store.write(rows)
             summary.scored_now += n
 
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         assembler.add(batch)
         if first is None:
             first = (time.time(), summary.scored_now + assembler.ready_files)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from fer_ray.data.faces import DETECT_SIDE, FACE_MODES, MARGIN, MIN_FACE_FRACTION, FaceDetector, find_faces
 from fer_ray.data.files import read_image_file
@@ -20,6 +21,14 @@ from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey,
 from fer_ray.emotions import EMOTIONS
 
 NO_FACE = "no face detected"
+# What ``fer-ray score`` writes: one row per face, or one per file without a usable face (its
+# face, box, emotion and probabilities null, ``error`` saying why).
+SCHEMA = pa.schema(
+    [("path", pa.string()), ("face", pa.int32()), ("x", pa.int32()), ("y", pa.int32()),
+     ("w", pa.int32()), ("h", pa.int32()), ("emotion", pa.string())]
+    + [(name, pa.float32()) for name in EMOTIONS]
+    + [("error", pa.string())]
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,6 +77,11 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
     """Paths -> one row per face (crop resized to the artifact's image size), or one row
     per file that has no face or cannot be used. ``n_faces`` is the file's row count.
 
+    ``error`` is the reason on the rows of a file without a usable face, and empty on a face's
+    row (a string either way: with ``--gpu`` these rows cross Ray Data, where a column of only
+    None would lose its type). Those rows' face, box and image are zeros that ``scored_table``
+    turns into nulls.
+
     ``path`` is what the rows carry; an optional ``file`` column (the name's raw bytes) is
     what is opened, for names that ``path`` shows escaped (see ``display_path``).
     """
@@ -80,7 +94,7 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
         for key, value in zip(("path", "face", "n_faces", "error"), (path, face, n, error)):
             cols[key].append(value)
         for key in ("x", "y", "w", "h"):
-            cols[key].append(getattr(box, key) if box is not None else -1)
+            cols[key].append(getattr(box, key) if box is not None else 0)
         images.append(crop if crop is not None else np.zeros((size, size), np.uint8))
 
     for path, file in zip(batch["path"], batch.get("file", batch["path"])):
@@ -89,16 +103,16 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
             grey = read_image(file if isinstance(file, bytes) else str(file), config.max_pixels)
             faces = crop_faces(grey, config, detector)
         except ImageError as exc:
-            add(path, -1, 1, None, None, str(exc))
+            add(path, 0, 1, None, None, str(exc))
             continue
         except cv2.error as exc:  # one odd image must not fail the task (and every rerun with it)
-            add(path, -1, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
+            add(path, 0, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
             continue
         except Exception as exc:  # noqa: BLE001 - likewise for anything else: an error row
-            add(path, -1, 1, None, None, f"could not process the image ({type(exc).__name__}: {exc})"[:300])
+            add(path, 0, 1, None, None, f"could not process the image ({type(exc).__name__}: {exc})"[:300])
             continue
         if not faces:
-            add(path, -1, 1, None, None, NO_FACE)
+            add(path, 0, 1, None, None, NO_FACE)
         for i, (box, crop) in enumerate(faces):
             add(path, i, len(faces), box, crop, "")
     out = {k: np.array(v, dtype=object if k in ("path", "error") else np.int32) for k, v in cols.items()}
@@ -110,8 +124,24 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
 # The model stage (plain callable class; Ray runs it as an actor pool)
 # ---------------------------------------------------------------------------------------
 
+def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
+    """``detect_batch``'s rows and their probabilities -> the output's ``SCHEMA`` (plus
+    ``n_faces``): on a row with an ``error`` the face, box, emotion and probabilities are null."""
+    void = np.array([bool(e) for e in rows["error"]], dtype=bool)
+    cols = {"path": pa.array(rows["path"], pa.string())}
+    for key in ("face", "x", "y", "w", "h"):
+        cols[key] = pa.array(np.asarray(rows[key], np.int32), pa.int32(), mask=void)
+    cols["emotion"] = pa.array(np.array(EMOTIONS, dtype=object)[probs.argmax(axis=1)] if len(probs) else [],
+                               pa.string(), mask=void)
+    for j, name in enumerate(EMOTIONS):
+        cols[name] = pa.array(probs[:, j], pa.float32(), mask=void)
+    cols["error"] = pa.array(rows["error"], pa.string(), mask=~void)
+    cols["n_faces"] = pa.array(np.asarray(rows["n_faces"], np.int32), pa.int32())
+    return pa.table(cols)
+
+
 class FaceScorer:
-    """Probabilities for the face rows of a batch through ``Predictor``; other rows get NaN.
+    """Probabilities for the face rows of a batch through ``Predictor``, as ``scored_table``.
 
     With ``detect`` it takes paths and runs ``detect_batch`` first, so that one process reads,
     decodes, detects and predicts: what each CPU does when scoring on CPUs (see ``plan_resources``).
@@ -131,16 +161,11 @@ class FaceScorer:
         self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
         self.detect = detect
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         if self.detect is not None:
             batch = detect_batch(batch, self.detect)
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        probs = np.full((len(ok), len(EMOTIONS)), np.nan, dtype=np.float32)
+        probs = np.zeros((len(ok), len(EMOTIONS)), dtype=np.float32)
         if ok.any():
             probs[ok] = self.predictor.predict_proba(np.asarray(batch["image"])[ok])
-        out = {k: v for k, v in batch.items() if k != "image"}
-        names = np.array(EMOTIONS, dtype=object)
-        out["emotion"] = np.where(ok, names[np.nan_to_num(probs).argmax(axis=1)], "").astype(object)
-        for j, name in enumerate(EMOTIONS):
-            out[name] = probs[:, j]
-        return out
+        return scored_table(batch, probs)

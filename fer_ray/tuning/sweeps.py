@@ -322,6 +322,9 @@ def choose_best(rows: list[dict]) -> dict:
 
 
 def _write_results(path: Path, rows: list[dict]) -> None:
+    """One row per trial, from the ResultGrid's results. Not ``ResultGrid.get_dataframe()``: it
+    leaves out a trial that never reported (one that failed as it started), and its two dozen
+    bookkeeping columns would bury these."""
     keys = sorted({k for r in rows for k in (r["config"] or {})})
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
