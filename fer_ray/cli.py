@@ -173,8 +173,32 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
 
 
+class StageParser(argparse.ArgumentParser):
+    """An argparse parser that keeps the flags added to it (``--config`` maps YAML keys onto
+    them), in its argument groups too; the stages' parsers are of this class as well."""
+
+    def __init__(self, *args, **kwargs):
+        self.flags: list[argparse.Action] = []  # before argparse adds --help through add_argument
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        self.flags.append(super().add_argument(*args, **kwargs))
+        return self.flags[-1]
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+
+        def add_and_keep(*a, **k) -> argparse.Action:
+            self.flags.append(add(*a, **k))
+            return self.flags[-1]
+
+        group.add_argument = add_and_keep
+        return group
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fer-ray", description=__doc__.splitlines()[0])
+    parser = StageParser(prog="fer-ray", description=__doc__.splitlines()[0])
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     parser.stages = stages.choices  # each stage's own parser, by name (for --config)
 
@@ -280,7 +304,7 @@ def _config_file(argv: list[str]) -> str | None:
     return None
 
 
-def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
+def _apply_config(sub: StageParser, path: str) -> None:
     import yaml
 
     try:
@@ -292,7 +316,7 @@ def _apply_config(sub: argparse.ArgumentParser, path: str) -> None:
         sub.error(f"{path} must hold a mapping of flag names to values")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     # A key is a flag's name (`lambda`) or its destination (`lam`), as the help texts show the former.
-    actions = {name: a for a in sub._actions if a.dest != "help"
+    actions = {name: a for a in sub.flags if a.dest != "help"
                for name in [a.dest] + [o[2:].replace("-", "_") for o in a.option_strings if o.startswith("--")]}
     unknown = sorted(set(values) - set(actions))
     if unknown:

@@ -208,12 +208,10 @@ def test_yaml_values_get_the_flags_types(tmp_path):
 def test_yaml_keys_may_be_the_flags_names_or_their_destinations(tmp_path):
     """A flag stored under another name (`--lambda` into `lam`) is set by the key users read in
     --help (`lambda`) and by its destination; `help` is not a settable key."""
-    import argparse
-
-    from fer_ray.cli import _apply_config
+    from fer_ray.cli import StageParser, _apply_config
 
     def parse(text, *argv):
-        sub = argparse.ArgumentParser(exit_on_error=False)
+        sub = StageParser(exit_on_error=False)
         sub.add_argument("--config")
         sub.add_argument("--lambda", dest="lam", type=float, required=True)
         config.write_text(text)
