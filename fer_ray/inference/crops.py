@@ -131,8 +131,7 @@ def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
     cols = {"path": pa.array(rows["path"], pa.string())}
     for key in ("face", "x", "y", "w", "h"):
         cols[key] = pa.array(np.asarray(rows[key], np.int32), pa.int32(), mask=void)
-    cols["emotion"] = pa.array(np.array(EMOTIONS, dtype=object)[probs.argmax(axis=1)] if len(probs) else [],
-                               pa.string(), mask=void)
+    cols["emotion"] = pa.array(np.array(EMOTIONS, dtype=object)[probs.argmax(axis=1)], pa.string(), mask=void)
     for j, name in enumerate(EMOTIONS):
         cols[name] = pa.array(probs[:, j], pa.float32(), mask=void)
     cols["error"] = pa.array(rows["error"], pa.string(), mask=~void)
