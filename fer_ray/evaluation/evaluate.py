@@ -43,11 +43,13 @@ def metrics_key(meta: dict, catalog: Catalog, split: str, tta: str) -> str:
 
 def evaluate_splits(artifact: str, catalog: Catalog, run_dir: Path, tta: str = "none", log=print) -> dict:
     """Evaluate an artifact on the catalog's val and test splits (those present) into
-    ``run_dir/eval-<split>/``: what every training, baseline and sweep run ends with."""
-    evals = {}
+    ``run_dir/eval-<split>/``: what every training, baseline and sweep run ends with. The
+    artifact is loaded once for both."""
+    evals, predictor = {}, Predictor(artifact)
     for split in ("val", "test"):
         if catalog.has(split):
-            evals[split] = evaluate_artifact(str(artifact), catalog, split, str(Path(run_dir) / f"eval-{split}"), tta=tta)
+            evals[split] = evaluate_artifact(str(artifact), catalog, split, str(Path(run_dir) / f"eval-{split}"), tta=tta,
+                                             predictor=predictor)
             log(f"{split} accuracy {evals[split]['accuracy']:.4f} "
                 f"(macro F1 {evals[split]['macro']['f1']:.4f}, TTA {tta})")
     return evals
