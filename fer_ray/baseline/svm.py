@@ -215,8 +215,7 @@ def run_baseline(catalog: Catalog | str, run_dir: str, log=print, **settings) ->
     lam, solver, loss, max_iter = cfg.lam, cfg.solver, cfg.loss, cfg.max_iter
     # A wrong --catalog fails before the run directory is claimed.
     catalog = Catalog.open(catalog).require("train")
-    config = {"catalog": catalog.identity["path"], "catalog_sha256": catalog.sha256, "lambda": lam,
-              "solver": solver, "loss": loss, "max_iter": max_iter}
+    config = {**catalog.run_settings, "lambda": lam, "solver": solver, "loss": loss, "max_iter": max_iter}
     done = finished(run_dir, "baseline", config, cfg.overwrite, log)
     if done is not None:
         return done

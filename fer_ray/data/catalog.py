@@ -148,6 +148,12 @@ class Catalog:
         return {"path": str(self.path.resolve()), "sha256": self.sha256}
 
     @property
+    def run_settings(self) -> dict:
+        """What a run's ``run.json`` records of its catalog: where it is and its checksum (a
+        catalog rebuilt in place is another catalog, and a rerun on it is refused)."""
+        return {"catalog": self.identity["path"], "catalog_sha256": self.sha256}
+
+    @property
     def normalization(self) -> dict:
         """Train-split pixel mean and std on the 0..1 scale (None without a train split)."""
         return {"mean": self.manifest["pixel_mean"], "std": self.manifest["pixel_std"]}

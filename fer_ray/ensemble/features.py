@@ -98,8 +98,7 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=p
     if len(set(member_paths)) < len(member_paths):
         twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
         raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
-    settings = {"members": member_paths, "catalog": catalog.identity["path"], "catalog_sha256": catalog.sha256,
-                "grid": list(cfg.grid)}
+    settings = {"members": member_paths, **catalog.run_settings, "grid": list(cfg.grid)}
     done = finished(run_dir, "ensemble", settings, cfg.overwrite, log)
     if done is not None:
         return done

@@ -247,8 +247,8 @@ class CooperativeASHA(ASHAScheduler):
 def _settings(cfg, catalog: Catalog) -> dict:
     """What a sweep's trials and its run.json see: the config with absolute paths, and the
     catalog's checksum (a catalog rebuilt in place is another catalog)."""
-    return {**cfg.model_dump(exclude={"overwrite"}), "catalog": catalog.identity["path"],
-            "run_dir": str(Path(cfg.run_dir).resolve()), "catalog_sha256": catalog.sha256}
+    return {**cfg.model_dump(exclude={"overwrite"}), "run_dir": str(Path(cfg.run_dir).resolve()),
+            **catalog.run_settings}
 
 
 def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int, scheduler,
