@@ -137,7 +137,7 @@ def test_ensemble_stage_end_to_end(members, synthetic_catalog, ray_session, tmp_
     assert len(names) == 2 and any(n.startswith("soft voting") for n in table)
     # Seeded data and members: the stacked ensemble is at least as good as its best member.
     assert stacked["accuracy"] >= max(table[n]["accuracy"] for n in names)
-    assert table["end_to_end_accuracy"] == pytest.approx(stacked["accuracy"])
+    assert summary["evaluations"]["val"]["accuracy"] == pytest.approx(stacked["accuracy"])  # end to end
     report = (run / "report.md").read_text()
     assert "| stacked ensemble" in report and "| soft voting" in report and "macro P" in report
 

@@ -135,7 +135,6 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=p
                      f"End to end through the Predictor on raw images, the stacked ensemble scores "
                      f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
         summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
-        summary["splits"][split]["end_to_end_accuracy"] = end_to_end["accuracy"]
         summary["evaluations"][split] = end_to_end
         log(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
     lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
