@@ -445,7 +445,6 @@ def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log
     ``direct``: the one replica answers on host:port itself (``direct_ingress_env``); Serve's
     proxy listens on another port.
     """
-    host, port, direct = server.host, server.port, server.direct
     import signal
     import sys
     import time
@@ -455,6 +454,7 @@ def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log
     from fer_ray.inference.predictor import Predictor
     from fer_ray.runtime import free_port, init_ray, require_gpus
 
+    host, port, direct = server.host, server.port, server.direct
     _check_port_free(host, port)
     proxy_port = port
     if direct:
