@@ -119,7 +119,7 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
     """Milliseconds per image of each step, run one after another in this process, 1 thread."""
     from fer_ray.data.files import read_image_file
     from fer_ray.data.preprocess import decode_grey
-    from fer_ray.inference.batch import list_images, write_atomic
+    from fer_ray.inference.batch import list_images, write_table
     from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces, scored_table
 
     set_threads(1)
@@ -146,7 +146,7 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
             "error": np.array([""] * k, object)}
     table = timed("row assembly", lambda: scored_table(rows, probs if probs is not None else np.zeros((0, 7))))
     with tempfile.TemporaryDirectory() as tmp:
-        timed("part write", lambda: write_atomic(table, Path(tmp) / "part.parquet"))
+        timed("part write", lambda: write_table(table, Path(tmp) / "part.parquet"))
     return ms
 
 

@@ -36,7 +36,7 @@ def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = Fal
     if check_claim(path, stage, settings, overwrite, keys, flag):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path / RECORD, {"stage": stage, "settings": _as_stored(settings)})
+    _write_json(path / RECORD, {"stage": stage, "settings": _as_stored(settings)})
     return path
 
 
@@ -75,7 +75,7 @@ def finished(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = 
 
 def finish(run_dir: str | Path, summary: dict) -> dict:
     """Write the run's summary as ``result.json`` (atomically): the run is finished."""
-    _write_atomic(Path(run_dir) / RESULT, summary)
+    _write_json(Path(run_dir) / RESULT, summary)
     return summary
 
 
@@ -102,11 +102,19 @@ def _as_stored(settings: dict) -> dict:
     return json.loads(json.dumps(settings, default=str))  # as run.json holds them: tuples become lists
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    """A killed process leaves the old file or the new one, never half of one."""
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` to a hidden name beside ``path``, flushed to disk, then renamed to ``path``:
+    a reader, a resumed job or a process killed part-way sees the old file or the whole new one,
+    never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
 
 
 def _read_record(path: Path, flag: str) -> dict:

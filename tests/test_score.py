@@ -18,7 +18,7 @@ import pytest
 from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, display_path, list_images,
-                                     parts_folder, plan_resources, score_folder, write_atomic)
+                                     parts_folder, plan_resources, score_folder, write_table)
 from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
 from photos import background, one_face_photo, two_face_photo
 
@@ -119,7 +119,7 @@ def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
 
 
 def test_an_upper_case_csv_name_gets_csv(tmp_path):
-    write_atomic(scored("a.jpg", [0], 1, error=NO_FACE), tmp_path / "OUT.CSV")
+    write_table(scored("a.jpg", [0], 1, error=NO_FACE), tmp_path / "OUT.CSV")
     assert (tmp_path / "OUT.CSV").read_text().startswith('"path"')
 
 

@@ -44,7 +44,7 @@ from fer_ray.data.files import files_under
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, detect_batch
-from fer_ray.rundir import RECORD, claim
+from fer_ray.rundir import RECORD, claim, write_atomic
 
 OUTPUT_FORMATS = (".parquet", ".csv")
 
@@ -169,17 +169,10 @@ class FileAssembler:
         return 0 if self.pending is None else pc.count_distinct(self.pending["path"]).as_py()
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write Parquet or CSV to a temporary name, fsync, then rename: a reader (or a resumed
-    job) sees either the whole file or none of it, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".csv":
-        pacsv.write_csv(table, str(tmp))
-    else:
-        pq.write_table(table, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_table(table: pa.Table, path: Path) -> None:
+    """Parquet or CSV, by ``path``'s suffix, written atomically."""
+    csv = path.suffix.lower() == ".csv"
+    write_atomic(path, lambda tmp: pacsv.write_csv(table, str(tmp)) if csv else pq.write_table(table, str(tmp)))
 
 
 class PartStore:
@@ -228,7 +221,7 @@ class PartStore:
     def write(self, table: pa.Table) -> Path:
         existing = [int(p.stem.split("-")[1]) for p in self.parts()]
         path = self.folder / f"part-{max(existing, default=-1) + 1:06d}.parquet"
-        write_atomic(table, path)
+        write_table(table, path)
         return path
 
     def consolidate(self, output: Path, paths: set[str]) -> pa.Table:
@@ -244,7 +237,7 @@ class PartStore:
         keys = list(zip(table.column("path").to_pylist(), table.column("face").to_pylist()))
         if len(set(keys)) != len(keys):
             raise RuntimeError(f"duplicate rows across parts in {self.folder}")
-        write_atomic(table, output)
+        write_table(table, output)
         return table
 
 
