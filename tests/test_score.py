@@ -393,7 +393,7 @@ def test_the_summary_keeps_start_up_apart_and_rates_keep_their_figures():
     assert [rate(r) for r in (0.4471, 5.0, 38.26, 481.7, 1180.2)] == ["0.447", "5", "38.3", "482", "1180"]
     line = ScoreSummary("o.parquet", files=200, faces=200, scored_now=200, seconds=22.7, ray_seconds=12.7,
                         startup_seconds=22.3, steady_files=180, steady_seconds=0.4, images_per_s=450.0).line()
-    assert "start-up 22.3 s (Ray 12.7 s, model actors and the first batch 9.6 s)" in line
+    assert "start-up 22.3 s (Ray 12.7 s, model actors and their first results 9.6 s)" in line
     assert "then 180 files in 0.4 s (450 img/s)" in line
     small = ScoreSummary("o.parquet", files=6, scored_now=6, seconds=25.4, ray_seconds=12.0, startup_seconds=25.4,
                          images_per_s=6 / 13.4).line()
@@ -427,6 +427,8 @@ def test_a_score_run_prints_its_own_lines_and_ray_only_with_verbose(tmp_path):
     assert len(lines) <= 6, lines   # fer-ray's own: files found, the plan, a progress line or two, the summary
     summary = next(line for line in lines if line.startswith("score: 40 files, 40 faces"))
     assert "start-up" in summary and "(Ray " in summary and "(0 img/s" not in summary
+    # Five results of 8 files; the steady clock starts once both actors have returned one.
+    assert "then 24 files in" in summary, summary
 
     verbose = subprocess.run([*cmd, "--verbose"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = verbose.stdout + verbose.stderr

@@ -253,8 +253,8 @@ class ScoreSummary:
     skipped_non_images: int = 0
     seconds: float = 0.0        # this run's pipeline, start-up included
     ray_seconds: float = 0.0    # of which starting (or joining) Ray
-    startup_seconds: float = 0.0  # of which everything before the first files came back scored
-    steady_files: int = 0       # files scored after the first came back ...
+    startup_seconds: float = 0.0  # of which everything before each actor's first files came back scored
+    steady_files: int = 0       # files scored after that ...
     steady_seconds: float = 0.0  # ... and in how long: the rate once running
     images_per_s: float = 0.0   # that steady rate, or (when all came back at once) the rate after Ray start
     error_examples: list = field(default_factory=list)
@@ -266,7 +266,7 @@ class ScoreSummary:
                       if self.steady_files else
                       f"all of them in the first results ({rate(self.images_per_s)} img/s after Ray start)")
             timing += (f": start-up {self.startup_seconds:.1f} s (Ray {self.ray_seconds:.1f} s, model actors "
-                       f"and the first batch {self.startup_seconds - self.ray_seconds:.1f} s), {steady}")
+                       f"and their first results {self.startup_seconds - self.ray_seconds:.1f} s), {steady}")
         return (f"score: {self.files} files, {self.faces} faces, {self.no_face} without a face, "
                 f"{self.errors} errors; this run {self.scored_now} files {timing}; "
                 f"{self.already_scored} already scored -> {self.output}")
@@ -423,7 +423,10 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
                                num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
     assembler = FileAssembler()
     last_log = time.time()
-    first = None  # when the first scored rows came back, and how many files were done by then
+    # When as many results came back as there are actors, and how many files were done by then:
+    # the steady phase, every actor running, starts there. The actors' first results arrive
+    # together, so a clock started at the very first would credit the others' to it.
+    first, results = None, 0
 
     def flush() -> None:
         rows, n = assembler.take()
@@ -433,18 +436,21 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
 
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         assembler.add(batch)
-        if first is None:
+        results += 1
+        if first is None and results >= plan.actors:
             first = (time.time(), summary.scored_now + assembler.ready_files)
             summary.startup_seconds, last_log = first[0] - t0, first[0]
         if assembler.ready_files >= part_files:
             flush()
         done = summary.scored_now + assembler.ready_files
-        if time.time() - last_log > 5 and done < len(todo):  # the summary follows the last files
+        if first is not None and time.time() - last_log > 5 and done < len(todo):  # the summary follows the last files
             last_log = time.time()
             steady = rate((done - first[1]) / max(last_log - first[0], 1e-3))
-            log(f"score: {done}/{len(todo)} files ({steady} img/s since the first results)")
+            log(f"score: {done}/{len(todo)} files ({steady} img/s since every actor's first results)")
     flush()
-    if first is not None:
+    if first is None:  # fewer results than actors: all of it was start-up
+        summary.startup_seconds = time.time() - t0
+    else:
         summary.steady_files, summary.steady_seconds = summary.scored_now - first[1], time.time() - first[0]
     if assembler.pending_files:
         raise RuntimeError(f"{assembler.pending_files} files lost rows in the pipeline")
