@@ -17,8 +17,8 @@ import pytest
 
 from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
-from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, display_path, list_images,
-                                     parts_folder, plan_resources, score_folder, write_table)
+from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, display_path, input_blocks,
+                                     list_images, parts_folder, plan_resources, score_folder, write_table)
 from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
 from photos import background, one_face_photo, two_face_photo
 
@@ -235,6 +235,15 @@ def test_gpu_plans_fit_when_cpus_are_as_few_as_gpus(cpus, gpus, actors):
     plan = plan_resources(cpus, gpus, "all", gpu=True, actors=actors)
     assert plan.task_cpus > 0 and plan.actors * plan.actor_cpus + plan.task_cpus <= cpus + 1e-9
     assert plan.actors == (actors or gpus)
+
+
+@pytest.mark.parametrize("files,per_call,expected", [(32298, 1000, (33, 978)), (40, 8, (5, 8)), (3, 1000, (1, 3)),
+                                                     (5_000_000, 1000, (1000, 1000)), (45, 8, (6, 7))])
+def test_a_call_never_takes_more_files_than_the_smallest_input_block(files, per_call, expected):
+    """So that each Ray Data task is one block and one call (a 1-file call for a block one longer)."""
+    blocks, calls = input_blocks(files, per_call)
+    assert (blocks, calls) == expected
+    assert calls <= files // blocks and calls <= per_call
 
 
 def test_more_gpu_actors_than_gpus_is_refused():
