@@ -28,6 +28,7 @@ import numpy as np
 
 from fer_ray.choices import MAX_SIDE
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 
 if TYPE_CHECKING:  # annotations only: torch loads where arrays are read or written
     import torch
@@ -38,7 +39,7 @@ META_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(FerRayError):
     """A directory that is not a usable fer-ray artifact."""
 
 

@@ -1,7 +1,8 @@
 """``fer-ray <stage>``: each stage is a thin call into the package's modules.
 
-Errors the user can fix (missing input, bad layout, unknown names) print one line and exit
-with status 2; anything else is a bug and keeps its traceback.
+Refusals the user can act on (``FerRayError``: a missing input, a bad flag, a damaged artifact)
+print one line and exit with status 2. Anything else is a bug: its traceback is printed, then
+one line asking for a report, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from fer_ray.demo import DemoConfig
 from fer_ray.baseline.config import BaselineConfig
-from fer_ray.data.catalog import CatalogError
 from fer_ray.data.config import PrepareConfig
-from fer_ray.data.sources import SourceError
 from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.errors import FerRayError
 from fer_ray.evaluation.config import EvaluateConfig
 from fer_ray.flags import AMOUNT, add_flags, fields, one_line
 from fer_ray.inference.config import PredictConfig, ScoreConfig, ServeConfig, ServerOptions
@@ -27,7 +28,6 @@ from fer_ray.runtime import Interrupted
 from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
-USER_ERRORS = (SourceError, CatalogError, FileNotFoundError, ValueError)
 # The flags generated from each config's fields (fer_ray.flags): all of them but those named.
 PREPARE_FLAGS = fields(PrepareConfig)
 TRAIN_FLAGS = fields(TrainConfig, exclude=("recipe", "fault_epoch"))  # the recipe has its own; a testing aid
@@ -74,7 +74,7 @@ def _pipeline(args) -> None:
     for item in args.input_sizes:
         model, _, size = item.partition("=")
         if not size.isdigit():
-            raise ValueError(f"--input-sizes takes MODEL=PIXELS, got {item!r}")
+            raise FerRayError(f"--input-sizes takes MODEL=PIXELS, got {item!r}")
         sizes[model] = int(size)
     cfg = PipelineConfig(**_values(args, PIPELINE_FLAGS), input_sizes=sizes)
     summary = Pipeline(cfg).run()
@@ -100,7 +100,7 @@ def _evaluate(args) -> None:
     cfg = EvaluateConfig(**_values(args, fields(EvaluateConfig)))
     out = Path(cfg.output)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise ValueError(f"--output {out} is not empty (an earlier report?); use another folder, "
+        raise FerRayError(f"--output {out} is not empty (an earlier report?); use another folder, "
                          "or pass --overwrite to write over it")
     metrics = evaluate_artifact(_artifact(args), cfg.catalog, cfg.split, cfg.output, tta=cfg.tta, device=cfg.device)
     print(f"{cfg.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
@@ -379,9 +379,9 @@ def _check_output_folders(args) -> None:
         for path in (Path(folder), *Path(folder).parents):
             if path.exists():
                 if not path.is_dir():
-                    raise ValueError(f"{folder}: {path} is a file, not a folder")
+                    raise FerRayError(f"{folder}: {path} is a file, not a folder")
                 if not os.access(path, os.W_OK | os.X_OK):
-                    raise ValueError(f"{folder}: cannot write in {path} (read-only, or another user's)")
+                    raise FerRayError(f"{folder}: cannot write in {path} (read-only, or another user's)")
                 break
 
 
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:  # a config's rule that ties flags together
         print(f"fer-ray {args.stage}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except USER_ERRORS as exc:
+    except FerRayError as exc:
         print(f"fer-ray {args.stage}: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:  # e.g. Ctrl+C in a sweep, alone or inside the pipeline
@@ -406,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; rerun the same command to score only the files not yet scored" if args.stage == "score" else ""
         print(f"fer-ray {args.stage}: interrupted (Ctrl+C){hint}", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"fer-ray {args.stage}: internal error (a bug in fer-ray, not in what you gave it): please "
+              "report it to fer-ray's maintainers with the traceback above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,8 @@ catalog built from any source can be mixed with FER2013 and compared against the
 
 from __future__ import annotations
 
+from fer_ray.errors import FerRayError
+
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_CLASSES = len(EMOTIONS)
 UNKNOWN = -1  # label of a row whose emotion is not known (e.g. a scoring input)
@@ -36,7 +38,7 @@ def label_from_name(name: str) -> int:
     """
     key = name.strip().lower()
     if key not in _SYNONYMS:
-        raise ValueError(
+        raise FerRayError(
             f"unknown emotion {name!r}; expected one of {sorted(_SYNONYMS)}"
         )
     return EMOTIONS.index(_SYNONYMS[key])
@@ -45,5 +47,5 @@ def label_from_name(name: str) -> int:
 def label_from_index(value: int) -> int:
     """Validate an integer label (FER2013 CSV ``emotion`` column)."""
     if not 0 <= value < NUM_CLASSES:
-        raise ValueError(f"unknown emotion index {value}; expected 0..{NUM_CLASSES - 1}")
+        raise FerRayError(f"unknown emotion index {value}; expected 0..{NUM_CLASSES - 1}")
     return value

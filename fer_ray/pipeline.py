@@ -28,6 +28,7 @@ from fer_ray.data.catalog import MANIFEST, Catalog
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
+from fer_ray.errors import FerRayError
 from fer_ray.training.config import Recipe, TrainConfig
 from fer_ray.tuning.config import SvmSweep
 
@@ -86,14 +87,14 @@ class PipelineConfig(BaseModel):
         """Check what the late stages need before the early ones spend their minutes."""
         unknown = sorted(set(self.input_sizes) - set(self.models))
         if unknown:
-            raise ValueError(f"--input-sizes names {unknown}, which --models {list(self.models)} does not train")
+            raise FerRayError(f"--input-sizes names {unknown}, which --models {list(self.models)} does not train")
         if any(size < 32 for size in self.input_sizes.values()):
-            raise ValueError(f"--input-sizes must be at least 32 pixels, got {self.input_sizes}")
+            raise FerRayError(f"--input-sizes must be at least 32 pixels, got {self.input_sizes}")
         if is_uri(self.storage) and not self.work_dir:
-            raise ValueError("a URI --storage needs --work-dir: a folder every node sees, where the stages write "
+            raise FerRayError("a URI --storage needs --work-dir: a folder every node sees, where the stages write "
                              "(a rerun with the same one resumes)")
         if self.kdef and not Path(self.kdef).is_dir():
-            raise ValueError(f"--kdef folder not found: {self.kdef}")
+            raise FerRayError(f"--kdef folder not found: {self.kdef}")
         if self.kdef:  # the transfer stage comes last: a bad --transfer-freeze failed after every CNN
             from fer_ray.models import build_model
             from fer_ray.training.transfer import resolve_freeze
@@ -103,7 +104,7 @@ class PipelineConfig(BaseModel):
                                self.transfer_freeze)
         if self.score_input and not (Path(self.score_input).exists()
                                      or next(glob.iglob(self.score_input, recursive=True), None)):
-            raise ValueError(f"--score-input not found: {self.score_input} (a folder, a file or a glob)")
+            raise FerRayError(f"--score-input not found: {self.score_input} (a folder, a file or a glob)")
         return self
 
 

@@ -20,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
+from fer_ray.errors import FerRayError
+
 RECORD = "run.json"
 RESULT = "result.json"
 
@@ -52,11 +54,11 @@ def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool
     if overwrite:
         return True
     if old["stage"] != stage:
-        raise ValueError(f"{flag} {path} holds a {old['stage']} run; use another {flag}, "
+        raise FerRayError(f"{flag} {path} holds a {old['stage']} run; use another {flag}, "
                          "or pass --overwrite to replace it")
     differ = changed(old["settings"], settings, keys)
     if differ:
-        raise ValueError(f"{flag} {path} holds a {stage} run with different {', '.join(differ)}; "
+        raise FerRayError(f"{flag} {path} holds a {stage} run with different {', '.join(differ)}; "
                          f"rerun with the same settings (an unfinished run resumes), use another "
                          f"{flag}, or pass --overwrite to replace it")
     return False
@@ -121,7 +123,7 @@ def _read_record(path: Path, flag: str) -> dict:
     """run.json as written by ``claim``; a damaged one is refused, not guessed at (nor cleared)."""
     record = path / RECORD
     if not record.is_file():
-        raise ValueError(f"{flag} {path} is not empty and holds no fer-ray run (no {RECORD}: another "
+        raise FerRayError(f"{flag} {path} is not empty and holds no fer-ray run (no {RECORD}: another "
                          "program's files, or a run from a fer-ray before run directories recorded "
                          "their owner, which cannot be resumed in place); use a new or empty folder")
     try:
@@ -129,6 +131,6 @@ def _read_record(path: Path, flag: str) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         old = exc
     if not (isinstance(old, dict) and isinstance(old.get("stage"), str) and isinstance(old.get("settings"), dict)):
-        raise ValueError(f"{record} is damaged ({old if isinstance(old, Exception) else 'not a run record'}); "
+        raise FerRayError(f"{record} is damaged ({old if isinstance(old, Exception) else 'not a run record'}); "
                          "delete the folder yourself or use another --run-dir")
     return old

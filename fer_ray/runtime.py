@@ -20,6 +20,8 @@ import sys
 import warnings
 from contextlib import contextmanager
 
+from fer_ray.errors import FerRayError
+
 # Ray's own logs on the console too (``--verbose``): set by the command line before any stage runs.
 VERBOSE = False
 # A line of Ray's C++ core log ("[2026-12-03 16:56:08,274 E 2792 2849] core_worker.cc:2465: ..."),
@@ -140,7 +142,7 @@ def train_logging():
     return LoggingConfig(log_level="INFO" if VERBOSE else "WARNING")
 
 
-class ClusterUnreachable(ValueError):
+class ClusterUnreachable(FerRayError):
     """RAY_ADDRESS names a cluster that is not there: one line for the user, not a traceback."""
 
 
@@ -201,7 +203,7 @@ def require_gpus(count: float) -> None:
     worker, Serve replica or actor asking for a GPU that never comes waits for ever."""
     have = cluster_capacity().get("GPU", 0)
     if have < count:
-        raise ValueError(f"--gpu needs {count:g} GPU(s) but the Ray cluster has {have:g} "
+        raise FerRayError(f"--gpu needs {count:g} GPU(s) but the Ray cluster has {have:g} "
                          "(and cannot scale up to more)")
 
 
@@ -223,7 +225,7 @@ def require_cpus(count: float, what: str) -> None:
     Train's worker group would wait for it for ever, retrying its start every minute."""
     have = cluster_capacity().get("CPU", 0)
     if have < count:
-        raise ValueError(f"{what} need {count:g} CPUs but the Ray cluster has {have:g} (and cannot scale up to more)")
+        raise FerRayError(f"{what} need {count:g} CPUs but the Ray cluster has {have:g} (and cannot scale up to more)")
 
 
 def map_batches_on_actors(ds, fn, size: int, **kwargs):

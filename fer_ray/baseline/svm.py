@@ -40,6 +40,7 @@ from fer_ray.artifacts import ArtifactError, linear_arrays, load_artifact, save_
 from fer_ray.baseline.config import BaselineConfig
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
 from fer_ray.emotions import NUM_CLASSES
+from fer_ray.errors import FerRayError
 from fer_ray.rundir import claim, finish, finished
 
 if TYPE_CHECKING:  # the catalog's readers are not needed to load an SVM
@@ -87,7 +88,7 @@ class LinearSvm:
         from fer_ray.models.forward import tta_views
 
         if tta == "tencrop":
-            raise ValueError("svm artifacts support test-time augmentation 'none' or 'flip', not 'tencrop'")
+            raise FerRayError("svm artifacts support test-time augmentation 'none' or 'flip', not 'tencrop'")
         if tta == "none":
             return softmax(self.decision(images)).astype(np.float32)
         x = torch.tensor(np.asarray(images, np.uint8)).unsqueeze(1).float() / 255.0
@@ -108,12 +109,12 @@ class LinearSvm:
 def solver_parameter(solver: str, lam: float, n: int) -> dict:
     """scikit-learn's regularisation parameter for ``lambda`` (see the module docstring)."""
     if not 0 < lam < float("inf"):  # NaN too: scikit-learn would complain about C instead
-        raise ValueError(f"--lambda must be a positive finite number, got {lam}")
+        raise FerRayError(f"--lambda must be a positive finite number, got {lam}")
     if solver == "liblinear":
         return {"C": 1.0 / (2.0 * lam * n)}
     if solver == "sgd":
         return {"alpha": 2.0 * lam}
-    raise ValueError(f"unknown SVM solver {solver!r}; expected one of {SOLVERS}")
+    raise FerRayError(f"unknown SVM solver {solver!r}; expected one of {SOLVERS}")
 
 
 def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
@@ -124,7 +125,7 @@ def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA,
     the paper's loss; it is offered because it scores about a point higher on FER2013.
     """
     if loss not in LOSSES:
-        raise ValueError(f"unknown SVM loss {loss!r}; expected one of {LOSSES}")
+        raise FerRayError(f"unknown SVM loss {loss!r}; expected one of {LOSSES}")
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import SGDClassifier
     from sklearn.svm import LinearSVC
@@ -132,7 +133,7 @@ def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA,
     labels = np.asarray(labels, np.int64)
     present = np.unique(labels)
     if len(present) < 2:
-        raise ValueError(f"the SVM needs at least two emotions in its training data, got {present.tolist()}")
+        raise FerRayError(f"the SVM needs at least two emotions in its training data, got {present.tolist()}")
     flat = flatten(images)
     mean = flat.mean(axis=0)
     spread = float(flat.std()) or 1.0

@@ -26,13 +26,14 @@ import pyarrow.parquet as pq
 
 from fer_ray.data.sources import SPLIT_NAMES
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 
 FORMAT = "fer-ray-catalog/1"
 MANIFEST = "manifest.json"
 LISTED_LIMIT = 1000  # rejections/blanks/duplicate groups listed in the manifest itself
 
 
-class CatalogError(ValueError):
+class CatalogError(FerRayError):
     """A catalog that is missing, incomplete or lacks a requested split."""
 
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_ray.data.sources import KDEF_ANGLES, SOURCES
 from fer_ray.data.splits import SPLIT_MODES
+from fer_ray.errors import FerRayError
 
 FILE_SOURCES = ("folders", "kdef")  # the sources that read image files
 
@@ -37,9 +38,9 @@ class PrepareConfig(BaseModel):
     def _used(self):
         """A setting the source would ignore is refused, not silently dropped."""
         if self.source != "kdef" and (self.angles or self.face_crop):
-            raise ValueError(f"--angles and --face-crop apply to --source kdef, not --source {self.source}")
+            raise FerRayError(f"--angles and --face-crop apply to --source kdef, not --source {self.source}")
         if self.max_pixels is not None and self.source not in FILE_SOURCES:
-            raise ValueError(f"--max-pixels applies to image files (--source folders or kdef), "
+            raise FerRayError(f"--max-pixels applies to image files (--source folders or kdef), "
                              f"not --source {self.source}")
         return self
 

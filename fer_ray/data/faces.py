@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fer_ray.errors import FerRayError
+
 FACE_MODES = ("all", "largest", "none")
 MARGIN = 0.2  # a face box is enlarged by this fraction of its side on each side before cropping
 _CASCADE = "haarcascade_frontalface_default.xml"
@@ -116,12 +118,12 @@ def find_faces(
     ``all``: every detected face. An empty list means no face was found.
     """
     if mode not in FACE_MODES:
-        raise ValueError(f"unknown face mode {mode!r}; expected one of {FACE_MODES}")
+        raise FerRayError(f"unknown face mode {mode!r}; expected one of {FACE_MODES}")
     if mode == "none":
         h, w = grey.shape
         return [(Box(0, 0, w, h), grey)]
     if detector is None:
-        raise ValueError(f"face mode {mode!r} needs a FaceDetector")
+        raise FerRayError(f"face mode {mode!r} needs a FaceDetector")
     boxes = detector.detect(grey)
     if mode == "largest":
         boxes = boxes[:1]

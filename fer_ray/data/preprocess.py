@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fer_ray.errors import FerRayError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ACCEPTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 40 MP photo; bigger is a decompression bomb here
@@ -30,7 +32,7 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
 _WARNINGS_LOCK = threading.Lock()
 
 
-class ImageError(ValueError):
+class ImageError(FerRayError):
     """One image that cannot be used. The message is the reason recorded for it."""
 
 

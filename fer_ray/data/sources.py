@@ -32,6 +32,7 @@ from fer_ray.data.files import files_under, not_a_file, read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
 from fer_ray.data.synthetic import GENERATOR_VERSION, balanced_labels, synthetic_faces
 from fer_ray.emotions import KDEF_CODES, EMOTIONS, label_from_index, label_from_name
+from fer_ray.errors import FerRayError
 
 SOURCES = ("fer2013-csv", "folders", "kdef", "synthetic")
 SPLIT_NAMES = ("train", "val", "test")
@@ -52,7 +53,7 @@ SIZE_RANGE = (8, MAX_SIDE)  # catalog image side: below 8 px nothing is left of 
 # catalog of FER2013's size would not fit in memory
 
 
-class SourceError(ValueError):
+class SourceError(FerRayError):
     """The input as a whole cannot be read (missing, empty, wrong layout)."""
 
 
@@ -266,25 +267,25 @@ def _parse_fer_row(raw: bytes, ci: dict) -> tuple[int, np.ndarray, str]:
     try:
         fields = next(csv.reader([raw.decode("utf-8").rstrip("\r")]))
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"unreadable CSV line: {exc}") from None
+        raise FerRayError(f"unreadable CSV line: {exc}") from None
     if len(fields) != ci["n"]:
-        raise ValueError(f"wrong field count: expected {ci['n']}, got {len(fields)}")
+        raise FerRayError(f"wrong field count: expected {ci['n']}, got {len(fields)}")
     try:
         label = label_from_index(int(fields[ci["emotion"]]))
     except ValueError:
-        raise ValueError(f"unknown emotion: {_prefix(fields[ci['emotion']])} (expected 0..6)") from None
+        raise FerRayError(f"unknown emotion: {_prefix(fields[ci['emotion']])} (expected 0..6)") from None
     try:
         values = np.array(fields[ci["pixels"]].split(), dtype=np.int64)
     except (ValueError, OverflowError):  # OverflowError: an integer beyond 64 bits
-        raise ValueError("non-numeric pixels: the pixels field must be space-separated integers") from None
+        raise FerRayError("non-numeric pixels: the pixels field must be space-separated integers") from None
     if values.size != 48 * 48:
-        raise ValueError(f"wrong pixel count: expected {48 * 48}, got {values.size}")
+        raise FerRayError(f"wrong pixel count: expected {48 * 48}, got {values.size}")
     if values.min() < 0 or values.max() > 255:
-        raise ValueError("pixel values outside 0..255")
+        raise FerRayError("pixel values outside 0..255")
     try:
         split = "train" if ci["usage"] is None else _usage(fields[ci["usage"]])
     except ValueError as exc:
-        raise ValueError(f"unknown Usage: {exc}") from None
+        raise FerRayError(f"unknown Usage: {exc}") from None
     return label, values, split
 
 
@@ -323,7 +324,7 @@ def _count_lines(fh, length: int) -> int:
 def _usage(value: str) -> str:
     split = FER_USAGE.get(value.strip().lower())
     if split is None:
-        raise ValueError(f"{_prefix(value)} (expected Training, PublicTest or PrivateTest)")
+        raise FerRayError(f"{_prefix(value)} (expected Training, PublicTest or PrivateTest)")
     return split
 
 

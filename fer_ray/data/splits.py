@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fer_ray.errors import FerRayError
+
 SPLIT_MODES = ("source", "random", "subject")
 PAPER_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -42,7 +44,7 @@ def carve_val(labels: np.ndarray, splits: np.ndarray, fraction: float = 0.1, see
 def by_subject(subjects: np.ndarray, fractions=PAPER_FRACTIONS, seed: int = 0) -> np.ndarray:
     """Identity-disjoint split: every subject's images land in exactly one split."""
     if any(not s for s in subjects):
-        raise ValueError("a subject-disjoint split needs a subject for every row (KDEF)")
+        raise FerRayError("a subject-disjoint split needs a subject for every row (KDEF)")
     unique = np.array(sorted(set(subjects)))
     rng = np.random.default_rng(seed)
     rng.shuffle(unique)
@@ -68,7 +70,7 @@ def assign(mode: str, labels: np.ndarray, source_splits: np.ndarray, subjects: n
     val. ``random`` is the paper's stratified 80/10/10. ``subject`` is identity-disjoint.
     """
     if mode not in SPLIT_MODES:
-        raise ValueError(f"unknown split mode {mode!r}; expected one of {SPLIT_MODES}")
+        raise FerRayError(f"unknown split mode {mode!r}; expected one of {SPLIT_MODES}")
     if mode == "random":
         return stratified(labels, seed=seed)
     if mode == "subject":

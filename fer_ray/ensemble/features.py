@@ -22,6 +22,7 @@ from fer_ray.data.catalog import Catalog
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.ensemble.stack import (MemberFeatures, choose_head, member_record, read_features, save_ensemble,
                                     soft_vote)
+from fer_ray.errors import FerRayError
 from fer_ray.rundir import claim, finish, finished
 
 
@@ -97,7 +98,7 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=p
     member_paths = [r["path"] for r in records]
     if len(set(member_paths)) < len(member_paths):
         twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
-        raise ValueError(f"--members names the same artifact more than once: {', '.join(twice)}")
+        raise FerRayError(f"--members names the same artifact more than once: {', '.join(twice)}")
     settings = {"members": member_paths, **catalog.run_settings, "grid": list(cfg.grid)}
     done = finished(run_dir, "ensemble", settings, cfg.overwrite, log)
     if done is not None:

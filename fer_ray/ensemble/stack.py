@@ -31,6 +31,7 @@ from fer_ray.artifacts import (ArtifactError, file_sha256, linear_arrays, load_a
                                weights_file)
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.config import C_GRID
+from fer_ray.errors import FerRayError
 from fer_ray.inference.predictor import Predictor
 
 if TYPE_CHECKING:  # the catalog's readers are not needed to load an ensemble
@@ -112,7 +113,7 @@ def member_record(path: str) -> dict:
 
     meta = read_meta(path)
     if meta["kind"] != "cnn":
-        raise ValueError(f"ensemble members must be CNN artifacts; {path} is {meta['kind']}")
+        raise FerRayError(f"ensemble members must be CNN artifacts; {path} is {meta['kind']}")
     width = build_model(meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"]).feature_dim
     return {"path": str(Path(path).resolve()), "weights_sha256": meta["weights_sha256"],
             "architecture": meta["architecture"], "image_size": meta["image_size"], "feature_dim": width}
@@ -146,7 +147,7 @@ class EnsembleBackend:
     def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
         """Stacked probabilities; ``flip`` averages them over each face and its mirror image."""
         if tta == "tencrop":
-            raise ValueError("ensemble artifacts support test-time augmentation 'none' or 'flip', not 'tencrop'")
+            raise FerRayError("ensemble artifacts support test-time augmentation 'none' or 'flip', not 'tencrop'")
         views = [images] + ([np.ascontiguousarray(images[:, :, ::-1])] if tta == "flip" else [])
         return sum(self.head.predict_proba(self.members.features(v)) for v in views) / len(views)
 
@@ -170,7 +171,7 @@ class MemberFeatures:
         self.predictors = [Predictor(m, device=device, batch_size=batch_size) for m in members]
         for p in self.predictors:
             if p.kind != "cnn":
-                raise ValueError(f"ensemble members must be CNN artifacts; {p.path} is {p.kind}")
+                raise FerRayError(f"ensemble members must be CNN artifacts; {p.path} is {p.kind}")
         self.keep = keep
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 
 MICRO_NOTE = ("single-label data: micro precision = micro recall = micro F1 = accuracy; "
               "macro = unweighted mean over the 7 emotions")
@@ -23,13 +24,13 @@ def classification_metrics(y_true, y_pred, labels=EMOTIONS) -> dict:
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+        raise FerRayError(f"{len(y_true)} labels but {len(y_pred)} predictions")
     if len(y_true) == 0:
-        raise ValueError("no examples to evaluate")
+        raise FerRayError("no examples to evaluate")
     for name, y in (("labels", y_true), ("predictions", y_pred)):
         # scikit-learn, given the class list, would leave out -1 (an unknown emotion) silently
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(labels):
-            raise ValueError(f"{name} must be integer class indices 0..{len(labels) - 1}, "
+            raise FerRayError(f"{name} must be integer class indices 0..{len(labels) - 1}, "
                              f"got {y.dtype} values {y.min()}..{y.max()}")
     classes = np.arange(len(labels))
     cm = confusion_matrix(y_true, y_pred, labels=classes)

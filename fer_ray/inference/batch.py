@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from fer_ray.data.files import files_under
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
+from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, detect_batch
 from fer_ray.rundir import RECORD, claim, write_atomic
@@ -49,7 +50,7 @@ from fer_ray.rundir import RECORD, claim, write_atomic
 OUTPUT_FORMATS = (".parquet", ".csv")
 
 
-class ScoreError(ValueError):
+class ScoreError(FerRayError):
     """A scoring job that cannot start as asked (the message says what to change)."""
 
 
@@ -74,7 +75,7 @@ def list_images(input: str) -> tuple[list[str], int]:
     else:
         candidates = [str(p) for p in glob_files(input)]
         if not candidates:
-            raise FileNotFoundError(f"input not found: {input} (a folder, a file or a glob)")
+            raise InputNotFound(f"input not found: {input} (a folder, a file or a glob)")
     images, others = set(), 0
     for path in candidates:
         if has_image_extension(path):
@@ -82,7 +83,7 @@ def list_images(input: str) -> tuple[list[str], int]:
         else:
             others += 1
     if not images:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {input}")
+        raise InputNotFound(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {input}")
     return sorted(images), others
 
 

@@ -19,6 +19,7 @@ from fer_ray.data.faces import DETECT_SIDE, FACE_MODES, MARGIN, MIN_FACE_FRACTIO
 from fer_ray.data.files import read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, resize
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 
 NO_FACE = "no face detected"
 # What ``fer-ray score`` writes: one row per face, or one per file without a usable face (its
@@ -55,7 +56,7 @@ class DetectConfig:
 
     def __post_init__(self):
         if self.mode not in FACE_MODES:
-            raise ValueError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
+            raise FerRayError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
 
 
 def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
+from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import PredictConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
 
@@ -27,11 +28,11 @@ def _grey(item) -> np.ndarray:
         return read_image(str(item), DEFAULT_MAX_PIXELS)
     arr = np.asarray(item)
     if arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image array, got {arr.dtype}")
+        raise FerRayError(f"expected a uint8 image array, got {arr.dtype}")
     if arr.ndim == 3 and arr.shape[2] == 3:
         return rgb_to_grey(arr)
     if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"expected a grey (H, W) or RGB (H, W, 3) image, got shape {arr.shape}")
+        raise FerRayError(f"expected a grey (H, W) or RGB (H, W, 3) image, got shape {arr.shape}")
     return arr
 
 
@@ -103,7 +104,7 @@ def check_inputs(paths: list[str]) -> None:
     """Refuse, before loading a model, what is not an image file at all (a folder, a typo)."""
     for p in paths:
         if Path(p).is_dir():
-            raise ValueError(f"{p} is a folder; `fer-ray predict` takes image files (score a folder with "
+            raise FerRayError(f"{p} is a folder; `fer-ray predict` takes image files (score a folder with "
                              "`fer-ray score`)")
         if not os.path.lexists(p):
-            raise FileNotFoundError(f"image not found: {p}")
+            raise InputNotFound(f"image not found: {p}")

@@ -20,6 +20,7 @@ from torch.fx.experimental.optimization import fuse
 from fer_ray.artifacts import load_cnn, read_meta
 from fer_ray.data.preprocess import resize
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 from fer_ray.models.forward import TTA_MODES, run_batches
 from fer_ray.models.inputs import Normalization
 
@@ -32,11 +33,11 @@ def pick_device(device: str = "auto") -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+        raise FerRayError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
     if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+        raise FerRayError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
     if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        raise FerRayError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return chosen
 
 
@@ -99,9 +100,9 @@ class Predictor:
         """Grey uint8 faces (a list of (H, W) arrays, or one (N, H, W) array) -> (N, S, S)."""
         if isinstance(faces, np.ndarray):
             if faces.ndim != 3 or faces.dtype != np.uint8:  # a 0..1 float array would become black faces
-                raise ValueError(f"expected grey uint8 faces (N, H, W), got {faces.dtype} {faces.shape}")
+                raise FerRayError(f"expected grey uint8 faces (N, H, W), got {faces.dtype} {faces.shape}")
             if faces.shape[2] in (3, 4) and faces.shape[1] > 4:  # rows of one colour image, not N faces
-                raise ValueError(f"expected grey faces (N, H, W), got {faces.shape}: that looks like one "
+                raise FerRayError(f"expected grey faces (N, H, W), got {faces.shape}: that looks like one "
                                  "colour image (H, W, channels); convert it to grey first")
             if faces.shape[1:] == (self.image_size,) * 2:
                 return np.ascontiguousarray(faces)  # a mirrored view (negative strides) is copied
@@ -109,16 +110,16 @@ class Predictor:
         for i, face in enumerate(faces):
             face = np.asarray(face)
             if face.ndim != 2 or face.dtype != np.uint8:
-                raise ValueError(f"face {i}: expected a grey uint8 (H, W) array, got {face.dtype} {face.shape}")
+                raise FerRayError(f"face {i}: expected a grey uint8 (H, W) array, got {face.dtype} {face.shape}")
             if face.size == 0:
-                raise ValueError(f"face {i}: empty image {face.shape}")
+                raise FerRayError(f"face {i}: empty image {face.shape}")
             out[i] = resize(face, self.image_size)
         return out
 
     def predict_proba(self, faces, tta: str = "none") -> np.ndarray:
         """(N, 7) float32 probabilities in EMOTIONS order."""
         if tta not in TTA_MODES:
-            raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
+            raise FerRayError(f"unknown test-time augmentation {tta!r}; expected one of {TTA_MODES}")
         faces = self.prepare(faces)
         if not len(faces):  # every kind answers an empty batch alike (the SVM's scaler would raise)
             return np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -130,5 +131,5 @@ class Predictor:
     def features(self, faces) -> np.ndarray:
         """Penultimate-layer features (CNN artifacts only), (N, D) float32."""
         if not hasattr(self.backend, "features"):
-            raise ValueError(f"{self.kind} artifacts have no penultimate features; use a CNN artifact")
+            raise FerRayError(f"{self.kind} artifacts have no penultimate features; use a CNN artifact")
         return np.asarray(self.backend.features(self.prepare(faces)), dtype=np.float32)

@@ -45,6 +45,7 @@ from starlette.formparsers import MultiPartException
 from fer_ray.data.faces import FACE_MODES, MARGIN, FaceDetector
 from fer_ray.data.preprocess import ImageError, TooManyPixels, UnsupportedFormat, decode_grey
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 from fer_ray.inference.crops import DetectConfig, crop_faces
 from fer_ray.inference.config import ServeConfig, ServerOptions
 
@@ -406,7 +407,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise FerRayError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def direct_ingress_env(port: int) -> dict[str, str]:
@@ -459,10 +460,10 @@ def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log
     proxy_port = port
     if direct:
         if config.replicas != 1:
-            raise ValueError(f"--direct serves one replica on --port; --replicas {config.replicas} needs "
+            raise FerRayError(f"--direct serves one replica on --port; --replicas {config.replicas} needs "
                              "Serve's proxy (or Ray's HAProxy mode on a cluster: docs/serve.md)")
         if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-            raise ValueError("--direct needs the local Ray that fer-ray serve starts, whose environment it "
+            raise FerRayError("--direct needs the local Ray that fer-ray serve starts, whose environment it "
                              "sets; RAY_ADDRESS names a running cluster (unset it, or leave out --direct)")
         os.environ.update(direct_ingress_env(port))
         proxy_port = free_port()

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fer_ray.choices import MAX_SIDE
+from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.models.base import FERNet
 from fer_ray.models.fast import VARIANTS as FAST_CNN
 from fer_ray.models.resnet import resnet50
@@ -24,19 +25,19 @@ MODELS = {"vgg16": vgg16, "vgg16_bn": vgg16_bn, "resnet50": resnet50, "small_cnn
 def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channels: int = 1,
                 weights: str | None = None) -> FERNet:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+        raise FerRayError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     if input_size < 1 or in_channels < 1 or num_classes < 1:
-        raise ValueError(f"input size, channels and classes must be at least 1, got {input_size}, {in_channels}, "
+        raise FerRayError(f"input size, channels and classes must be at least 1, got {input_size}, {in_channels}, "
                          f"{num_classes}")
     if input_size > MAX_SIDE:
-        raise ValueError(f"input size {input_size} is above the largest fer-ray takes, {MAX_SIDE} px")
+        raise FerRayError(f"input size {input_size} is above the largest fer-ray takes, {MAX_SIDE} px")
     model = MODELS[name](num_classes=num_classes, input_size=input_size, in_channels=in_channels)
     if weights:
         try:
             model.load_state_dict(load_state_dict(weights))
         except RuntimeError as exc:  # names or shapes of another architecture
             detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
-            raise ValueError(f"weights {weights} do not fit {name} at {input_size} px ({detail[:300]})") from None
+            raise FerRayError(f"weights {weights} do not fit {name} at {input_size} px ({detail[:300]})") from None
     return model
 
 
@@ -49,9 +50,9 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     p = Path(path)
     if p.is_dir():
         hint = " (an artifact: fine-tune it with --init-from)" if (p / "model.json").is_file() else ""
-        raise ValueError(f"--weights takes a weights file (.safetensors or a state dict); {p} is a folder{hint}")
+        raise FerRayError(f"--weights takes a weights file (.safetensors or a state dict); {p} is a folder{hint}")
     if not p.is_file():
-        raise FileNotFoundError(f"weights file not found: {p}")
+        raise InputNotFound(f"weights file not found: {p}")
     try:
         with open(p, "rb") as fh:
             if fh.read(9)[8:9] == b"{":
@@ -63,10 +64,10 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
                 state = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a foreign file fails in many ways; each is this file's problem
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--weights {p} is not a safetensors file or a torch state dict "
+        raise FerRayError(f"--weights {p} is not a safetensors file or a torch state dict "
                          f"({type(exc).__name__}: {reason})") from None
     if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-        raise ValueError(f"--weights {p} holds a {type(state).__name__}, not a state dict of tensors "
+        raise FerRayError(f"--weights {p} holds a {type(state).__name__}, not a state dict of tensors "
                          "(save model.state_dict(), not the model or a tensor)")
     return state
 

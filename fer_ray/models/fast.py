@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from fer_ray.errors import FerRayError
 from fer_ray.models.base import FERNet, conv_bn_relu, init_weights
 
 WIDTHS = {"fast_cnn_s": 24, "fast_cnn": 32, "fast_cnn_l": 48}
@@ -22,7 +23,7 @@ WIDTHS = {"fast_cnn_s": 24, "fast_cnn": 32, "fast_cnn_l": 48}
 def fast_cnn(num_classes: int, input_size: int = 48, in_channels: int = 1, width: int = 32,
              dropout: float = 0.3) -> FERNet:
     if input_size < 8:
-        raise ValueError(f"fast_cnn needs an input of at least 8 px (three 2x2 pools), got {input_size}")
+        raise FerRayError(f"fast_cnn needs an input of at least 8 px (three 2x2 pools), got {input_size}")
     stages: dict[str, nn.Module] = {}
     channels = in_channels
     for i, mult in enumerate((1, 2, 4, 8), start=1):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_ray.choices import TTA_MODES
+from fer_ray.errors import FerRayError
 from fer_ray.models.inputs import Normalization, to_model_input
 
 TENCROP_FRACTION = 0.875
@@ -47,7 +48,7 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
         crops = [F.interpolate(x[..., t : t + c, l : l + c], size=(size, size), mode="bilinear",
                                align_corners=False) for t, l in offsets]
         return crops + [v.flip(-1) for v in crops]
-    raise ValueError(f"unknown test-time augmentation {mode!r}; expected one of {TTA_MODES}")
+    raise FerRayError(f"unknown test-time augmentation {mode!r}; expected one of {TTA_MODES}")
 
 
 @torch.no_grad()

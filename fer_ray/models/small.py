@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from fer_ray.errors import FerRayError
 from fer_ray.models.base import FERNet, conv_bn_relu, init_weights
 
 
 def small_cnn(num_classes: int, input_size: int = 48, in_channels: int = 1, width: int = 16) -> FERNet:
     if input_size < 8:
-        raise ValueError(f"small_cnn needs an input of at least 8 px (three 2x2 pools), got {input_size}")
+        raise FerRayError(f"small_cnn needs an input of at least 8 px (three 2x2 pools), got {input_size}")
     stages: dict[str, nn.Module] = {}
     channels = in_channels
     for i, (mult, convs) in enumerate(((1, 1), (2, 2), (4, 2), (8, 1)), start=1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from fer_ray.errors import FerRayError
 from fer_ray.models.base import FERNet, conv_bn_relu, init_weights
 
 
@@ -21,7 +22,7 @@ VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 def vgg16(num_classes: int, input_size: int = 48, in_channels: int = 1,
           batch_norm: bool = False, dropout: float = 0.5) -> FERNet:
     if input_size < 32:
-        raise ValueError(f"vgg16 needs an input of at least 32 px (five 2x2 pools), got {input_size}")
+        raise FerRayError(f"vgg16 needs an input of at least 32 px (five 2x2 pools), got {input_size}")
     stages: dict[str, nn.Module] = {}
     layers: list[nn.Module] = []
     channels, block = in_channels, 1

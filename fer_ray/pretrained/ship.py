@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fer_ray.artifacts import META_FILE, WEIGHTS_FILE, read_meta
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 from fer_ray.evaluation.report import confusion_table, per_class_table
 from fer_ray.pretrained import DEFAULT_MODEL, default_artifact
 from fer_ray.rundir import RESULT, result
@@ -101,10 +102,10 @@ def ship(run_dir: str, command: str, name: str = DEFAULT_MODEL) -> Path:
     run = Path(run_dir)
     meta = read_meta(run / "artifact")
     if (run / "artifact" / WEIGHTS_FILE).stat().st_size > MAX_BYTES:
-        raise ValueError(f"{run / 'artifact' / WEIGHTS_FILE} is over {MAX_BYTES} bytes: too big to ship in the wheel")
+        raise FerRayError(f"{run / 'artifact' / WEIGHTS_FILE} is over {MAX_BYTES} bytes: too big to ship in the wheel")
     done = result(run)
     if done is None:
-        raise ValueError(f"{run} holds no finished fer-ray train run (no {RESULT})")
+        raise FerRayError(f"{run} holds no finished fer-ray train run (no {RESULT})")
     val, test, history = done["evaluations"]["val"], done["evaluations"]["test"], done["history"]
     out = default_artifact().parent / name
     out.mkdir(exist_ok=True)

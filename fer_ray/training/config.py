@@ -16,6 +16,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_ray.choices import MAX_SIDE, MODEL_NAMES, OPTIMIZERS, SCHEDULES, TTA_MODES
+from fer_ray.errors import FerRayError
 
 FINITE = {"allow_inf_nan": False}
 
@@ -39,7 +40,7 @@ class Augment(BaseModel):
     def _area(self):
         low, high = self.erase_area
         if not 0 < low <= high <= 1:
-            raise ValueError(f"erase_area must be MIN,MAX with 0 < MIN <= MAX <= 1, got {self.erase_area}")
+            raise FerRayError(f"erase_area must be MIN,MAX with 0 < MIN <= MAX <= 1, got {self.erase_area}")
         return self
 
     @property
@@ -73,7 +74,7 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _warmup(self):
         if self.warmup_epochs > self.epochs:
-            raise ValueError(f"--warmup-epochs must be in [0, {self.epochs}] (the epochs), got {self.warmup_epochs}")
+            raise FerRayError(f"--warmup-epochs must be in [0, {self.epochs}] (the epochs), got {self.warmup_epochs}")
         return self
 
 
@@ -110,9 +111,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _starting_point(self):
         if self.freeze and not self.init_from:
-            raise ValueError("--freeze needs --init-from (the artifact whose early stages to freeze)")
+            raise FerRayError("--freeze needs --init-from (the artifact whose early stages to freeze)")
         if self.weights and self.init_from:  # the artifact's weights would silently replace the file's
-            raise ValueError("--weights and --init-from both give starting weights; pass one of them")
+            raise FerRayError("--weights and --init-from both give starting weights; pass one of them")
         if self.model is None and not self.init_from:
             self.model = "small_cnn"
         # Ray Train runs each worker in a directory of its own: relative paths would not resolve.

@@ -14,13 +14,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fer_ray.errors import FerRayError
 from fer_ray.models.forward import autocast, run_batches
 from fer_ray.models.inputs import Normalization, to_model_input
 from fer_ray.training.augment import augment_batch
 from fer_ray.training.config import Recipe
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(FerRayError):
     """The loss went to inf/NaN: every later epoch would train (and save) a broken model."""
 
 
@@ -76,7 +77,7 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     channels_last = recipe.channels_last
     bs = min(recipe.batch_size, len(images))
     if steps * bs > len(images):
-        raise ValueError(f"{steps} steps of {bs} need {steps * bs} images, this worker has {len(images)}")
+        raise FerRayError(f"{steps} steps of {bs} need {steps * bs} images, this worker has {len(images)}")
     perm = torch.randperm(len(images), device=device, generator=generator)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

@@ -23,6 +23,7 @@ import torch
 from fer_ray.artifacts import load_artifact, load_cnn, read_meta, save_cnn
 from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
+from fer_ray.errors import FerRayError
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
 from fer_ray.rundir import claim, finish, finished
@@ -39,11 +40,11 @@ def _resolve(cfg: TrainConfig, catalog: Catalog) -> dict:
     if cfg.init_from:
         meta = read_meta(cfg.init_from)
         if meta["kind"] != "cnn":
-            raise ValueError(f"--init-from needs a CNN artifact; {cfg.init_from} is {meta['kind']}")
+            raise FerRayError(f"--init-from needs a CNN artifact; {cfg.init_from} is {meta['kind']}")
         for flag, given, kept in (("--model", cfg.model, meta["architecture"]),
                                   ("--input-size", cfg.input_size, meta["input_size"])):
             if given is not None and given != kept:
-                raise ValueError(f"{flag} {given} conflicts with --init-from {cfg.init_from} ({kept}); "
+                raise FerRayError(f"{flag} {given} conflicts with --init-from {cfg.init_from} ({kept}); "
                                  f"fine-tuning keeps the artifact's {flag[2:]}, so drop {flag}")
         return {"architecture": meta["architecture"], "input_size": meta["input_size"],
                 "normalization": meta["normalization"]}

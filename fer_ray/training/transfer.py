@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from fer_ray.errors import FerRayError
 from fer_ray.models.base import FERNet
 
 
@@ -17,7 +18,7 @@ def resolve_freeze(model: FERNet, freeze: int) -> int:
     n_stages = len(model.stage_names())
     n = freeze if freeze >= 0 else n_stages + freeze
     if not 0 <= n < n_stages or freeze <= -n_stages:  # -n_stages would be a second spelling of 0
-        raise ValueError(
+        raise FerRayError(
             f"--freeze {freeze} is out of range for {n_stages} stages {model.stage_names()}: "
             f"use 0..{n_stages - 1}, or -1..-{n_stages - 1} for 'all but the last K'")
     return n

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_ray.baseline.config import SvmFit
 from fer_ray.choices import MODEL_NAMES
+from fer_ray.errors import FerRayError
 from fer_ray.training.config import TrainConfig
 
 FINITE = {"allow_inf_nan": False}
@@ -16,7 +17,7 @@ FINITE = {"allow_inf_nan": False}
 def _increasing(*pairs) -> None:
     for low_name, low, high_name, high in pairs:
         if not 0 < low < high < math.inf:
-            raise ValueError(f"need 0 < --{low_name} < --{high_name} < inf, got {low}, {high}")
+            raise FerRayError(f"need 0 < --{low_name} < --{high_name} < inf, got {low}, {high}")
 
 
 class Sweep(BaseModel):
@@ -69,8 +70,8 @@ class CnnSweep(Sweep):
     def _ranges(self):
         _increasing(("lr-min", self.lr_min, "lr-max", self.lr_max), ("wd-min", self.wd_min, "wd-max", self.wd_max))
         if any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"--batch-sizes must all be at least 1, got {list(self.batch_sizes)}")
+            raise FerRayError(f"--batch-sizes must all be at least 1, got {list(self.batch_sizes)}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing[0] < self.label_smoothing[1] < 1:
-            raise ValueError("--label-smoothing takes a range MIN MAX with 0 <= MIN < MAX < 1, "
+            raise FerRayError("--label-smoothing takes a range MIN MAX with 0 <= MIN < MAX < 1, "
                              f"got {' '.join(map(str, self.label_smoothing))}")
         return self

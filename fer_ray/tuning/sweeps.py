@@ -48,6 +48,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from fer_ray.baseline.svm import fit_svm, save_svm
 from fer_ray.data.catalog import Catalog
+from fer_ray.errors import FerRayError
 from fer_ray.rundir import claim, finish, finished
 from fer_ray.runtime import Interrupted, environ
 from fer_ray.tuning.config import CnnSweep, SvmSweep
@@ -190,7 +191,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     from fer_ray.training.config import Recipe
 
     if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
+        raise FerRayError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
     Recipe.model_validate({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     catalog = Catalog.open(cfg.catalog).require("train", "val")  # every trial would fail without them
     settings = _settings(cfg, catalog)
@@ -202,7 +203,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     if cfg.gpu:
         fits = int(resources.get("GPU", 0))
         if fits < 1:
-            raise ValueError("--gpu given but the Ray cluster has no GPU")
+            raise FerRayError("--gpu given but the Ray cluster has no GPU")
     else:
         require_cpus(cfg.cpus_per_worker, f"--cpus-per-worker {cfg.cpus_per_worker:g}: a trial's Train worker would")
         fits = int(resources.get("CPU", 1) // cfg.cpus_per_worker)
