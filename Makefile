@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast
+.PHONY: demo test test-fast check
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,8 @@ test: $(STAMP)
 # The inner loop: every test that starts no Ray (a few minutes on 2 CPUs).
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not ray"
+
+# Every module imported is a declared dependency (deptry); the import layers hold (import-linter).
+check: $(STAMP)
+	$(VENV)/bin/deptry .
+	$(VENV)/bin/lint-imports
