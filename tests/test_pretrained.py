@@ -145,3 +145,44 @@ def test_evaluate_falls_back_to_the_default_model_and_leaves_it_unchanged(synthe
     assert "using the default model" in capsys.readouterr().err
     assert json.loads((tmp_path / "metrics.json").read_text())["count"] > 0
     assert (default_artifact() / "model.json").read_bytes() == before  # the installed package is not written to
+
+
+GLOBAL_STATE = """
+import json, logging, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import cv2, torch
+from PIL import Image
+from photos import two_face_photo
+
+def state():
+    root = logging.getLogger()
+    return {"pillow_max_pixels": Image.MAX_IMAGE_PIXELS, "opencv_threads": cv2.getNumThreads(),
+            "torch_threads": torch.get_num_threads(), "warnings_filters": repr(warnings.filters),
+            "logging_root": [root.level, repr(root.handlers)], "logging_disable": logging.root.manager.disable,
+            "loggers": sorted(name for name, lg in logging.Logger.manager.loggerDict.items()
+                              if isinstance(lg, logging.Logger) and (lg.level or lg.handlers or not lg.propagate))}
+
+before = state()
+import fer_ray
+after_import = state()
+records = fer_ray.predict(two_face_photo()[0])
+print(json.dumps({"before": before, "import": after_import, "predict": state(), "faces": len(records)}))
+"""
+
+
+def test_import_and_predict_leave_other_libraries_settings_alone():
+    """``import fer_ray`` and a ``fer_ray.predict()`` call change no process-wide setting of the
+    user's program: Pillow's decompression-bomb guard, OpenCV's and torch's thread counts, the
+    warning filters and logging's configuration (checked in a fresh interpreter)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", GLOBAL_STATE, str(Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["faces"] == 2  # predict really ran: detection and the model
+    assert seen["import"] == seen["before"]
+    assert seen["predict"] == seen["before"]

@@ -19,9 +19,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ACCEPTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 40 MP photo; bigger is a decompression bomb here
 
-# Our own limit replaces Pillow's warning-based one, so both are not fighting.
-Image.MAX_IMAGE_PIXELS = None
-
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
 _ORIENTATION_TAG = 0x0112
 _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -61,7 +58,13 @@ def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            # Pillow's own guard (``Image.MAX_IMAGE_PIXELS``, the caller's process-wide setting,
+            # left as it is) warns before ``max_pixels`` is checked below: the limit here is ours.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # above twice Pillow's limit: refused all the same
+        raise TooManyPixels(f"image too large: {exc}") from None
     except UnidentifiedImageError:
         raise ImageError("not a decodable image (unrecognised content)") from None
     except Exception as exc:  # noqa: BLE001 - see the docstring

@@ -44,7 +44,7 @@ from fer_ray.data.files import files_under
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import ScoreConfig
-from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, detect_batch
+from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, detect_batch, pin_threads
 from fer_ray.rundir import RECORD, claim, write_atomic
 
 OUTPUT_FORMATS = (".parquet", ".csv")
@@ -57,6 +57,12 @@ class ScoreError(FerRayError):
 # ---------------------------------------------------------------------------------------
 # Listing inputs
 # ---------------------------------------------------------------------------------------
+
+def detect_in_task(batch: dict, config: DetectConfig) -> dict:
+    """``detect_batch`` in a Ray task of the --gpu layout, on one thread (``pin_threads``)."""
+    pin_threads(1)
+    return detect_batch(batch, config)
+
 
 def list_images(input: str) -> tuple[list[str], int]:
     """Absolute paths of the image files under a folder (recursively) or matching a glob.
@@ -429,7 +435,7 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
                                 override_num_blocks=blocks)
     scorer = {"artifact": cfg.artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
     if not plan.fused:
-        paths = paths.map_batches(detect_batch, fn_kwargs={"config": config}, batch_size=files_per_task,
+        paths = paths.map_batches(detect_in_task, fn_kwargs={"config": config}, batch_size=files_per_task,
                                   num_cpus=plan.task_cpus)
     ds = map_batches_on_actors(paths, FaceScorer, plan.actors,
                                fn_constructor_kwargs=scorer | ({"detect": config} if plan.fused else {}),

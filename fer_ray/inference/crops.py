@@ -34,13 +34,22 @@ SCHEMA = pa.schema(
 
 @functools.lru_cache(maxsize=4)
 def cached_detector(detect_side: int, min_face_fraction: float) -> FaceDetector:
-    """One cascade per worker process: loading it costs more than detecting in a small image.
-
-    OpenCV's own thread pool is turned off here: Ray already runs one detection task per CPU
-    share, and nested threads on top only contend (measured slower on 2 busy cores).
-    """
-    cv2.setNumThreads(1)
+    """One cascade per process: loading it costs more than detecting in a small image."""
     return FaceDetector(detect_side=detect_side, min_face_fraction=min_face_fraction)
+
+
+def pin_threads(threads: int) -> None:
+    """Pin torch to ``threads`` and OpenCV to one thread, in a Ray worker given that many CPUs.
+
+    Only for processes fer-ray owns (Ray's actors and tasks), never the caller's process: on a
+    shared machine more OpenMP threads than cores spin against each other (a single small_cnn
+    forward went from 1 ms to ~90 ms with 2 threads on 2 busy cores), and OpenCV's own pool on
+    top of Ray's one process per CPU share only contends (measured slower on 2 busy cores).
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
 
 
 @dataclass(frozen=True)
@@ -145,19 +154,15 @@ class FaceScorer:
 
     With ``detect`` it takes paths and runs ``detect_batch`` first, so that one process reads,
     decodes, detects and predicts: what each CPU does when scoring on CPUs (see ``plan_resources``).
-    ``threads`` pins torch's intra-op threads to the CPUs the actor was given: on a shared
-    machine, more OpenMP threads than cores spin against each other (a single small_cnn
-    forward went from 1 ms to ~90 ms with 2 threads on 2 busy cores).
+    ``threads``, given in a Ray actor, pins its threads to the CPUs it was given (``pin_threads``).
     """
 
     def __init__(self, artifact: str, device: str = "auto", batch_size: int = 256, threads: int | None = None,
                  detect: DetectConfig | None = None):
-        import torch
-
         from fer_ray.inference.predictor import Predictor
 
         if threads:
-            torch.set_num_threads(threads)
+            pin_threads(threads)
         self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
         self.detect = detect
 
