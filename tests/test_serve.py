@@ -26,17 +26,20 @@ from photos import background, detectable_faces, two_face_photo
 
 LIMIT_BYTES = 300_000
 LIMIT_PIXELS = 1_000_000
+BODY_DEADLINE_S = 4
 
 
 @pytest.fixture(scope="module")
 def service(ray_session, small_artifact):
-    """The app on a free loopback port; batches wait 50 ms so concurrent requests meet."""
+    """The app on a free loopback port; batches wait 50 ms so concurrent requests meet. Through
+    Serve's proxy, as ``fer-ray serve`` without ``--direct``."""
     from ray import serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(artifact=str(small_artifact), max_batch_size=8, batch_wait_timeout_s=0.05,
-                         max_body_bytes=LIMIT_BYTES, max_pixels=LIMIT_PIXELS, max_files=4)
+                         max_body_bytes=LIMIT_BYTES, max_pixels=LIMIT_PIXELS, max_files=4,
+                         body_timeout_s=BODY_DEADLINE_S)
     serve.run(build_app(config), name="fer-test", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield client
@@ -110,19 +113,30 @@ def test_a_content_length_of_anything_but_ascii_digits_is_a_400(declared):
     assert exc.value.status == 400
 
 
-def test_a_body_that_never_arrives_is_a_408_not_a_connection_held_for_ever():
+async def _never():  # a client that declared a body and sends nothing
+    await asyncio.Event().wait()
+
+
+async def _a_byte_every_50_ms():  # one that sends it a byte at a time, never finishing
+    await asyncio.sleep(0.05)
+    return {"type": "http.request", "body": b"x", "more_body": True}
+
+
+@pytest.mark.parametrize("receive,came", [(_never, 0), (_a_byte_every_50_ms, None)])
+def test_a_body_not_all_there_by_the_deadline_is_a_408_not_a_slot_held_for_ever(receive, came):
+    """The deadline is for the whole body: a byte every few seconds reset a per-chunk timeout,
+    so such clients held their slots for as long as they liked."""
     from starlette.requests import Request
 
     from fer_ray.inference.serve import ApiError, read_body
 
-    async def receive():  # a client that declared a body and sends nothing
-        await asyncio.Event().wait()
-
     scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"1000")]}
     started = time.monotonic()
-    with pytest.raises(ApiError, match=r"body stopped arriving \(nothing for 0.2 s\)") as exc:
-        asyncio.run(read_body(Request(scope, receive), 10_000, timeout_s=0.2))
-    assert exc.value.status == 408 and time.monotonic() - started < 5
+    with pytest.raises(ApiError, match=r"did not arrive within 0.5 s \((\d+) bytes had come\)") as exc:
+        asyncio.run(read_body(Request(scope, receive), 10_000, timeout_s=0.5))
+    assert exc.value.status == 408 and time.monotonic() - started < 2
+    got = int(re.search(r"\((\d+) bytes", exc.value.message).group(1))
+    assert got == came if came is not None else 3 <= got < 12
 
 
 def test_app_builder_validates_string_args(small_artifact):
@@ -225,6 +239,68 @@ def test_client_mistakes_are_4xx_json_never_500(service, images):
     _is_error(service.get("/predict"), 405)
     assert service.head("/predict").headers.get("allow") == "POST"
     _is_error(service.get("/nowhere"), 404)
+
+
+async def _slow_upload(port: int) -> tuple[int, dict, float]:
+    """A client that declares a 1,000-byte PNG body and sends a byte of it every 0.5 s until it is
+    answered: (status, headers, seconds it took); status 0 if it is not answered within the body
+    deadline and 5 s more."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /predict?faces=none HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                 b"Content-Length: 1000\r\n\r\n")
+    started = time.monotonic()
+    head = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    while not head.done() and time.monotonic() - started < BODY_DEADLINE_S + 5:
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.wait([head], timeout=0.5)
+    writer.close()
+    if not head.done():
+        head.cancel()
+        return 0, {}, time.monotonic() - started
+    status, *lines = head.result().decode("latin-1").strip().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status.split()[1]), headers, time.monotonic() - started
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
+def test_slow_uploads_get_408_by_the_deadline_and_never_starve_healthz_or_queue_without_bound(service, images):
+    """~65 clients sending a byte every 5 s took all of a replica's request slots and /healthz
+    stopped answering. Now: a replica takes ``ongoing()`` predictions at once, the rest get 503 with
+    Retry-After (from the replica, or from Serve's bounded queue in front of it); /healthz has slots
+    of its own; an upload not all there by ``body_timeout_s`` gets 408 and its place is free again."""
+    from fer_ray.inference.serve import RETRY_AFTER_S
+
+    port = service.base_url.port
+    places = service.get("/model").json()["limits"]["max_ongoing_requests"]
+    assert places == 32  # ServeConfig.ongoing(): 4x max_batch_size 8, and at least 32
+
+    async def scenario():
+        uploads = [asyncio.ensure_future(_slow_upload(port)) for _ in range(places + 8)]
+        await asyncio.sleep(1.5)  # all admitted or refused; none at its deadline yet
+        async with httpx.AsyncClient(base_url=str(service.base_url), timeout=30) as client:
+            started = time.monotonic()
+            health = await client.get("/healthz")
+            health_s = time.monotonic() - started
+            refused = await client.post("/predict?faces=none", content=images["crop"],
+                                        headers={"content-type": "image/png"})
+        return health, health_s, refused, await asyncio.gather(*uploads)
+
+    health, health_s, refused, uploads = asyncio.run(scenario())
+    statuses = sorted(status for status, _, _ in uploads)
+    assert statuses == [408] * places + [503] * 8, uploads
+    assert health.status_code == 200 and health_s < 2, (health.status_code, health_s)
+    _is_error(refused, 503, "busy")
+    assert refused.headers["retry-after"] == str(RETRY_AFTER_S)
+    for status, headers, seconds in uploads:
+        if status == 408:  # at the deadline, counted from the request's admission
+            assert BODY_DEADLINE_S - 0.5 < seconds < BODY_DEADLINE_S + 3 and headers["connection"] == "close"
+        else:  # at once, with when to try again
+            assert seconds < BODY_DEADLINE_S and headers["retry-after"] == str(RETRY_AFTER_S), (seconds, headers)
+    # their places are free again
+    answer = service.post("/predict?faces=none", content=images["crop"], headers={"content-type": "image/png"})
+    assert answer.status_code == 200, answer.text
 
 
 def _multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"abc") -> bytes:

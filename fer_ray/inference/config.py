@@ -57,7 +57,10 @@ class ServeConfig(BaseModel):
     artifact: str
     max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass")
     batch_wait_timeout_s: float = Field(0.01, ge=0, allow_inf_nan=False, description="how long a batch waits to fill")
-    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="per replica; >= max_batch_size")
+    max_ongoing_requests: Optional[int] = Field(None, ge=1, description="prediction requests a replica works on at "
+                                                 "once (at least 4x max_batch_size, and 32); more get 503")
+    max_queued_requests: int = Field(64, ge=1, description="requests waiting for a busy replica at each caller "
+                                     "(Serve's proxy, or the replica's own port with --direct); more get 503")
     replicas: int = Field(1, ge=1, description="copies of the model, each its own Ray actor")
     num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="CPUs per replica (torch uses that many "
                             "threads)", json_schema_extra={"flag": "--replica-cpus"})
@@ -66,12 +69,14 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body")
     max_pixels: int = Field(25_000_000, ge=1, description="larger images are refused (413)")
     max_files: int = Field(32, ge=1, description="files per /predict/batch request")
-    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next part of a request body")
+    body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
+                                  description="deadline for a whole request body to arrive (408 after it)")
     margin: float = ScoreConfig.model_fields["margin"]  # served photos are cropped as scored ones
     access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
 
     def ongoing(self) -> int:
-        """Serve must let at least a full batch of requests into a replica, or batches never fill."""
+        """Prediction requests a replica takes at once: at least a few full batches, or batches never
+        fill. Serve's own limit (``max_ongoing_requests``) is a few more (``serve.HEALTH_ROOM``)."""
         return max(self.max_ongoing_requests or 0, 4 * self.max_batch_size, 32)
 
 
