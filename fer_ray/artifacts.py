@@ -8,9 +8,11 @@ An artifact is a directory::
                         ensemble head), checksummed in model.json
 
 Loading reads JSON and safetensors only: nothing is unpickled, so an artifact from anywhere
-cannot run code. A checksum mismatch (a truncated copy, a swapped file) is refused, and so is
-a model.json that names a file outside its folder or sizes its weights do not bear out: an
-artifact is as untrusted as any other input.
+cannot run code. An artifact is as untrusted as any other input: model.json is validated by
+one schema (``MODEL_JSON``: types, sizes, finite normalisation, the seven labels), and the
+arrays are checked once as loaded (checksum, float32 and finite, and a network's against the
+state dict of the network model.json describes). Each problem is one ArtifactError line, raised
+where a command first reads the artifact, so before Ray starts.
 torch is imported only where arrays are read or written: reading the metadata (``read_meta``)
 stays light for the processes that need no more than that.
 """
@@ -21,12 +23,16 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import reprlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, Union
 
 import numpy as np
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, FiniteFloat, Tag, TypeAdapter, ValidationError,
+                      field_validator)
+from pydantic_core import PydanticCustomError
 
-from fer_ray.choices import MAX_SIDE
+from fer_ray.choices import MAX_INPUT_SIZE, MAX_SIDE, MODEL_NAMES
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError
 
@@ -37,6 +43,7 @@ FORMAT = "fer-ray-artifact/1"
 KINDS = ("cnn", "svm", "ensemble")
 META_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
+SHA256 = r"^[0-9a-f]{64}$"
 
 
 class ArtifactError(FerRayError):
@@ -75,71 +82,120 @@ def write_meta(path: str | Path, meta: dict) -> None:
     (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False))
 
 
+class _Normalization(BaseModel):
+    """Inputs are centred by ``mean`` and divided by ``std``: a NaN, an infinity or a std <= 0
+    turns every face into NaN probabilities (argmax: "angry" for all)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    mean: FiniteFloat
+    std: FiniteFloat = Field(gt=0)
+
+
+class _Member(BaseModel):
+    """How an ensemble names a member (``ensemble.stack.member_record``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    path: str = Field(min_length=1)
+    weights_sha256: str = Field(pattern=SHA256)
+
+
+class _Meta(BaseModel):
+    """What every kind's model.json holds. Strict (no "48" for 48, no true for 1): ``read_meta``
+    returns the JSON as read, so nothing may pass here only by being converted. Other fields
+    (recipe, metrics' contents, how it was made) are kept as they are: they are records, not
+    inputs to any loader."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: Literal[FORMAT]
+    labels: list[str] = list(EMOTIONS)
+    # Catalog images are at most MAX_SIDE (prepare --size); an SVM's weights are sized by it.
+    image_size: int = Field(ge=1, le=MAX_SIDE)
+    weights: str
+    weights_sha256: str = Field(pattern=SHA256)
+    catalog: Optional[dict] = None  # evaluation reads and merges these two as objects
+    metrics: dict = {}
+
+    @field_validator("labels")
+    @classmethod
+    def _emotions(cls, labels: list[str]) -> list[str]:
+        # Every kind's outputs are columns in EMOTIONS order; other labels would name them wrongly.
+        if labels != list(EMOTIONS):
+            raise PydanticCustomError("labels", "must be the seven emotions in order: {emotions}",
+                                      {"emotions": ", ".join(EMOTIONS)})
+        return labels
+
+
+class _CnnMeta(_Meta):
+    kind: Literal["cnn"]
+    architecture: Literal[MODEL_NAMES]
+    # Bounds, not Literals: a Literal takes true for 1 and 7.0 for 7, which the model builder does not.
+    num_classes: int = Field(ge=len(EMOTIONS), le=len(EMOTIONS))
+    in_channels: int = Field(ge=1, le=1)  # grey faces
+    input_size: int = Field(ge=1, le=MAX_INPUT_SIZE)  # each family's lower bound: build_model's
+    normalization: _Normalization
+
+
+class _SvmMeta(_Meta):
+    kind: Literal["svm"]
+
+
+class _EnsembleMeta(_Meta):
+    kind: Literal["ensemble"]
+    members: list[_Member] = Field(min_length=1)
+
+
+def _kind(meta) -> str | None:
+    """The kind, which chooses the schema; None (refused as such) for a value that is no object."""
+    return meta.get("kind") if isinstance(meta, dict) else None
+
+
+# One schema for model.json, the kind choosing the rest. A JSON value that is no object, or
+# names no kind, is told only that: its other fields mean nothing without one.
+MODEL_JSON = TypeAdapter(Annotated[
+    Union[Annotated[_CnnMeta, Tag("cnn")], Annotated[_SvmMeta, Tag("svm")], Annotated[_EnsembleMeta, Tag("ensemble")]],
+    Discriminator(_kind, custom_error_type="kind",
+                  custom_error_message=f"must hold a JSON object whose 'kind' is one of {', '.join(KINDS)}")])
+
+
 def read_meta(path: str | Path) -> dict:
+    """model.json as a dict, validated by ``MODEL_JSON``: a hand-edited, truncated or hostile
+    one is one ArtifactError naming the first bad field, here, before any loader reads it."""
     p = Path(path)
-    if not (p / META_FILE).is_file():
+    file = p / META_FILE
+    if not file.is_file():
         raise ArtifactError(f"not a fer-ray artifact (no {META_FILE}): {p}")
     try:
-        meta = json.loads((p / META_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{p / META_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{p / META_FILE} must hold a JSON object, not {type(meta).__name__}")
-    if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{p} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("kind") not in KINDS:
-        raise ArtifactError(f"{p} has unknown kind {meta.get('kind')!r}")
-    _check_fields(p, meta)
+        meta = json.loads(file.read_bytes())
+    except (ValueError, RecursionError) as exc:  # ValueError: also bytes that are no UTF-8 text
+        raise ArtifactError(f"{file} is not valid JSON: {exc}") from None
+    try:
+        MODEL_JSON.validate_python(meta)
+    except ValidationError as exc:
+        raise ArtifactError(f"{file}: {_first_error(exc)}") from None
+    weights_file(p, meta)
     return meta
 
 
-# The fields each kind's loader reads, and their JSON types: a hand-edited or truncated
-# model.json is refused here, by name, instead of failing later with a KeyError.
-_FIELDS = {"image_size": int}
-_TYPE_NAMES = {int: "positive integer", str: "string", dict: "JSON object", list: "JSON list"}
-_KIND_FIELDS = {
-    "cnn": {"architecture": str, "num_classes": int, "input_size": int, "in_channels": int, "normalization": dict},
-    "svm": {},
-    "ensemble": {"members": list},
-}
-
-
-# Sizes the code around a model fixes: seven emotions out, grey faces in, and no side above
-# MAX_SIDE (memory grows with its square in every batch; a model.json is not to decide that).
-_SIZE_LIMITS = {"image_size": (1, MAX_SIDE), "input_size": (1, MAX_SIDE), "num_classes": (len(EMOTIONS),) * 2,
-                "in_channels": (1, 1)}
-
-
-def _check_fields(p: Path, meta: dict) -> None:
-    for key, kind in (_FIELDS | _KIND_FIELDS[meta["kind"]]).items():
-        value = meta.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
-            raise ArtifactError(f"{p / META_FILE}: {key!r} must be a {_TYPE_NAMES[kind]}, got {value!r}")
-        low, high = _SIZE_LIMITS.get(key, (1, float("inf")))
-        if kind is int and not low <= value <= high:
-            raise ArtifactError(f"{p / META_FILE}: {key!r} must be {low if low == high else f'{low}..{high}'}, "
-                                f"got {value!r}")
-    weights_file(p, meta)
-    norm = meta.get("normalization")
-    if meta["kind"] == "cnn" and not (set(norm) == {"mean", "std"} and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm.values())):
-        raise ArtifactError(f"{p / META_FILE}: 'normalization' must be {{\"mean\": number, \"std\": number}}, "
-                            f"got {norm!r}")
-    if meta["kind"] == "cnn" and not 0 < norm["std"] < float("inf"):  # inputs are divided by it
-        raise ArtifactError(f"{p / META_FILE}: 'normalization' std must be a positive number, got {norm['std']!r}")
-    for key in ("catalog", "metrics"):  # optional, but evaluation reads and merges them as objects
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise ArtifactError(f"{p / META_FILE}: {key!r} must be a JSON object, got {meta[key]!r}")
+def _first_error(exc: ValidationError) -> str:
+    """The first error as one line: where, what, and the value found (shortened)."""
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(map(str, error["loc"][1:]))  # the first element is the kind (the union's tag)
+    if not where:
+        return error["msg"]
+    found = "" if error["type"] == "missing" else f", got {reprlib.repr(error['input'])}"
+    return f"{where}: {error['msg']}{found}"
 
 
 def weights_file(path: str | Path, meta: dict) -> Path:
     """The weights file model.json names, refused unless it lies inside the artifact's folder
     (links resolved): ``../../x`` or ``/etc/shadow`` would otherwise be read, and the checksum
     error would tell whether it exists. The answer does not depend on whether it does."""
-    p, name = Path(path), meta.get("weights", WEIGHTS_FILE)
+    p, name = Path(path), meta["weights"]
     folder = os.path.realpath(p)
-    target = os.path.realpath(p / name) if isinstance(name, str) and name else folder
-    if os.path.dirname(target) != folder:
+    if os.path.dirname(os.path.realpath(p / name)) != folder:  # "" and "." name the folder itself
         raise ArtifactError(f"{p / META_FILE}: 'weights' must name a file in the artifact's own folder, "
                             f"got {name!r}")
     return p / name
@@ -156,11 +212,26 @@ def load_artifact(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not weights.is_file():
         raise ArtifactError(f"artifact {p} is missing its weights file {weights.name}")
     try:
-        if file_sha256(weights) != meta.get("weights_sha256"):
+        if file_sha256(weights) != meta["weights_sha256"]:
             raise ArtifactError(f"artifact {p}: {weights.name} does not match the checksum in {META_FILE}")
-        return meta, load_file(str(weights))
+        arrays = load_file(str(weights))
     except (SafetensorError, OSError) as exc:  # e.g. a pickle, or a cut file, given the checksum it has
         raise ArtifactError(f"artifact {p}: {weights.name} is not a readable safetensors file ({exc})") from None
+    _check_floats(p, arrays)
+    return meta, arrays
+
+
+def _check_floats(path: Path, arrays: dict[str, torch.Tensor]) -> None:
+    """Every float array is float32 and finite, for every kind. fer-ray writes float32 only; a
+    float64 network loads, then fails on every batch (float32 inputs), and one NaN or infinity
+    makes every prediction NaN. One pass over the arrays: milliseconds for these models."""
+    import torch
+
+    for name, array in arrays.items():
+        if array.is_floating_point() and array.dtype != torch.float32:
+            raise ArtifactError(f"artifact {path}: array {name!r} is {array.dtype}; fer-ray artifacts hold float32")
+        if array.is_floating_point() and not torch.isfinite(array).all():
+            raise ArtifactError(f"artifact {path}: array {name!r} holds NaN or infinite values")
 
 
 def linear_arrays(path, arrays: dict, names: tuple[str, str, str, str], width: int | None = None) -> list[np.ndarray]:
@@ -215,15 +286,24 @@ def load_cnn(path: str | Path, device: torch.device | str = "cpu"):
     # otherwise allocate a first layer of the claimed size (100,000 px: hundreds of GB) before
     # failing, and no weights are drawn at random only to be replaced.
     with torch.device("meta"):
-        model = build_model(*shape)
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
+        try:
+            model = build_model(*shape)
+        except FerRayError as exc:  # e.g. an input size below what the architecture pools down
+            raise ArtifactError(f"{path}: {exc}") from None
+    # Shapes and dtypes both: load_state_dict(assign=True) takes the weights' own dtype, so an
+    # integer weight (or a float num_batches_tracked) would load and then fail on every batch.
+    wanted = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    found = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     if wanted != found:
-        resized = sorted(k for k in wanted.keys() & found.keys() if wanted[k] != found[k])
+        differ = sorted(k for k in wanted.keys() & found.keys() if wanted[k] != found[k])
         odd = sorted(wanted.keys() ^ found.keys())
-        detail = (f"size mismatch for {resized[0]}: the weights hold {found[resized[0]]}, {META_FILE} implies "
-                  f"{wanted[resized[0]]}" if resized else f"{len(odd)} tensors named in one and not the other, "
-                  f"e.g. {odd[0]}")
+        if differ:
+            k = differ[0]
+            (got, got_dtype), (want, want_dtype) = found[k], wanted[k]
+            detail = (f"size mismatch for {k}: the weights hold {got}, {META_FILE} implies {want}" if got != want
+                      else f"dtype mismatch for {k}: the weights hold {got_dtype}, the network takes {want_dtype}")
+        else:
+            detail = f"{len(odd)} tensors named in one and not the other, e.g. {odd[0]}"
         raise ArtifactError(f"{path}: the weights do not fit the {meta['architecture']} described in "
                             f"{META_FILE} ({detail})")
     model.load_state_dict(state, assign=True)

@@ -86,8 +86,8 @@ def test_unknown_model_and_too_small_vgg():
         build_model("alexnet")
     with pytest.raises(ValueError, match="at least 32"):
         build_model("vgg16", input_size=24)
-    with pytest.raises(ValueError, match="input size 1025 is above the largest fer-ray takes, 1024 px"):
-        build_model("small_cnn", input_size=1025)  # (train --input-size; an artifact is held to it too)
+    with pytest.raises(ValueError, match="input size 257 is above the largest fer-ray takes, 256 px"):
+        build_model("small_cnn", input_size=257)  # (train --input-size; an artifact is held to it too)
 
 
 def test_local_weights_safetensors_and_state_dict(tmp_path):

@@ -107,13 +107,21 @@ def soft_vote(probs: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ artifact and Predictor backend
 
 
+def member_meta(path: str) -> dict:
+    """A member's model.json, refused unless it is a CNN's. Checked before a member is loaded:
+    an ensemble among the members (the ensemble itself, or one that names this one) would load
+    its own members in turn, without end."""
+    meta = read_meta(path)
+    if meta["kind"] != "cnn":
+        raise ArtifactError(f"ensemble members must be CNN artifacts; {path} is {meta['kind']}")
+    return meta
+
+
 def member_record(path: str) -> dict:
     """How the ensemble names a member: where it is and the hash its weights must keep."""
     from fer_ray.models import build_model
 
-    meta = read_meta(path)
-    if meta["kind"] != "cnn":
-        raise FerRayError(f"ensemble members must be CNN artifacts; {path} is {meta['kind']}")
+    meta = member_meta(path)
     width = build_model(meta["architecture"], meta["num_classes"], meta["input_size"], meta["in_channels"]).feature_dim
     return {"path": str(Path(path).resolve()), "weights_sha256": meta["weights_sha256"],
             "architecture": meta["architecture"], "image_size": meta["image_size"], "feature_dim": width}
@@ -168,10 +176,9 @@ class MemberFeatures:
 
     def __init__(self, members: list[str], device: str = "auto", batch_size: int = 256,
                  keep: tuple[str, ...] = ("label", "id")):
+        for m in members:
+            member_meta(m)
         self.predictors = [Predictor(m, device=device, batch_size=batch_size) for m in members]
-        for p in self.predictors:
-            if p.kind != "cnn":
-                raise FerRayError(f"ensemble members must be CNN artifacts; {p.path} is {p.kind}")
         self.keep = keep
 
     @property

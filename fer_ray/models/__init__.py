@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fer_ray.choices import MAX_SIDE
+from fer_ray.choices import MAX_INPUT_SIZE
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.models.base import FERNet
 from fer_ray.models.fast import VARIANTS as FAST_CNN
@@ -29,8 +29,8 @@ def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channe
     if input_size < 1 or in_channels < 1 or num_classes < 1:
         raise FerRayError(f"input size, channels and classes must be at least 1, got {input_size}, {in_channels}, "
                          f"{num_classes}")
-    if input_size > MAX_SIDE:
-        raise FerRayError(f"input size {input_size} is above the largest fer-ray takes, {MAX_SIDE} px")
+    if input_size > MAX_INPUT_SIZE:  # as model.json's input_size: no artifact is trained that cannot be loaded
+        raise FerRayError(f"input size {input_size} is above the largest fer-ray takes, {MAX_INPUT_SIZE} px")
     model = MODELS[name](num_classes=num_classes, input_size=input_size, in_channels=in_channels)
     if weights:
         try:

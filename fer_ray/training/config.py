@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fer_ray.choices import MAX_SIDE, MODEL_NAMES, OPTIMIZERS, SCHEDULES, TTA_MODES
+from fer_ray.choices import MAX_INPUT_SIZE, MODEL_NAMES, OPTIMIZERS, SCHEDULES, TTA_MODES
 from fer_ray.errors import FerRayError
 
 FINITE = {"allow_inf_nan": False}
@@ -87,7 +87,7 @@ class TrainConfig(BaseModel):
     run_dir: str = Field(description="checkpoints, artifact, metrics and reports go here")
     model: Optional[Literal[tuple(sorted(MODEL_NAMES))]] = Field(
         None, description="architecture (default small_cnn; with --init-from, the artifact's)")
-    input_size: Optional[int] = Field(None, ge=1, le=MAX_SIDE, description="network input side (default: the "
+    input_size: Optional[int] = Field(None, ge=1, le=MAX_INPUT_SIZE, description="network input side (default: the "
                                       "catalog's; e.g. 192 to upscale for resnet50)")
     recipe: Recipe = Field(default_factory=Recipe)
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
