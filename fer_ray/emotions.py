@@ -6,6 +6,8 @@ catalog built from any source can be mixed with FER2013 and compared against the
 
 from __future__ import annotations
 
+import numpy as np
+
 from fer_ray.errors import FerRayError
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -49,3 +51,14 @@ def label_from_index(value: int) -> int:
     if not 0 <= value < NUM_CLASSES:
         raise FerRayError(f"unknown emotion index {value}; expected 0..{NUM_CLASSES - 1}")
     return value
+
+
+def ranked_emotions(probs: np.ndarray) -> np.ndarray:
+    """Emotion indices from likeliest to least, along the last axis of ``probs`` ((7,) or (N, 7)).
+
+    ``score``, ``predict`` and ``evaluate`` take their labels (``[..., 0]``) and top-k from here,
+    so that they agree on a face whose top probabilities are exactly equal: ties go to the lower
+    index, as ``argmax`` (which ``serve`` uses) has them. ``np.argsort``'s default sort is not
+    stable: ``predict`` named "happy" where ``score`` named "fear" for the same face.
+    """
+    return np.argsort(-np.asarray(probs), axis=-1, kind="stable")

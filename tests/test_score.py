@@ -472,3 +472,41 @@ def test_the_detector_equalizes_only_when_asked_and_maps_a_shrunk_photos_boxes_b
         assert len(boxes) == 2
         for box, (x, y, side) in zip(boxes, spots):
             assert abs(box.x + box.w / 2 - (x + side / 2)) < side / 4 and box.w > side / 2
+
+
+class TiedPredictor:
+    """A stand-in model whose faces' two likeliest emotions are exactly tied."""
+
+    labels, image_size = EMOTIONS, 48
+
+    def __init__(self, probs: np.ndarray):
+        self.probs = probs
+
+    def predict_proba(self, faces: np.ndarray) -> np.ndarray:
+        return self.probs[: len(faces)]
+
+
+def test_exactly_tied_probabilities_give_the_same_label_in_predict_score_and_evaluate():
+    """np.argsort (predict) put "happy" before "fear" in a 0.5/0.5 tie that argmax (score,
+    evaluate) gives to "fear": the lower index wins everywhere now, and the top-k lists ties
+    in that order too."""
+    from fer_ray.emotions import ranked_emotions
+    from fer_ray.inference.predict import predict
+
+    pairs = [(a, b) for a in range(7) for b in range(a + 1, 7)]
+    probs = np.zeros((len(pairs), 7), np.float32)
+    for row, pair in zip(probs, pairs):
+        row[list(pair)] = 0.5
+    ranked = ranked_emotions(probs)
+    assert [tuple(r[:2]) for r in ranked] == pairs and (ranked[:, 0] == probs.argmax(axis=1)).all()
+    assert [list(r) for r in ranked[:1, 2:]] == [[2, 3, 4, 5, 6]]  # the zeros in index order too
+    records = predict([np.full((48, 48), 128, np.uint8)] * len(pairs), predictor=TiedPredictor(probs),
+                      faces="none", top=3)
+    table = scored_table({"path": np.array([f"{p}" for p in pairs], dtype=object),
+                          "error": np.array([""] * len(pairs), dtype=object),
+                          **{k: np.zeros(len(pairs), np.int32) for k in ("face", "x", "y", "w", "h", "n_faces")}},
+                         probs)
+    expected = [EMOTIONS[a] for a, _ in pairs]
+    assert [r["emotion"] for r in records] == expected == table.column("emotion").to_pylist()
+    assert [[t["emotion"] for t in r["top"][:2]] for r in records] == [[EMOTIONS[a], EMOTIONS[b]] for a, b in pairs]
+

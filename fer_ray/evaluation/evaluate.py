@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fer_ray.artifacts import update_metrics
 from fer_ray.data.catalog import Catalog
+from fer_ray.emotions import ranked_emotions
 from fer_ray.evaluation.metrics import classification_metrics, headline_figures
 from fer_ray.evaluation.report import write_report
 from fer_ray.inference.predictor import Predictor
@@ -19,7 +20,7 @@ def evaluate_artifact(artifact: str, catalog: Catalog | str, split: str, output:
     predictor = predictor or Predictor(artifact, device=device)
     data = catalog.load(split)
     probs = predictor.predict_proba(data["image"], tta=tta)
-    metrics = classification_metrics(data["label"], probs.argmax(axis=1))
+    metrics = classification_metrics(data["label"], ranked_emotions(probs)[:, 0])
     proto = catalog.protocol(split, tta)
     write_report(metrics, output, f"{predictor.kind} {predictor.meta.get('architecture', '')} on {split}".strip(),
                  proto)

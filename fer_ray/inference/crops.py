@@ -18,7 +18,7 @@ import pyarrow as pa
 from fer_ray.data.faces import DETECT_SIDE, FACE_MODES, MARGIN, MIN_FACE_FRACTION, FaceDetector, find_faces
 from fer_ray.data.files import read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, resize
-from fer_ray.emotions import EMOTIONS
+from fer_ray.emotions import EMOTIONS, ranked_emotions
 from fer_ray.errors import FerRayError
 
 NO_FACE = "no face detected"
@@ -141,7 +141,8 @@ def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
     cols = {"path": pa.array(rows["path"], pa.string())}
     for key in ("face", "x", "y", "w", "h"):
         cols[key] = pa.array(np.asarray(rows[key], np.int32), pa.int32(), mask=void)
-    cols["emotion"] = pa.array(np.array(EMOTIONS, dtype=object)[probs.argmax(axis=1)], pa.string(), mask=void)
+    cols["emotion"] = pa.array(np.array(EMOTIONS, dtype=object)[ranked_emotions(probs)[:, 0]], pa.string(),
+                               mask=void)
     for j, name in enumerate(EMOTIONS):
         cols[name] = pa.array(probs[:, j], pa.float32(), mask=void)
     cols["error"] = pa.array(rows["error"], pa.string(), mask=~void)

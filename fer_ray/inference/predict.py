@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
+from fer_ray.emotions import ranked_emotions
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import PredictConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
@@ -77,7 +78,7 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
                             "probabilities": None, "top": None, "error": error})
             continue
         p = next(probs)
-        order = np.argsort(-p)
+        order = ranked_emotions(p)
         records.append({"image": name, "face": face, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
                         "emotion": predictor.labels[order[0]],
                         "probabilities": {label: float(v) for label, v in zip(predictor.labels, p)},
