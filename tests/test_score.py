@@ -17,7 +17,8 @@ import pytest
 
 from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
-from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, display_path, input_blocks,
+from fer_ray.data.files import display_path
+from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, input_blocks,
                                      list_images, parts_folder, plan_resources, score_folder, write_table)
 from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
 from photos import background, one_face_photo, two_face_photo
@@ -509,4 +510,18 @@ def test_exactly_tied_probabilities_give_the_same_label_in_predict_score_and_eva
     expected = [EMOTIONS[a] for a, _ in pairs]
     assert [r["emotion"] for r in records] == expected == table.column("emotion").to_pylist()
     assert [[t["emotion"] for t in r["top"][:2]] for r in records] == [[EMOTIONS[a], EMOTIONS[b]] for a, b in pairs]
+
+
+def test_a_predicted_name_that_is_not_utf8_is_shown_escaped(tmp_path):
+    """predict's records go to JSON and the terminal: a Latin-1 name printed as a lone surrogate
+    failed there. It is shown as score writes it, and the file is still read."""
+    from fer_ray.inference.predict import format_table, predict
+
+    path = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png")
+    Path(path).write_bytes(encode(background(64, 48, seed=2), "PNG"))
+    records = predict([path, os.fsencode(path)], predictor=TiedPredictor(np.full((2, 7), 1 / 7, np.float32)),
+                      faces="none")
+    assert [r["image"] for r in records] == [display_path(path)] * 2 and display_path(path).endswith("caf\\xe9.png")
+    assert [r["error"] for r in records] == [None, None]
+    format_table(records).encode("utf-8")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from fer_ray.choices import MAX_SIDE
 from fer_ray.data.faces import FaceDetector, find_faces
-from fer_ray.data.files import files_under, not_a_file, read_image_file
+from fer_ray.data.files import display_path, files_under, not_a_file, read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
 from fer_ray.data.synthetic import GENERATOR_VERSION, balanced_labels, synthetic_faces
 from fer_ray.emotions import KDEF_CODES, EMOTIONS, label_from_index, label_from_name
@@ -121,42 +121,40 @@ class FolderSource:
 
     def plan(self) -> list[dict]:
         root = _require_dir(self.input)
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+        try:
+            subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+        except OSError as exc:
+            raise SourceError(f"cannot list the input folder {root} ({exc.strerror})") from None
         if not subdirs:
             raise SourceError(f"no split or emotion folders under {root}")
-        items = []
-        if not any(p.name.lower() in FOLDER_SPLITS for p in subdirs) and any(_is_emotion(p.name) for p in subdirs):
-            layout = [(root, "train")]  # no split level: everything is one pool
-        else:
-            layout = []
-            for f in sorted(p for p in root.iterdir() if not p.is_dir()):
-                items.append({"path": str(f), "id": f.name, "label": -1, "split": "",
-                              "error": "file is not inside a split folder"})
-            for p in subdirs:
-                split = FOLDER_SPLITS.get(p.name.lower())
-                if split is None:
-                    raise SourceError(
-                        f"unknown split folder {p.name!r} in {root}; expected one of "
-                        f"{sorted(FOLDER_SPLITS)} (or emotion folders directly)")
-                layout.append((p, split))
-        # Every entry of the layout is listed here, under its own split and emotion: a link
-        # from inside an emotion folder to one of them (or to the root) is not followed.
-        entries = [(split, entry) for split_dir, split in layout for entry in sorted(split_dir.iterdir())]
-        seen = {os.path.realpath(p) for p in (root, *(d for d, _ in layout), *(e for _, e in entries))}
-        for split, entry in entries:
-            if entry.is_dir():
-                try:
-                    label, error = label_from_name(entry.name), ""
-                except ValueError:
-                    label, error = -1, f"unknown emotion folder {entry.name!r}"
-                files = files_under(entry, seen)
+        flat = not any(n.lower() in FOLDER_SPLITS for n in subdirs) and any(_is_emotion(n) for n in subdirs)
+        unknown = [] if flat else [n for n in subdirs if n.lower() not in FOLDER_SPLITS]
+        if unknown:
+            raise SourceError(
+                f"unknown split folder {unknown[0]!r} in {root}; expected one of "
+                f"{sorted(FOLDER_SPLITS)} (or emotion folders directly)")
+        # One walk of the whole tree, each file labelled by the folders its own name is in: a
+        # link from one emotion folder to another (or to the root) lists nothing twice or
+        # under another label, as files_under lists each file under its name without links.
+        items, at = [], 0 if flat else 1  # at: where the emotion folder is in a file's relative path
+        for entry in files_under(root):
+            rel = entry.path.relative_to(root)
+            split = "train" if flat else FOLDER_SPLITS[rel.parts[0].lower()] if len(rel.parts) > 1 else ""
+            label, error = -1, ""
+            if len(rel.parts) == 1 and not flat:
+                error = "file is not inside a split folder"
+            elif len(rel.parts) == at + 1:
+                error = "file is not inside an emotion folder"
+            elif _is_emotion(rel.parts[at]):
+                label = label_from_name(rel.parts[at])
             else:
-                label, error, files = -1, "file is not inside an emotion folder", [entry]
-            for f in files:
-                reason = error or not_a_file(f) or (
-                    "" if has_image_extension(f.name) else "not an image file extension")
-                items.append({"path": str(f), "id": str(f.relative_to(root)), "label": label,
-                              "split": split, "error": reason})
+                error = f"unknown emotion folder {rel.parts[at]!r}"
+            reason = entry.problem or error or not_a_file(entry.path) or (
+                "" if has_image_extension(rel.name) else "not an image file extension")
+            # Opened by its bytes, shown by a name Arrow can store (a Latin-1 file name made
+            # the whole prepare fail in pandas).
+            items.append({"path": os.fsencode(entry.path), "id": display_path(rel), "label": label,
+                          "split": split, "error": reason})
         if not items:
             raise SourceError(f"no files found under {root}")
         return items
@@ -351,10 +349,11 @@ class KdefSource:
         if unknown:
             raise SourceError(f"unknown KDEF angle(s) {sorted(unknown)}; expected {KDEF_ANGLES}")
         items, self.excluded = [], 0
-        for f in files_under(root):
+        for entry in files_under(root):
+            f = entry.path
             m = KDEF_PATTERN.match(f.name)
-            item = {"path": str(f), "id": str(f.relative_to(root)), "label": -1, "subject": "",
-                    "error": not_a_file(f)}
+            item = {"path": os.fsencode(f), "id": display_path(f.relative_to(root)), "label": -1, "subject": "",
+                    "error": entry.problem or not_a_file(f)}
             if item["error"]:  # kept as a rejection, whatever its name
                 items.append(item)
                 continue

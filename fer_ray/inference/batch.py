@@ -30,7 +30,6 @@ import fnmatch
 import glob
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fer_ray.data.files import files_under
+from fer_ray.data.files import Entry, display_path, files_under
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import ScoreConfig
@@ -70,21 +69,24 @@ def list_images(input: str) -> tuple[list[str], int]:
     Returns (sorted image paths, number of other files skipped for their extension). Only
     the name decides what is an image here: a text file named ``.jpg``, a broken link or a
     FIFO named ``.png`` is listed, and later gets an error row, so what was asked for is
-    always accounted for. Links are followed, each real file listed once however many links
-    lead to it (``files_under``), for a folder and a glob alike.
+    always accounted for; so is a folder that cannot be listed, whatever its name. Links are
+    followed, each real file listed once however many links lead to it (``files_under``), for
+    a folder and a glob alike.
     """
+    if not input:  # Path("") is the current folder: an empty --input would score it
+        raise ScoreError("--input is empty; name a folder, an image file or a glob")
     root = Path(input)
     if root.is_dir():
-        candidates = (str(p) for p in files_under(root))
+        entries = files_under(root)
     elif os.path.lexists(root):
-        candidates = iter([str(root)])
+        entries = [Entry(root)]
     else:
-        candidates = [str(p) for p in glob_files(input)]
-        if not candidates:
+        entries = glob_files(input)
+        if not entries:
             raise InputNotFound(f"input not found: {input} (a folder, a file or a glob)")
     images, others = set(), 0
-    for path in candidates:
-        if has_image_extension(path):
+    for path, problem in entries:
+        if problem or has_image_extension(path.name):
             images.add(os.path.abspath(path))
         else:
             others += 1
@@ -93,8 +95,9 @@ def list_images(input: str) -> tuple[list[str], int]:
     return sorted(images), others
 
 
-def glob_files(pattern: str) -> list[Path]:
-    """The non-folder entries a recursive glob (``**`` for any folders) matches, sorted.
+def glob_files(pattern: str) -> list[Entry]:
+    """The non-folder entries a recursive glob (``**`` for any folders) matches, sorted, and
+    the folders that could not be listed where it might match.
 
     The folder before the first wildcard is listed by ``files_under`` and each entry matched
     part by part: ``glob.glob`` itself follows a link loop under ``**`` until the path grows too
@@ -104,38 +107,29 @@ def glob_files(pattern: str) -> list[Path]:
     parts = pattern.split("/")
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
+    if not os.path.isdir(base):
+        return []
     rest = [part for part in parts[fixed:] if part]
     depth = None if "**" in rest else max(0, len(rest) - 1)
-    return [path for path in files_under(base, depth=depth)
-            if _glob_match(os.path.relpath(path, base).split("/"), rest)]
+    return [entry for entry in files_under(base, depth=depth)
+            if _glob_match(list(Path(os.path.relpath(entry.path, base)).parts), rest, bool(entry.problem))]
 
 
-def _glob_match(names: list[str], parts: list[str]) -> bool:
+def _glob_match(names: list[str], parts: list[str], folder: bool = False) -> bool:
+    """Whether the path ``names`` match the pattern ``parts``; with ``folder``, whether some
+    path inside that folder could (for a folder that could not be listed)."""
     if not parts:
         return not names
     if not names:
-        return parts == ["**"] * len(parts)
+        return folder or parts == ["**"] * len(parts)
     if parts[0] == "**":
-        return _glob_match(names, parts[1:]) or (not names[0].startswith(".") and _glob_match(names[1:], parts))
+        return _glob_match(names, parts[1:], folder) or (
+            not names[0].startswith(".") and _glob_match(names[1:], parts, folder))
     if glob.has_magic(parts[0]):
         if names[0].startswith(".") and not parts[0].startswith("."):
             return False
-        return fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:])
-    return names[0] == parts[0] and _glob_match(names[1:], parts[1:])
-
-
-# A backslash that a name itself holds before "xNN", which an escaped byte would look like.
-_LITERAL_ESCAPE = re.compile(r"\\(?=x[0-9a-fA-F]{2})")
-
-
-def display_path(path: str) -> str:
-    """A path as the output stores it, one string per file. Parquet and CSV strings must be
-    UTF-8, and a file name in another encoding (a Latin-1 name from an old archive) is not: its
-    odd bytes are written as ``\\xNN`` escapes. So that no two files share a string (the output's
-    key), a backslash that a name holds before ``xNN`` is written ``\\x5c``; every other name
-    comes back unchanged."""
-    path = _LITERAL_ESCAPE.sub(r"\\x5c", path)
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:], folder)
+    return names[0] == parts[0] and _glob_match(names[1:], parts[1:], folder)
 
 
 # ---------------------------------------------------------------------------------------

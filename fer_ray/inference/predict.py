@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_ray.data.files import display_path
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
 from fer_ray.emotions import ranked_emotions
 from fer_ray.errors import FerRayError, InputNotFound
@@ -19,14 +20,19 @@ from fer_ray.inference.config import PredictConfig
 from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
 
 
+PATH_TYPES = (str, bytes, os.PathLike)
+
+
 def _name(item, index: int) -> str:
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"array {index}"
+    """A record's ``image``: the path as ``score`` writes it (a name that is not UTF-8 escaped,
+    so that JSON and the terminal can show it), or "array N"."""
+    return display_path(os.fsdecode(item)) if isinstance(item, PATH_TYPES) else f"array {index}"
 
 
 def _grey(item) -> np.ndarray:
     """A path (read and decoded as ``score`` does) or an array, grey (H, W) or RGB (H, W, 3)."""
-    if isinstance(item, (str, os.PathLike)):
-        return read_image(str(item), DEFAULT_MAX_PIXELS)
+    if isinstance(item, PATH_TYPES):
+        return read_image(os.fsencode(item), DEFAULT_MAX_PIXELS)
     arr = np.asarray(item)
     if arr.dtype != np.uint8:
         raise FerRayError(f"expected a uint8 image array, got {arr.dtype}")
@@ -102,10 +108,15 @@ def format_table(records: list[dict]) -> str:
 
 
 def check_inputs(paths: list[str]) -> None:
-    """Refuse, before loading a model, what is not an image file at all (a folder, a typo)."""
+    """Refuse, before loading a model, what is not an image file at all (a folder, a typo, an
+    empty name: ``Path("")`` is the current folder). What is there but cannot be read (a broken
+    link, a FIFO) still gets its error record, as in ``score``."""
     for p in paths:
+        if not p:
+            raise FerRayError("an image path is empty; name image files")
+        shown = display_path(p)
         if Path(p).is_dir():
-            raise FerRayError(f"{p} is a folder; `fer-ray predict` takes image files (score a folder with "
+            raise FerRayError(f"{shown} is a folder; `fer-ray predict` takes image files (score a folder with "
                              "`fer-ray score`)")
         if not os.path.lexists(p):
-            raise InputNotFound(f"image not found: {p}")
+            raise InputNotFound(f"image not found: {shown}")
