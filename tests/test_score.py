@@ -525,3 +525,19 @@ def test_a_predicted_name_that_is_not_utf8_is_shown_escaped(tmp_path):
     assert [r["error"] for r in records] == [None, None]
     format_table(records).encode("utf-8")
 
+
+@pytest.mark.parametrize("config,settings", [
+    ("ScoreConfig", {"artifact": "a", "input": "i", "output": "o.parquet", "margin": 1e5}),
+    ("PredictConfig", {"margin": 1.5}),
+    ("PrepareConfig", {"source": "synthetic", "output": "o", "count": 10**11}),
+    ("PrepareConfig", {"source": "synthetic", "output": "o", "seed": -1}),
+])
+def test_numbers_that_would_exhaust_memory_are_refused(config, settings):
+    """--margin 1e5 padded every photo by 1e5 face sides; --count 1e11 drew 1e11 labels per task."""
+    from pydantic import ValidationError
+
+    from fer_ray.data.config import PrepareConfig
+    from fer_ray.inference.config import PredictConfig, ScoreConfig
+
+    with pytest.raises(ValidationError, match="less than or equal|greater than or equal"):
+        {"ScoreConfig": ScoreConfig, "PredictConfig": PredictConfig, "PrepareConfig": PrepareConfig}[config](**settings)

@@ -26,8 +26,11 @@ class PrepareConfig(BaseModel):
     split: Optional[Literal[SPLIT_MODES]] = Field(
         None, description="source: the source's own split (default; KDEF: subject); random: the paper's "
                           "stratified 80/10/10; subject: identity-disjoint 80/10/10")
-    seed: int = 0
-    count: int = Field(3500, ge=1, description="synthetic: number of faces")
+    seed: int = Field(0, ge=0, description="seed of the random split and of synthetic faces (numpy takes no "
+                                            "negative seed)")
+    # Synthetic faces stand in for FER2013's 35,887; each read task draws all ``count`` labels
+    # and the driver keeps a row per face, so --count 1e11 asked for ~800 GB before one face.
+    count: int = Field(3500, ge=1, le=1_000_000, description="synthetic: number of faces")
     angles: Optional[str] = Field(None, description="KDEF: comma-separated angles to keep (FL,HL,S,HR,FR)")
     face_crop: bool = Field(False, description="KDEF: crop the largest detected face")
     max_pixels: Optional[int] = Field(None, ge=1, description="reject images above this many pixels")

@@ -32,7 +32,10 @@ class ScoreConfig(BaseModel):
     gpu: bool = Field(False, description="one GPU per model actor")
     actors: Optional[int] = Field(None, ge=1,
                                   description="actors (default: one per GPU with --gpu, else one per CPU)")
-    margin: float = Field(MARGIN, ge=0, **FINITE,
+    # A margin m crops a square (1 + 2m) face sides wide, padding the whole photo by as much as
+    # that reaches beyond its edge: memory grows with m squared (--margin 1e5 asked for
+    # terabytes). At 1 a crop is already two thirds background on each axis.
+    margin: float = Field(MARGIN, ge=0, le=1, **FINITE,
                           description="face box enlargement on each side, a fraction of its side")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images above this are error rows")
     part_files: int = Field(1000, ge=1, description="write a resumable part once this many files are complete "
