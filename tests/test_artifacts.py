@@ -118,7 +118,7 @@ def test_a_hand_edited_model_json_is_refused_by_name(tmp_path, edit, message):
     assert "\n" not in str(caught.value)
 
 
-def test_the_input_size_bound_is_the_one_training_keeps():
+def test_the_input_size_bound_is_the_one_training_keeps(tmp_path):
     """fast_cnn at a claimed 1024 px took 134 MB a face per layer: model.json's input_size is
     held to MAX_INPUT_SIZE, and so is training, so no artifact is made that cannot be loaded."""
     from fer_ray.training.config import TrainConfig
@@ -129,7 +129,7 @@ def test_the_input_size_bound_is_the_one_training_keeps():
         build_model("fast_cnn", input_size=MAX_INPUT_SIZE + 1)
     with torch.device("meta"):  # a model at the bound is built and saved as any other
         model = build_model("fast_cnn", input_size=MAX_INPUT_SIZE)
-    assert read_meta(save_cnn("unused", model.to_empty(device="cpu"), _meta() | {
+    assert read_meta(save_cnn(str(tmp_path / "at-the-bound"), model.to_empty(device="cpu"), _meta() | {
         "architecture": "fast_cnn", "input_size": MAX_INPUT_SIZE}))["input_size"] == MAX_INPUT_SIZE
 
 
