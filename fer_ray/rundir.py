@@ -55,12 +55,12 @@ def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool
         return True
     if old["stage"] != stage:
         raise FerRayError(f"{flag} {path} holds a {old['stage']} run; use another {flag}, "
-                         "or pass --overwrite to replace it")
+                          "or pass --overwrite to replace it")
     differ = changed(old["settings"], settings, keys)
     if differ:
         raise FerRayError(f"{flag} {path} holds a {stage} run with different {', '.join(differ)}; "
-                         f"rerun with the same settings (an unfinished run resumes), use another "
-                         f"{flag}, or pass --overwrite to replace it")
+                          f"rerun with the same settings (an unfinished run resumes), use another "
+                          f"{flag}, or pass --overwrite to replace it")
     return False
 
 
@@ -124,13 +124,13 @@ def _read_record(path: Path, flag: str) -> dict:
     record = path / RECORD
     if not record.is_file():
         raise FerRayError(f"{flag} {path} is not empty and holds no fer-ray run (no {RECORD}: another "
-                         "program's files, or a run from a fer-ray before run directories recorded "
-                         "their owner, which cannot be resumed in place); use a new or empty folder")
+                          "program's files, or a run from a fer-ray before run directories recorded "
+                          "their owner, which cannot be resumed in place); use a new or empty folder")
     try:
         old = json.loads(record.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         old = exc
     if not (isinstance(old, dict) and isinstance(old.get("stage"), str) and isinstance(old.get("settings"), dict)):
         raise FerRayError(f"{record} is damaged ({old if isinstance(old, Exception) else 'not a run record'}); "
-                         "delete the folder yourself or use another --run-dir")
+                          "delete the folder yourself or use another --run-dir")
     return old

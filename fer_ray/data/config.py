@@ -44,7 +44,7 @@ class PrepareConfig(BaseModel):
             raise FerRayError(f"--angles and --face-crop apply to --source kdef, not --source {self.source}")
         if self.max_pixels is not None and self.source not in FILE_SOURCES:
             raise FerRayError(f"--max-pixels applies to image files (--source folders or kdef), "
-                             f"not --source {self.source}")
+                              f"not --source {self.source}")
         return self
 
     def source_options(self) -> dict:

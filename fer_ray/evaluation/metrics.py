@@ -31,7 +31,7 @@ def classification_metrics(y_true, y_pred, labels=EMOTIONS) -> dict:
         # scikit-learn, given the class list, would leave out -1 (an unknown emotion) silently
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(labels):
             raise FerRayError(f"{name} must be integer class indices 0..{len(labels) - 1}, "
-                             f"got {y.dtype} values {y.min()}..{y.max()}")
+                              f"got {y.dtype} values {y.min()}..{y.max()}")
     classes = np.arange(len(labels))
     cm = confusion_matrix(y_true, y_pred, labels=classes)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes,

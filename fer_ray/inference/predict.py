@@ -117,6 +117,6 @@ def check_inputs(paths: list[str]) -> None:
         shown = display_path(p)
         if Path(p).is_dir():
             raise FerRayError(f"{shown} is a folder; `fer-ray predict` takes image files (score a folder with "
-                             "`fer-ray score`)")
+                              "`fer-ray score`)")
         if not os.path.lexists(p):
             raise InputNotFound(f"image not found: {shown}")

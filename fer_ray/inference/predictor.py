@@ -103,7 +103,7 @@ class Predictor:
                 raise FerRayError(f"expected grey uint8 faces (N, H, W), got {faces.dtype} {faces.shape}")
             if faces.shape[2] in (3, 4) and faces.shape[1] > 4:  # rows of one colour image, not N faces
                 raise FerRayError(f"expected grey faces (N, H, W), got {faces.shape}: that looks like one "
-                                 "colour image (H, W, channels); convert it to grey first")
+                                  "colour image (H, W, channels); convert it to grey first")
             if faces.shape[1:] == (self.image_size,) * 2:
                 return np.ascontiguousarray(faces)  # a mirrored view (negative strides) is copied
         out = np.empty((len(faces), self.image_size, self.image_size), dtype=np.uint8)

@@ -28,7 +28,7 @@ def build_model(name: str, num_classes: int = 7, input_size: int = 48, in_channe
         raise FerRayError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     if input_size < 1 or in_channels < 1 or num_classes < 1:
         raise FerRayError(f"input size, channels and classes must be at least 1, got {input_size}, {in_channels}, "
-                         f"{num_classes}")
+                          f"{num_classes}")
     if input_size > MAX_INPUT_SIZE:  # as model.json's input_size: no artifact is trained that cannot be loaded
         raise FerRayError(f"input size {input_size} is above the largest fer-ray takes, {MAX_INPUT_SIZE} px")
     model = MODELS[name](num_classes=num_classes, input_size=input_size, in_channels=in_channels)
@@ -65,10 +65,10 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - a foreign file fails in many ways; each is this file's problem
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise FerRayError(f"--weights {p} is not a safetensors file or a torch state dict "
-                         f"({type(exc).__name__}: {reason})") from None
+                          f"({type(exc).__name__}: {reason})") from None
     if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise FerRayError(f"--weights {p} holds a {type(state).__name__}, not a state dict of tensors "
-                         "(save model.state_dict(), not the model or a tensor)")
+                          "(save model.state_dict(), not the model or a tensor)")
     return state
 
 

@@ -73,5 +73,5 @@ class CnnSweep(Sweep):
             raise FerRayError(f"--batch-sizes must all be at least 1, got {list(self.batch_sizes)}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing[0] < self.label_smoothing[1] < 1:
             raise FerRayError("--label-smoothing takes a range MIN MAX with 0 <= MIN < MAX < 1, "
-                             f"got {' '.join(map(str, self.label_smoothing))}")
+                              f"got {' '.join(map(str, self.label_smoothing))}")
         return self
