@@ -7,12 +7,14 @@ laptop: about 3 minutes on 2 CPUs.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fer_ray import rundir
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import balanced_labels, synthetic_faces
@@ -28,6 +30,7 @@ class DemoConfig(BaseModel):
     count: int = Field(PipelineConfig.model_fields["count"].default, ge=1, description="synthetic faces")
     epochs: int = Field(8, ge=1, description="epochs per small CNN")
     num_cpus: Optional[int] = PrepareConfig.model_fields["num_cpus"]
+    overwrite: bool = Field(False, description="start again: clear --output if it holds a demo run")
 
 
 def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int = 20) -> int:
@@ -65,23 +68,32 @@ def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int =
 
 
 def run_demo(log=print, **settings) -> dict:
-    """Run the demo; ``settings`` are ``DemoConfig``'s."""
+    """Run the demo; ``settings`` are ``DemoConfig``'s.
+
+    ``--output`` is the demo's own run directory, holding two things side by side: the photos
+    it scores (an input) and the pipeline's storage (which the pipeline claims). An input never
+    sits inside a folder a stage claims, so a rerun finds both as it left them and resumes.
+    """
     from fer_ray.runtime import init_ray
 
     cfg = DemoConfig(**settings)
-    out = Path(cfg.output).resolve()
+    out = rundir.claim(cfg.output, "demo", cfg.model_dump(), keys=("count", "epochs"),
+                        overwrite=cfg.overwrite, flag="--output")
     photos = out / "photos"
-    if not photos.exists():
-        write_demo_photos(photos)
+    if not photos.is_dir():  # written whole under another name first: an interrupted write is redone
+        partial = out / ".photos.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        write_demo_photos(partial)
+        partial.rename(photos)
     init_ray(cfg.num_cpus)
     # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01).
-    pipeline = PipelineConfig(storage=str(out), source="synthetic", count=cfg.count, models=("small_cnn", "small_cnn"),
-                              epochs=cfg.epochs, batch_size=32, lr=0.05, workers=1, svm_samples=3,
-                              svm_lambda=(0.01, 10.0), score_input=str(photos))
+    pipeline = PipelineConfig(storage=str(out / "pipeline"), source="synthetic", count=cfg.count,
+                              models=("small_cnn", "small_cnn"), epochs=cfg.epochs, batch_size=32, lr=0.05,
+                              workers=1, svm_samples=3, svm_lambda=(0.01, 10.0), score_input=str(photos))
     summary = Pipeline(pipeline, log=log).run()
     log("")
     log(f"demo finished in {summary['seconds']:.0f} s; outputs under {out}:")
-    for name, path in summary["outputs"].items():
+    for name, path in {"photos": str(photos), **summary["outputs"]}.items():
         log(f"  {name:<9} {path if isinstance(path, str) else ', '.join(path)}")
     log("")
     log(headline(summary))
