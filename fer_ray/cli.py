@@ -8,7 +8,9 @@ one line asking for a report, and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -24,7 +26,7 @@ from fer_ray.evaluation.config import EvaluateConfig
 from fer_ray.flags import AMOUNT, add_flags, fields, one_line
 from fer_ray.inference.config import PredictConfig, ScoreConfig, ServeConfig, ServerOptions
 from fer_ray.pipeline import PipelineConfig
-from fer_ray.runtime import Interrupted
+from fer_ray.runtime import Interrupted, Terminated
 from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
@@ -102,7 +104,7 @@ def _evaluate(args) -> None:
     out = Path(cfg.output)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise FerRayError(f"--output {out} is not empty (an earlier report?); use another folder, "
-                         "or pass --overwrite to write over it")
+                          "or pass --overwrite to write over it")
     metrics = evaluate_artifact(_artifact(args), cfg.catalog, cfg.split, cfg.output, tta=cfg.tta, device=cfg.device)
     print(f"{cfg.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
           f"({metrics['count']} images, TTA {cfg.tta}); report in {cfg.output}/report.md")
@@ -386,32 +388,64 @@ def _check_output_folders(args) -> None:
                 break
 
 
+# What to do after a stop part-way, by stage: every stage that writes a run directory keeps
+# its finished work (fer_ray.rundir) and a rerun of the same command continues from there.
+RESUME = {"score": "rerun the same command to score only the files not yet scored"} | {
+    stage: "rerun the same command to resume (finished work is kept)"
+    for stage in ("demo", "pipeline", "train", "sweep", "baseline", "ensemble")}
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _answer(exc: BaseException, stage: str) -> tuple[int, str]:
+    """The exit status and the one line for an exception that ended a stage (status 1 with no
+    line: a bug, whose traceback the caller prints)."""
+    hint = RESUME.get(stage, "rerun the same command")
+    if isinstance(exc, ValidationError):  # a config's rule that ties flags together
+        return 2, f"error: {one_line(exc)}"
+    if isinstance(exc, FerRayError):
+        return 2, f"error: {exc}"
+    if isinstance(exc, Interrupted):  # e.g. Ctrl+C in a sweep, alone or inside the pipeline
+        return 130, str(exc)
+    if isinstance(exc, Terminated):
+        return 143, f"terminated (SIGTERM); {hint}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, f"interrupted (Ctrl+C); {hint}"
+    cause = getattr(exc, "cause", None) or exc  # a Ray task's error wraps the worker's exception
+    if isinstance(cause, OSError) and cause.errno in FULL_DISK:
+        where = f" writing {cause.filename}" if cause.filename else ""
+        return 1, f"error: no space left on the device{where}; free some space, then {hint}"
+    ray_exceptions = sys.modules.get("ray.exceptions")  # loaded if the stage used Ray
+    if ray_exceptions and isinstance(exc, (ray_exceptions.ActorDiedError, ray_exceptions.WorkerCrashedError,
+                                           ray_exceptions.NodeDiedError, ray_exceptions.ObjectLostError)):
+        reason = str(exc).strip().splitlines()[0]
+        return 1, (f"error: a Ray worker process died ({reason}; killed, or out of memory: see "
+                   f"/tmp/ray/session_latest/logs); {hint}")
+    return 1, ""
+
+
 def main(argv: list[str] | None = None) -> int:
     import fer_ray.runtime
 
     args = parse_args(argv)
     fer_ray.runtime.VERBOSE = getattr(args, "verbose", False)  # read when (if) the stage starts Ray
+    fer_ray.runtime.stop_on_signals()
     try:
         _check_output_folders(args)
         args.func(args)
-    except ValidationError as exc:  # a config's rule that ties flags together
-        print(f"fer-ray {args.stage}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except FerRayError as exc:
-        print(f"fer-ray {args.stage}: error: {exc}", file=sys.stderr)
-        return 2
-    except Interrupted as exc:  # e.g. Ctrl+C in a sweep, alone or inside the pipeline
-        print(f"fer-ray {args.stage}: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        hint = "; rerun the same command to score only the files not yet scored" if args.stage == "score" else ""
-        print(f"fer-ray {args.stage}: interrupted (Ctrl+C){hint}", file=sys.stderr)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        print(f"fer-ray {args.stage}: internal error (a bug in fer-ray, not in what you gave it): please "
-              "report it to fer-ray's maintainers with the traceback above", file=sys.stderr)
-        return 1
+        if fer_ray.runtime.STOPS:  # a stop whose exception was lost on the way: answered all the same
+            raise Terminated() if signal.SIGTERM in fer_ray.runtime.STOPS else KeyboardInterrupt()
+    except Exception as exc:
+        code, line = _answer(exc, args.stage)
+        if not line:
+            traceback.print_exc()
+            line = ("internal error (a bug in fer-ray, not in what you gave it): please report it to fer-ray's "
+                    "maintainers with the traceback above")
+        print(f"fer-ray {args.stage}: {line}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (Terminated)
+        code, line = _answer(exc, args.stage)
+        print(f"fer-ray {args.stage}: {line}", file=sys.stderr)
+        return code
     return 0
 
 

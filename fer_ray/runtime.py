@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -27,6 +29,58 @@ VERBOSE = False
 # A line of Ray's C++ core log ("[2026-12-03 16:56:08,274 E 2792 2849] core_worker.cc:2465: ..."),
 # which Ray's own processes write to stderr and Ray forwards to the driver's console.
 CORE_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler or a container stopping the command), answered as Ctrl+C
+    is: the stage unwinds where it is, Ray's processes are shut down, and a rerun resumes. A
+    ``KeyboardInterrupt``, so that every stage's Ctrl+C handling applies to it unchanged."""
+
+
+# The stop signals the command line's handlers received (``stop_on_signals``).
+STOPS: list[int] = []
+
+
+def stop_on_signals() -> None:
+    """Have SIGINT raise KeyboardInterrupt and SIGTERM ``Terminated`` in the main thread, and
+    remember both (the command line's choice; a program that imports fer-ray keeps its own
+    handling, and ``init_ray`` keeps these over Ray's).
+
+    Remembered because an exception raised wherever the main thread happens to be can be lost
+    (seen with Ctrl+C while Ray Data started its actors: the job ran on to the end, exit 0); the
+    command line then still answers the stop when the stage returns.
+    """
+
+    def stop(signum, frame):
+        STOPS.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    STOPS.clear()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
+@contextmanager
+def kept_signal_handlers(*signums: int):
+    """Put back, after the block, the Python handlers the program had for ``signums``.
+
+    Ray installs handlers of its own and leaves them behind: ``ray.init`` for SIGTERM (Python's,
+    then its C++ core's failure handler, which prints a stack dump and aborts: exit status -6),
+    Ray Tune's fit for SIGINT and SIGUSR1 (so the first Ctrl+C after a sweep, in the training
+    that follows it in the pipeline, only printed "Stop signal received" and was lost). A handler
+    the program installed wins; where it had none for SIGTERM (the default action), Ray's stays.
+    Signal handlers belong to the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if callable(handler):
+                signal.signal(signum, handler)
 
 
 class Interrupted(RuntimeError):
@@ -49,7 +103,8 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **quiet)
+            with kept_signal_handlers(signal.SIGTERM):
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **quiet)
         except ConnectionError as exc:  # e.g. RAY_ADDRESS=auto with no cluster on this machine
             raise ClusterUnreachable(f"RAY_ADDRESS={address}: {str(exc).strip().splitlines()[0]}") from None
         _quiet_ray_driver()
@@ -63,7 +118,8 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     port = free_port()
     if not VERBOSE:  # "Token authentication is enabled for this Ray cluster": the local Ray's default
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
+    with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"), \
+            kept_signal_handlers(signal.SIGTERM):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING, **quiet)
     _quiet_ray_driver()
 
@@ -204,7 +260,7 @@ def require_gpus(count: float) -> None:
     have = cluster_capacity().get("GPU", 0)
     if have < count:
         raise FerRayError(f"--gpu needs {count:g} GPU(s) but the Ray cluster has {have:g} "
-                         "(and cannot scale up to more)")
+                          "(and cannot scale up to more)")
 
 
 def default_cpus_per_worker(workers: int) -> int:

@@ -63,8 +63,10 @@ def test_max_pixels_must_be_a_positive_integer(stage, value, capsys):
     assert parse_args([*stage, "--max-pixels", "1000"]).max_pixels == 1000
 
 
-def test_an_interrupted_stage_exits_130_with_its_message(monkeypatch, tmp_path, capsys):
-    """Ctrl+C in the pipeline's SVM sweep is the same resumable stop as in `fer-ray sweep`."""
+def test_the_cli_answers_a_stage_s_interruption_with_130_and_its_message(monkeypatch, tmp_path, capsys):
+    """How `main` answers an ``Interrupted`` raised inside the pipeline (as the SVM sweep raises
+    on Ctrl+C): exit 130 and the stage's own resume message. The sweep itself is interrupted for
+    real by SIGINT in tests/test_sweeps.py, and the demo's pipeline in tests/test_demo.py."""
     from fer_ray.cli import main
     from fer_ray.pipeline import Pipeline
     from fer_ray.tuning.sweeps import SweepInterrupted
@@ -175,6 +177,8 @@ def test_an_output_on_a_read_only_mount_is_refused_before_any_work(tmp_path, cap
 
 
 def test_ctrl_c_outside_a_sweep_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
+    """How `main` answers a KeyboardInterrupt from any stage (prepare's work, where it is raised
+    here; a real SIGINT ends the demo in tests/test_demo.py)."""
     import fer_ray.data.ingest as ingest
     from fer_ray.cli import main
 
@@ -223,3 +227,56 @@ def test_yaml_keys_may_be_the_flags_names_or_their_destinations(tmp_path):
     assert parse("lambda: 0.5\n", "--lambda", "2").lam == 2.0  # the flag wins
     with pytest.raises(SystemExit):
         parse("help: true\n")
+
+
+def test_a_bug_shows_its_traceback_and_exits_1_while_a_refusal_is_one_line(monkeypatch, tmp_path, capsys):
+    """A ValueError from numpy, torch or our own code is not the user's mistake: the traceback
+    is printed, then one line saying it is a bug to report. A FerRayError is one line, exit 2."""
+    import fer_ray.data.ingest as ingest
+    from fer_ray.cli import main
+    from fer_ray.errors import FerRayError
+
+    def broken(*args, **kwargs):
+        import numpy as np
+
+        return np.zeros(3).reshape(2, 2)  # a real internal error: ValueError from numpy
+
+    monkeypatch.setattr(ingest, "build_catalog", broken)
+    assert main(["prepare", "--source", "synthetic", "--output", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "cannot reshape array" in err
+    assert err.rstrip().splitlines()[-1].startswith("fer-ray prepare: internal error (a bug in fer-ray")
+
+    def refused(*args, **kwargs):
+        raise FerRayError("the user's input is wrong in this way")
+
+    monkeypatch.setattr(ingest, "build_catalog", refused)
+    assert main(["prepare", "--source", "synthetic", "--output", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == "fer-ray prepare: error: the user's input is wrong in this way\n"
+
+
+@pytest.mark.parametrize("stage, argv, make_error, line", [
+    ("prepare", ["--source", "synthetic"], lambda: OSError(28, "No space left on device", "/data/c/part-0.parquet"),
+     "fer-ray prepare: error: no space left on the device writing /data/c/part-0.parquet; free some space, then "
+     "rerun the same command"),
+    ("sweep", ["svm", "--catalog", "c"], lambda: __import__("ray.exceptions").exceptions.ActorDiedError(),
+     "fer-ray sweep: error: a Ray worker process died (The actor died unexpectedly before finishing this task.; "
+     "killed, or out of memory: see /tmp/ray/session_latest/logs); rerun the same command to resume (finished "
+     "work is kept)"),
+])
+def test_a_full_disk_or_a_dead_worker_is_one_line_with_the_rerun_hint(stage, argv, make_error, line, monkeypatch,
+                                                                     tmp_path, capsys):
+    """What the machine did, not the user nor a bug: one line saying what to do, exit 1, no
+    traceback (the errors are raised where the stage's work starts)."""
+    import fer_ray.data.ingest as ingest
+    import fer_ray.tuning.sweeps as sweeps
+    from fer_ray.cli import main
+
+    def fail(*args, **kwargs):
+        raise make_error()
+
+    monkeypatch.setattr(ingest, "build_catalog", fail)
+    monkeypatch.setattr(sweeps, "sweep_svm", fail)
+    out = ["--output", str(tmp_path / "c")] if stage == "prepare" else ["--run-dir", str(tmp_path / "r")]
+    assert main([stage, *argv, *out]) == 1
+    assert capsys.readouterr().err == line + "\n"

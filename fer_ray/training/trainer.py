@@ -45,7 +45,7 @@ def _resolve(cfg: TrainConfig, catalog: Catalog) -> dict:
                                   ("--input-size", cfg.input_size, meta["input_size"])):
             if given is not None and given != kept:
                 raise FerRayError(f"{flag} {given} conflicts with --init-from {cfg.init_from} ({kept}); "
-                                 f"fine-tuning keeps the artifact's {flag[2:]}, so drop {flag}")
+                                  f"fine-tuning keeps the artifact's {flag[2:]}, so drop {flag}")
         return {"architecture": meta["architecture"], "input_size": meta["input_size"],
                 "normalization": meta["normalization"]}
     return {"architecture": cfg.model, "input_size": cfg.input_size or catalog.image_size,
@@ -63,6 +63,24 @@ def _check_start(cfg: TrainConfig, resolved: dict) -> None:
         build_model(resolved["architecture"], NUM_CLASSES, resolved["input_size"], weights=cfg.weights)
 
 
+def _trainer_class():
+    """``TorchTrainer`` with Ctrl+C left to Python: a KeyboardInterrupt, as in every other stage.
+
+    Ray Train 2.60's fit installs a SIGINT handler of its own and leaves it behind: its first
+    Ctrl+C aborts the run and then exits the whole program with status 0 or 1 from inside the
+    handler (no message, and a pipeline or demo looks finished), its second one is ignored. fer-ray
+    answers Ctrl+C itself (exit 130, "rerun the same command to resume"): the run resumes from its
+    last checkpoint, which this leaves as Train's abort would.
+    """
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _register_sigint_handler(self, controller):
+            pass
+
+    return Trainer
+
+
 def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     """Train on Ray, write ``run_dir/artifact`` and evaluation reports; return the summary
     ``result.json`` keeps (which is all a rerun of a finished run does).
@@ -73,8 +91,6 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     import ray.data
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from fer_ray.runtime import default_cpus_per_worker, init_ray, require_cpus, require_gpus, train_logging
 
     # trained on, validated on each epoch: checked before anything is written
@@ -105,7 +121,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
                 .select_columns(["image", "label"]).materialize() for split in ("train", "val")}
     worker_cfg = {**cfg.model_dump(), **resolved, "fault_marker": str(run_dir / ".fault-injected")}
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.gpu else {})
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config=worker_cfg,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),

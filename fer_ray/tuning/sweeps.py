@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from fer_ray.baseline.svm import fit_svm, save_svm
 from fer_ray.data.catalog import Catalog
 from fer_ray.errors import FerRayError
 from fer_ray.rundir import claim, finish, finished
-from fer_ray.runtime import Interrupted, environ
+from fer_ray.runtime import Interrupted, environ, kept_signal_handlers
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
@@ -277,7 +278,8 @@ def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalo
     # Tune 2.60's new output engine prints a configuration table and a TensorBoard hint even at
     # verbose=0; its legacy engine, chosen per fit by this variable, keeps quiet (the trials
     # print their own lines).
-    with environ(RAY_AIR_NEW_OUTPUT="0"):
+    # Tune's Ctrl+C handler ends the sweep gracefully (SweepInterrupted below), then must go.
+    with environ(RAY_AIR_NEW_OUTPUT="0"), kept_signal_handlers(signal.SIGINT, signal.SIGUSR1):
         grid = tuner.fit()
     rows = [_row(r) for r in grid]
     _write_results(run_dir / "results.csv", rows)
