@@ -92,7 +92,10 @@ class PipelineConfig(BaseModel):
             raise FerRayError(f"--input-sizes must be at least 32 pixels, got {self.input_sizes}")
         if is_uri(self.storage) and not self.work_dir:
             raise FerRayError("a URI --storage needs --work-dir: a folder every node sees, where the stages write "
-                             "(a rerun with the same one resumes)")
+                              "(a rerun with the same one resumes)")
+        if self.work_dir and not is_uri(self.storage):
+            raise FerRayError(f"--work-dir is for a URI --storage (s3://...); the stages write into the local "
+                              f"--storage {self.storage} itself: leave out --work-dir")
         if self.kdef and not Path(self.kdef).is_dir():
             raise FerRayError(f"--kdef folder not found: {self.kdef}")
         if self.kdef:  # the transfer stage comes last: a bad --transfer-freeze failed after every CNN

@@ -3,6 +3,7 @@ the settings it checks before the first stage."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
 @pytest.mark.parametrize("changes,message", [
     ({"lr": 0.0}, "lr\n  Input should be greater than 0"),  # failed after the catalog and the SVM sweep
     ({"storage": "s3://bucket/run"}, "a URI --storage needs --work-dir"),  # a temp dir each time: never resumed
+    ({"work_dir": "elsewhere"}, "--work-dir is for a URI --storage"),  # was silently ignored
     ({"kdef": "KDEF", "transfer_freeze": 50}, "--freeze 50 is out of range"),  # failed after every CNN
 ])
 def test_settings_of_late_stages_are_checked_before_the_first(tmp_path, changes, message):
@@ -73,17 +75,17 @@ def test_settings_of_late_stages_are_checked_before_the_first(tmp_path, changes,
         PipelineConfig(**{"storage": str(tmp_path / "out"), "models": ("small_cnn", "small_cnn"), **changes})
 
 
-def _finished_run(tmp_path, **settings) -> PipelineConfig:
-    """A work directory whose catalog stage is done, as far as check_settings can tell."""
+def _finished_run(tmp_path, catalog: Path, **settings) -> PipelineConfig:
+    """A work directory whose catalog stage is done: a real catalog (the shared synthetic one)
+    copied where the pipeline builds its own."""
     cfg = PipelineConfig(storage=str(tmp_path / "out"), models=("small_cnn", "small_cnn"), **settings)
     Pipeline(cfg, log=lambda *_: None).check_settings()
-    (tmp_path / "out" / "catalog").mkdir()
-    (tmp_path / "out" / "catalog" / "manifest.json").write_text("{}")
+    shutil.copytree(catalog, tmp_path / "out" / "catalog")
     return cfg
 
 
-def test_adding_kdef_on_a_rerun_may_bring_its_own_transfer_settings(tmp_path):
-    cfg = _finished_run(tmp_path)
+def test_adding_kdef_on_a_rerun_may_bring_its_own_transfer_settings(tmp_path, synthetic_catalog):
+    cfg = _finished_run(tmp_path, synthetic_catalog)
     (tmp_path / "KDEF").mkdir()
     with_kdef = PipelineConfig(**{**cfg.__dict__, "kdef": str(tmp_path / "KDEF"), "kdef_face_crop": False,
                                   "transfer_freeze": -1, "transfer_epochs": 3})
@@ -93,8 +95,8 @@ def test_adding_kdef_on_a_rerun_may_bring_its_own_transfer_settings(tmp_path):
         Pipeline(other, log=lambda *_: None).check_settings()
 
 
-def test_a_resumed_run_reports_each_stage_s_time_when_it_ran(tmp_path):
-    cfg = _finished_run(tmp_path)
+def test_a_resumed_run_reports_each_stage_s_time_when_it_ran(tmp_path, synthetic_catalog):
+    cfg = _finished_run(tmp_path, synthetic_catalog)
     done = tmp_path / "out" / "stage-a" / "done"
     first = Pipeline(cfg, log=lambda *_: None)
     first.stage("stage-a", lambda: (time.sleep(0.3), done.parent.mkdir(), done.touch()), done=done)
@@ -104,23 +106,21 @@ def test_a_resumed_run_reports_each_stage_s_time_when_it_ran(tmp_path):
     assert again.timings == first.timings  # was 0.0: the time it took to skip it
 
 
-def test_another_score_input_on_a_rerun_is_scored_not_reused(tmp_path, monkeypatch):
-    import fer_ray.inference.batch as batch
-
-    scored = []
-
-    def fake_score_folder(artifact, input, output, **kwargs):
-        scored.append(input)
-        Path(output).write_text(input)
-        return batch.ScoreSummary(output=output)
-
-    monkeypatch.setattr(batch, "score_folder", fake_score_folder)
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-    cfg = _finished_run(tmp_path, score_input=str(tmp_path / "a"))
-    out = Pipeline(cfg, log=lambda *_: None).score("artifact")
-    Pipeline(cfg, log=lambda *_: None).score("artifact")  # the same input: done, skipped
+@pytest.mark.timeout(300)
+def test_another_score_input_on_a_rerun_is_scored_not_reused(tmp_path, synthetic_catalog, small_artifact):
+    """The scores stage, with the real scoring on the local Ray: the same --score-input again is
+    skipped, another one is scored afresh (its rows replace the first input's)."""
+    for name, seed in (("a", 1), ("b", 2)):
+        write_demo_photos(tmp_path / name, count=2, seed=seed)
+    cfg = _finished_run(tmp_path, synthetic_catalog, score_input=str(tmp_path / "a"))
+    lines = []
+    out = Pipeline(cfg, log=lines.append).score(str(small_artifact))
+    first = pd.read_parquet(out)
+    Pipeline(cfg, log=lines.append).score(str(small_artifact))  # the same input: done, skipped
+    assert any(line.startswith("[pipeline] scores: already done") for line in lines)
+    assert pd.read_parquet(out).equals(first)
     other = PipelineConfig(**{**cfg.__dict__, "score_input": str(tmp_path / "b")})
-    Pipeline(other, log=lambda *_: None).score("artifact")
-    assert scored == [str(tmp_path / "a"), str(tmp_path / "b")]
-    assert Path(out).read_text() == str(tmp_path / "b")
+    Pipeline(other, log=lines.append).score(str(small_artifact))
+    paths = set(pd.read_parquet(out)["path"])
+    assert paths and all(path.startswith(str(tmp_path / "b")) for path in paths)
+    assert set(first["path"]) and all(path.startswith(str(tmp_path / "a")) for path in first["path"])

@@ -123,7 +123,11 @@ def test_predict_command_uses_the_default_model_and_says_so(tmp_path):
     ("score", "fer_ray.inference.batch.score_folder", ["--input", "photos", "--output", "out.parquet"]),
     ("serve", "fer_ray.inference.serve.run_server", []),
 ])
-def test_score_and_serve_fall_back_to_the_default_model(stage, target, argv, monkeypatch, capsys, tmp_path):
+def test_the_cli_hands_score_and_serve_the_default_model_when_no_artifact_is_given(stage, target, argv, monkeypatch,
+                                                                                   capsys, tmp_path):
+    """What the command line passes on (the stage functions are replaced to see it): the real
+    `fer-ray score` runs the default model in tests/test_signals.py, and serve's app serves
+    whichever artifact it is handed (tests/test_serve.py)."""
     from fer_ray.cli import main
 
     monkeypatch.chdir(tmp_path)
