@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional, Union
 import numpy as np
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, FiniteFloat, Tag, TypeAdapter, ValidationError,
                       field_validator)
-from pydantic_core import PydanticCustomError
 
 from fer_ray.choices import MAX_INPUT_SIZE, MAX_SIDE, MODEL_NAMES
 from fer_ray.emotions import EMOTIONS
@@ -123,8 +122,7 @@ class _Meta(BaseModel):
     def _emotions(cls, labels: list[str]) -> list[str]:
         # Every kind's outputs are columns in EMOTIONS order; other labels would name them wrongly.
         if labels != list(EMOTIONS):
-            raise PydanticCustomError("labels", "must be the seven emotions in order: {emotions}",
-                                      {"emotions": ", ".join(EMOTIONS)})
+            raise ValueError(f"must be the seven emotions in order: {', '.join(EMOTIONS)}")
         return labels
 
 
@@ -182,11 +180,12 @@ def read_meta(path: str | Path) -> dict:
 def _first_error(exc: ValidationError) -> str:
     """The first error as one line: where, what, and the value found (shortened)."""
     error = exc.errors(include_url=False)[0]
+    message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for our validators' ValueError
     where = ".".join(map(str, error["loc"][1:]))  # the first element is the kind (the union's tag)
     if not where:
-        return error["msg"]
+        return message
     found = "" if error["type"] == "missing" else f", got {reprlib.repr(error['input'])}"
-    return f"{where}: {error['msg']}{found}"
+    return f"{where}: {message}{found}"
 
 
 def weights_file(path: str | Path, meta: dict) -> Path:
