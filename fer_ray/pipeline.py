@@ -26,6 +26,7 @@ from fer_ray import rundir
 from fer_ray.choices import MAX_SIDE, MODEL_NAMES
 from fer_ray.data.catalog import MANIFEST, Catalog
 from fer_ray.data.config import PrepareConfig
+from fer_ray.data.faces import DEFAULT_DETECTOR, DETECTORS
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.errors import FerRayError
@@ -80,6 +81,8 @@ class PipelineConfig(BaseModel):
     transfer_freeze: int = -2
     transfer_epochs: int = Field(20, ge=1)
     score_input: Optional[str] = Field(None, description="folder of photos to score with the ensemble at the end")
+    score_detector: Literal[DETECTORS] = Field(DEFAULT_DETECTOR, description="face detector for --score-input "
+                                               "(as fer-ray score's --detector)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -217,13 +220,13 @@ class Pipeline:
         folder = self.work / "scores"
         out = folder / "scores.parquet"
         # The scores belong to one --score-input: another one (allowed on a rerun) is scored afresh.
-        wanted = {"score_input": self.cfg.score_input, "artifact": artifact}
+        wanted = {"score_input": self.cfg.score_input, "artifact": artifact, "detector": self.cfg.score_detector}
         old = rundir.recorded(folder)
         rundir.claim(folder, "scores", wanted, overwrite=old is not None and bool(rundir.changed(old, wanted)))
 
         def run():
             summary = score_folder(artifact, self.cfg.score_input, str(out), faces="all", gpu=self.cfg.gpu,
-                                   log=self.log)
+                                   detector=self.cfg.score_detector, log=self.log)
             rundir.finish(folder, asdict(summary))
 
         self.stage("scores", run)

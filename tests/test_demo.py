@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fer_ray.data.faces import FaceDetector
+from fer_ray.data.faces import HaarDetector
 from fer_ray.data.preprocess import decode_grey
 from fer_ray.demo import write_demo_photos
 
@@ -22,7 +22,7 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
 
 def test_demo_photos_have_the_faces_they_were_drawn_with(tmp_path):
     assert write_demo_photos(tmp_path, count=9) == 10
-    detector = FaceDetector()
+    detector = HaarDetector()
     found = {p.name: len(detector.detect(decode_grey(p.read_bytes()))) for p in tmp_path.rglob("*.png")}
     assert found.pop("photo-000.png") == 0  # the one photo drawn without a face
     assert found == {"photo-004.png": 2, "photo-008.png": 2} | {f"photo-{i:03d}.png": 1 for i in (1, 2, 3, 5, 6, 7)}

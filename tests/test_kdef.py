@@ -11,7 +11,7 @@ from PIL import Image
 from datagen import KDEF_EXPRESSIONS, by_id, encode, kdef_name, kdef_photo, run_source, write_image, write_kdef
 from fer_ray.data.catalog import Catalog
 from fer_ray.data.ingest import build_catalog
-from fer_ray.data.faces import FaceDetector, find_faces
+from fer_ray.data.faces import HaarDetector, find_faces
 from fer_ray.data.preprocess import decode_grey, resize
 from fer_ray.data.sources import KDEF_ANGLES, KdefSource, SourceError
 from fer_ray.data.synthetic import synthetic_faces
@@ -113,7 +113,7 @@ def test_colour_photos_become_luminance_grey(tmp_path):
 def detectable_faces(side=192, at=(60, 420), tries=60) -> dict[str, np.ndarray]:
     """One synthetic face per KDEF code that OpenCV's cascade finds when pasted at ``at``,
     checked after the same JPEG round trip the written photo goes through."""
-    detector, found = FaceDetector(), {}
+    detector, found = HaarDetector(), {}
     for code, emotion in CODE_LABEL.items():
         label = EMOTIONS.index(emotion)
         for index in range(tries):

@@ -26,7 +26,8 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
     out = tmp_path / "out"
     cfg = PipelineConfig(storage=str(out), count=700, models=("small_cnn", "small_cnn"), epochs=2, batch_size=32,
                          svm_samples=1, svm_lambda=(0.01, 0.1), kdef=str(tmp_path / "kdef"), kdef_face_crop=False,
-                         transfer_freeze=-2, transfer_epochs=2, score_input=str(tmp_path / "photos"))
+                         transfer_freeze=-2, transfer_epochs=2, score_input=str(tmp_path / "photos"),
+                         score_detector="haar")  # the demo's drawn faces, as the demo scores them
     summary = Pipeline(cfg, log=lambda *_: None).run()
     assert set(summary["outputs"]) == {"catalog", "svm", "cnns", "ensemble", "report", "transfer", "scores"}
     accuracy = {row["model"].split(" (")[0]: row["accuracy"] for row in summary["table"]}

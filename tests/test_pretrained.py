@@ -16,7 +16,7 @@ from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.predict import format_table, predict
 from fer_ray.inference.predictor import Predictor
 from fer_ray.pretrained import DEFAULT_MODEL, default_artifact
-from photos import two_face_photo
+from photos import SYNTHETIC, fer_photo, two_face_photo
 
 FER_RAY = [sys.executable, "-m", "fer_ray.cli"]
 
@@ -60,7 +60,7 @@ def test_predict_finds_the_faces_of_a_composed_photo(default_predictor, tmp_path
     img, spots = two_face_photo()
     path = tmp_path / "two.png"  # lossless: the file holds exactly the array's pixels
     Image.fromarray(img).save(path)
-    records = predict(str(path), predictor=default_predictor)
+    records = predict(str(path), predictor=default_predictor, detector=SYNTHETIC)
     assert [r["face"] for r in records] == [0, 1]
     for r in records:
         assert r["error"] is None and r["image"] == str(path)
@@ -75,12 +75,35 @@ def test_predict_finds_the_faces_of_a_composed_photo(default_predictor, tmp_path
                    for x, y, s in spots)
     # the same photo as an RGB array, and one face crop with faces="none", through the one-liner
     rgb = np.repeat(img[..., None], 3, axis=2)
-    as_array = fer_ray.predict(rgb, predictor=default_predictor)
+    as_array = fer_ray.predict(rgb, predictor=default_predictor, detector=SYNTHETIC)
     assert [r["image"] for r in as_array] == ["array 0", "array 0"]
     np.testing.assert_allclose([list(r["probabilities"].values()) for r in as_array],
                                [list(r["probabilities"].values()) for r in records], atol=1e-6)
     (crop,) = fer_ray.predict(img[60:252, 40:232], faces="none", predictor=default_predictor)
     assert crop["box"] == {"x": 0, "y": 0, "w": 192, "h": 192}
+
+
+def test_the_default_detector_gives_each_face_its_score_and_landmarks(default_predictor, fer_folders):
+    """Real faces with the default detector (CenterFace): each record has the detector's score
+    and five named landmarks inside its box, eyes above the mouth, the person's right eye on the
+    image's left; the table and JSON of ``fer-ray predict`` come from these records."""
+    img, spots = fer_photo(str(fer_folders))
+    records = predict(img, predictor=default_predictor)
+    assert [r["face"] for r in records] == [0, 1]
+    for r, (x, y, side) in zip(records, spots):  # largest first, as the spots are
+        b = r["box"]
+        assert abs(b["x"] + b["w"] / 2 - (x + side / 2)) < side / 4
+        assert abs(b["y"] + b["h"] / 2 - (y + side / 2)) < side / 4
+        assert 0.15 <= r["detector_score"] <= 1
+        marks = r["landmarks"]
+        assert list(marks) == ["right_eye", "left_eye", "nose", "mouth_right", "mouth_left"]
+        assert all(b["x"] <= px <= b["x"] + b["w"] and b["y"] <= py <= b["y"] + b["h"] for px, py in marks.values())
+        assert marks["right_eye"][0] < marks["left_eye"][0]
+        assert max(marks["right_eye"][1], marks["left_eye"][1]) < min(marks["mouth_right"][1], marks["mouth_left"][1])
+    haar = predict(img, predictor=default_predictor, detector="haar")
+    assert all(r["detector_score"] is None and r["landmarks"] is None for r in haar)
+    with pytest.raises(ValueError, match="--small-faces needs --detector centerface"):
+        predict(img, predictor=default_predictor, detector="haar", small_faces=True)
 
 
 def test_predict_accounts_for_every_image(default_predictor, tmp_path):
@@ -103,13 +126,15 @@ def test_predict_command_uses_the_default_model_and_says_so(tmp_path):
 
     img, _ = two_face_photo()
     Image.fromarray(img).save(tmp_path / "two.png")
-    done = subprocess.run([*FER_RAY, "predict", str(tmp_path / "two.png"), "--json"], capture_output=True, text=True)
+    done = subprocess.run([*FER_RAY, "predict", str(tmp_path / "two.png"), "--json", "--detector", SYNTHETIC],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"using the default model {DEFAULT_MODEL}" in done.stderr
     records = json.loads(done.stdout)
     assert len(records) == 2 and all(len(r["probabilities"]) == 7 for r in records)
 
-    table = subprocess.run([*FER_RAY, "predict", str(tmp_path / "two.png")], capture_output=True, text=True)
+    table = subprocess.run([*FER_RAY, "predict", str(tmp_path / "two.png"), "--detector", SYNTHETIC],
+                           capture_output=True, text=True)
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["image", "face"]
     assert len(table.stdout.splitlines()) == 3
 
@@ -169,7 +194,8 @@ def state():
 before = state()
 import fer_ray
 after_import = state()
-records = fer_ray.predict(two_face_photo()[0])
+records = fer_ray.predict(two_face_photo()[0], detector="haar")  # the drawn faces: found by the cascade
+fer_ray.predict(two_face_photo()[0])  # and the default detector (OpenCV's DNN module) on the same photo
 print(json.dumps({"before": before, "import": after_import, "predict": state(), "faces": len(records)}))
 """
 

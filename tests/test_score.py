@@ -20,8 +20,9 @@ from fer_ray.emotions import EMOTIONS
 from fer_ray.data.files import display_path
 from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, input_blocks,
                                      list_images, parts_folder, plan_resources, score_folder, write_table)
-from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
-from photos import background, one_face_photo, two_face_photo
+from fer_ray.inference.crops import LANDMARK_COLUMNS, NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
+from fer_ray.inference.predict import predict
+from photos import SYNTHETIC, background, fer_photo, one_face_photo, two_face_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_detect_batch_modes_and_bad_files(tmp_path):
     expect = messy_folder(tmp_path)
     paths = np.array([str(tmp_path / rel) for rel in expect], dtype=object)
 
-    rows = detect_batch({"path": paths}, DetectConfig(mode="all"))
+    rows = detect_batch({"path": paths}, DetectConfig(mode="all", detector=SYNTHETIC))
     by_path = {}
     for i, p in enumerate(rows["path"]):
         by_path.setdefault(Path(p).relative_to(tmp_path).as_posix(), []).append(i)
@@ -72,7 +73,7 @@ def test_detect_batch_modes_and_bad_files(tmp_path):
         assert [v is None for v in table[name].to_pylist()] == void, name
     assert [e is not None for e in table["error"].to_pylist()] == void  # null on a face's row
 
-    largest = detect_batch({"path": paths[:1]}, DetectConfig(mode="largest"))
+    largest = detect_batch({"path": paths[:1]}, DetectConfig(mode="largest", detector=SYNTHETIC))
     assert list(largest["face"]) == [0]
     whole = detect_batch({"path": paths[:1]}, DetectConfig(mode="none"))
     assert (whole["w"][0], whole["h"][0]) == (640, 480) and whole["error"][0] == ""
@@ -83,7 +84,8 @@ def scored(path, faces, n, error=""):
     k = len(faces)
     rows = {"path": np.array([path] * k, object), "face": np.array(faces, np.int32),
             "n_faces": np.array([n] * k, np.int32), "error": np.array([error] * k, object),
-            **{key: np.arange(k, dtype=np.int32) + 1 for key in ("x", "y", "w", "h")}}
+            **{key: np.arange(k, dtype=np.int32) + 1 for key in ("x", "y", "w", "h")},
+            "points": np.full((k, 1 + len(LANDMARK_COLUMNS)), np.nan, np.float32)}  # a detector without any
     return scored_table(rows, np.full((k, 7), 1 / 7, np.float32))
 
 
@@ -143,7 +145,8 @@ def test_links_special_files_and_foreign_names_are_listed_and_get_rows(tmp_path)
         "broken.jpg", latin1, "pipe.png", "sub/more/linked.png"]
     assert display_path(files[1]).endswith("caf\\xe9.png") and display_path(files[0]) == files[0]
     rows = detect_batch({"path": np.array([display_path(f) for f in files], dtype=object),
-                         "file": np.array([os.fsencode(f) for f in files], dtype=object)}, DetectConfig(mode="all"))
+                         "file": np.array([os.fsencode(f) for f in files], dtype=object)},
+                        DetectConfig(mode="all", detector=SYNTHETIC))
     assert list(rows["error"]) == ["broken symbolic link", NO_FACE, "not a regular file", NO_FACE]
     assert scored_table(rows, np.zeros((4, 7), np.float32)).num_rows == 4  # UTF-8 all through
 
@@ -301,7 +304,8 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     root = tmp_path / "photos"
     expect = messy_folder(root)
     out = tmp_path / "scores.parquet"
-    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", part_files=2, log=print)
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, part_files=2,
+                           log=print)
 
     df = _check_exact(out, root, expect)
     two = df[df["rel"] == "party/2024/two_faces.png"].sort_values("face")
@@ -312,17 +316,44 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     assert (summary.files, summary.faces, summary.no_face, summary.errors) == (6, 3, 1, 3)
     assert summary.skipped_non_images == 1 and list(parts_folder(out).glob("part-*.parquet"))
 
-    again = score_folder(str(small_artifact), str(root), str(out), faces="all", log=print)
+    again = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, log=print)
     assert (again.scored_now, again.already_scored) == (0, 6)
     (root / os.fsdecode(b"caf\xe9.png")).write_bytes(encode(background(320, 240, seed=4), "PNG"))  # Latin-1 name
-    grown = score_folder(str(small_artifact), str(root), str(out), faces="all", log=print)
+    grown = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, log=print)
     assert (grown.files, grown.scored_now, grown.no_face) == (7, 1, 2)
     assert str(root / "caf\\xe9.png") in set(pq.read_table(out).column("path").to_pylist())
-    one = score_folder(str(small_artifact), str(root / "landscape.png"), str(out), faces="all", log=print)
+    one = score_folder(str(small_artifact), str(root / "landscape.png"), str(out), faces="all", detector=SYNTHETIC,
+                       log=print)
     assert (one.files, one.scored_now, one.already_scored) == (1, 0, 1)  # OUT follows the input
     assert set(pq.read_table(out).column("path").to_pylist()) == {str(root / "landscape.png")}
     with pytest.raises(ValueError, match="holds a score run with different mode"):
-        score_folder(str(small_artifact), str(root), str(out), faces="largest", log=print)
+        score_folder(str(small_artifact), str(root), str(out), faces="largest", detector=SYNTHETIC, log=print)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
+def test_score_with_the_default_detector_writes_each_face_s_score_and_landmarks(tmp_path, ray_session,
+                                                                                 small_artifact, fer_folders):
+    """Real faces with the default detector (CenterFace), into CSV: the detector's score and
+    the ten landmark columns are filled on face rows, empty on the row of a photo without a
+    face, and equal what ``fer_ray.predict`` gives for the same photo."""
+    img, spots = fer_photo(str(fer_folders))
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "two.png").write_bytes(encode(img, "PNG"))
+    (root / "landscape.png").write_bytes(encode(background(320, 240, seed=3), "PNG"))
+    out = tmp_path / "scores.csv"
+    summary = score_folder(str(small_artifact), str(root), str(out), log=print)
+    assert (summary.faces, summary.no_face) == (2, 1)
+    df = pd.read_csv(out).sort_values(["path", "face"])
+    faces, empty = df[df["path"].str.endswith("two.png")], df[df["path"].str.endswith("landscape.png")]
+    assert list(df.columns[:7]) == ["path", "face", "x", "y", "w", "h", "detector_score"]
+    assert faces[["detector_score", *LANDMARK_COLUMNS]].notna().all().all()
+    assert empty[["detector_score", *LANDMARK_COLUMNS]].isna().all().all()
+    expected = predict(img, artifact=str(small_artifact))
+    for (_, row), record in zip(faces.iterrows(), expected):
+        assert row["detector_score"] == pytest.approx(record["detector_score"], abs=1e-3)
+        assert (row["nose_x"], row["nose_y"]) == pytest.approx(record["landmarks"]["nose"], abs=0.01)
 
 
 @pytest.mark.ray
@@ -340,7 +371,8 @@ def test_the_gpu_layout_on_cpus_gives_the_same_rows(tmp_path, ray_session, small
     expect = messy_folder(root)
     out = tmp_path / "scores.parquet"
     lines = []
-    score_folder(str(small_artifact), str(root), str(out), faces="all", batch_size=1, log=lines.append)
+    score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, batch_size=1,
+                 log=lines.append)
     assert any("detection tasks of 2 files" in line for line in lines), lines
     _check_exact(out, root, expect)
 
@@ -357,7 +389,8 @@ def test_killed_job_resumes_and_scores_every_file_exactly_once(tmp_path, ray_ses
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
     cmd = [sys.executable, "-m", "fer_ray.cli", "score", "--artifact", str(small_artifact), "--input", str(root),
-           "--output", str(out), "--faces", "all", "--part-files", "8", "--batch-size", "16", "--num-cpus", "2"]
+           "--output", str(out), "--faces", "all", "--detector", SYNTHETIC, "--part-files", "8", "--batch-size", "16",
+           "--num-cpus", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -373,7 +406,8 @@ def test_killed_job_resumes_and_scores_every_file_exactly_once(tmp_path, ray_ses
     done_before = PartStore(parts).scored_paths()
     assert 0 < len(done_before) < 160
 
-    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", part_files=50, log=print)
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, part_files=50,
+                           log=print)
     assert summary.already_scored == len(done_before) and summary.scored_now == 160 - len(done_before)
     df = pd.read_csv(out)
     assert len(df) == 160 and df["path"].is_unique and (df["error"] == NO_FACE).all()
@@ -448,11 +482,11 @@ def test_a_score_run_prints_its_own_lines_and_ray_only_with_verbose(tmp_path):
 
 
 def test_the_detector_equalizes_only_when_asked_and_maps_a_shrunk_photos_boxes_back():
-    """FaceDetector(equalize=False) gives the cascade the photo's own grey levels (bench_detect
+    """HaarDetector(equalize=False) gives the cascade the photo's own grey levels (bench_detect
     measures both ways); at a smaller detect_side the boxes still land on the pasted faces."""
     import cv2
 
-    from fer_ray.data.faces import FaceDetector
+    from fer_ray.data.faces import HaarDetector
 
     img, spots = two_face_photo()
     seen = []
@@ -463,13 +497,13 @@ def test_the_detector_equalizes_only_when_asked_and_maps_a_shrunk_photos_boxes_b
             return ()
 
     for equalize in (True, False):
-        detector = FaceDetector(detect_side=640, equalize=equalize)  # the photo's own size: no shrinking
+        detector = HaarDetector(detect_side=640, equalize=equalize)  # the photo's own size: no shrinking
         detector._cascade = Cascade()
         detector.detect(img)
     np.testing.assert_array_equal(seen[0], cv2.equalizeHist(img))
     np.testing.assert_array_equal(seen[1], img)
-    for detector in (FaceDetector(detect_side=320), FaceDetector(detect_side=320, equalize=False)):
-        boxes = sorted(detector.detect(img), key=lambda b: b.x)
+    for detector in (HaarDetector(detect_side=320), HaarDetector(detect_side=320, equalize=False)):
+        boxes = sorted((face.box for face in detector.detect(img)), key=lambda b: b.x)
         assert len(boxes) == 2
         for box, (x, y, side) in zip(boxes, spots):
             assert abs(box.x + box.w / 2 - (x + side / 2)) < side / 4 and box.w > side / 2
@@ -492,7 +526,6 @@ def test_exactly_tied_probabilities_give_the_same_label_in_predict_score_and_eva
     evaluate) gives to "fear": the lower index wins everywhere now, and the top-k lists ties
     in that order too."""
     from fer_ray.emotions import ranked_emotions
-    from fer_ray.inference.predict import predict
 
     pairs = [(a, b) for a in range(7) for b in range(a + 1, 7)]
     probs = np.zeros((len(pairs), 7), np.float32)
@@ -505,7 +538,8 @@ def test_exactly_tied_probabilities_give_the_same_label_in_predict_score_and_eva
                       faces="none", top=3)
     table = scored_table({"path": np.array([f"{p}" for p in pairs], dtype=object),
                           "error": np.array([""] * len(pairs), dtype=object),
-                          **{k: np.zeros(len(pairs), np.int32) for k in ("face", "x", "y", "w", "h", "n_faces")}},
+                          **{k: np.zeros(len(pairs), np.int32) for k in ("face", "x", "y", "w", "h", "n_faces")},
+                          "points": np.full((len(pairs), 1 + len(LANDMARK_COLUMNS)), np.nan, np.float32)},
                          probs)
     expected = [EMOTIONS[a] for a, _ in pairs]
     assert [r["emotion"] for r in records] == expected == table.column("emotion").to_pylist()

@@ -20,9 +20,10 @@ import pytest
 from datagen import encode, pickled_weights_artifact, truncated_jpeg, untrained_artifact
 from fer_ray.data.preprocess import ImageError
 from fer_ray.emotions import EMOTIONS
+from fer_ray.inference.crops import DetectConfig
 from fer_ray.inference.serve import PhotoScorer, ServeConfig, app_builder, build_app, image_error_status
 from fer_ray.runtime import free_port
-from photos import background, detectable_faces, two_face_photo
+from photos import SYNTHETIC, background, detectable_faces, fer_photo, two_face_photo
 
 LIMIT_BYTES = 300_000
 LIMIT_PIXELS = 1_000_000
@@ -39,7 +40,7 @@ def service(ray_session, small_artifact):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(artifact=str(small_artifact), max_batch_size=8, batch_wait_timeout_s=0.05,
                          max_body_bytes=LIMIT_BYTES, max_pixels=LIMIT_PIXELS, max_files=4,
-                         body_timeout_s=BODY_DEADLINE_S)
+                         body_timeout_s=BODY_DEADLINE_S, detector=SYNTHETIC)
     serve.run(build_app(config), name="fer-test", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield client
@@ -67,7 +68,7 @@ def _is_error(r: httpx.Response, status: int, text: str = "") -> None:
 
 
 def test_photo_scorer_without_ray(small_artifact, images):
-    scorer = PhotoScorer(str(small_artifact))
+    scorer = PhotoScorer(str(small_artifact), detect=DetectConfig(detector=SYNTHETIC))
     (w, h), boxes, crops = scorer.faces(images["two"], "all")
     assert (w, h) == (640, 480) and len(boxes) == 2 and crops.shape == (2, 48, 48)
     np.testing.assert_allclose(scorer.predict(crops).sum(axis=1), 1.0, atol=1e-5)
@@ -80,16 +81,33 @@ def test_photo_scorer_without_ray(small_artifact, images):
         assert image_error_status(exc.value) == status, exc.value
 
 
+def test_the_default_detector_answers_scores_and_landmarks_in_the_served_schema(small_artifact, fer_folders):
+    """``serve``'s default (CenterFace): the faces of a photo of real faces, as the endpoint
+    answers them (``face_results``), fit the OpenAPI schema with the detector's score and five
+    landmarks each."""
+    from fer_ray.inference.serve import PredictResponse, face_results
+
+    img, spots = fer_photo(str(fer_folders))
+    scorer = PhotoScorer(str(small_artifact))
+    (w, h), faces, crops = scorer.faces(encode(img, "PNG"), "all")
+    assert len(faces) == len(spots) and crops.shape == (2, 48, 48)
+    answer = PredictResponse(width=w, height=h, faces=face_results(faces, scorer.predict(crops)), batch_size=1)
+    for face in answer.faces:
+        assert 0 < face.detector_score <= 1 and len(face.landmarks) == 5
+        x, y = face.landmarks["nose"]
+        assert face.box.x < x < face.box.x + face.box.w and face.box.y < y < face.box.y + face.box.h
+
+
 def test_a_detector_failure_is_the_image_s_error_not_a_500(small_artifact, images, monkeypatch):
     import cv2
 
-    from fer_ray.data.faces import FaceDetector
+    from fer_ray.data.faces import HaarDetector
 
     def fail(self, grey):
         raise cv2.error("OpenCV(4.x) cascadedetect.cpp: error: (-215:Assertion failed)")
 
-    monkeypatch.setattr(FaceDetector, "detect", fail)
-    scorer = PhotoScorer(str(small_artifact))
+    monkeypatch.setattr(HaarDetector, "detect", fail)
+    scorer = PhotoScorer(str(small_artifact), detect=DetectConfig(detector="haar"))
     with pytest.raises(ImageError, match="face detection failed") as exc:
         scorer.faces(images["two"], "all")
     assert image_error_status(exc.value) == 400

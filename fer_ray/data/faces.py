@@ -1,38 +1,34 @@
-"""Face detection and cropping for ordinary photos.
+"""Face detection and cropping for ordinary photos: which detector, and how a face is cropped.
 
-Uses OpenCV's frontal-face Haar cascade, whose model file ships inside the
-opencv-python-headless wheel, so nothing is downloaded at run time. Photos are detected at a
-bounded resolution (large photos are shrunk for detection, boxes mapped back), which keeps a
-12 MP photo as cheap as a small one.
+Two detectors answer the same ``Face`` records. The default, CenterFace (``centerface``), is a
+CNN that finds small and turned faces and gives five landmarks, from which each face is levelled
+and framed as FER2013's crops are framed (``align``). OpenCV's frontal-face Haar cascade
+(``haar``, the default before it; its model file ships inside the opencv-python-headless wheel)
+stays available for one release: it finds none of the faces under about 48 px and few turned
+ones (benchmarks/RESULTS.md, "Faces in photos"), and OpenCV 5 no longer has it. Photos are
+detected at a bounded resolution (large photos are shrunk for detection, boxes mapped back),
+which keeps a 12 MP photo as cheap as a small one. Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from fer_ray.data.align import FER_FRAMING, aligned_crop
+from fer_ray.data.centerface import SMALL_FACES_UPSCALE, CenterFaceDetector
+from fer_ray.data.geometry import Box, Face
 from fer_ray.errors import FerRayError
 
 FACE_MODES = ("all", "largest", "none")
-MARGIN = 0.2  # a face box is enlarged by this fraction of its side on each side before cropping
+DETECTORS = ("centerface", "haar")
+DEFAULT_DETECTOR = "centerface"
+# Haar's box is enlarged by this fraction of its side on each side before cropping; CenterFace's
+# crop is framed from the eyes (align.FER_FRAMING) and a margin widens that framing instead.
+MARGINS = {"centerface": 0.0, "haar": 0.2}
 _CASCADE = "haarcascade_frontalface_default.xml"
-
-
-@dataclass(frozen=True)
-class Box:
-    """A face box in the original image's pixel coordinates."""
-
-    x: int
-    y: int
-    w: int
-    h: int
-
-    @property
-    def area(self) -> int:
-        return self.w * self.h
 
 
 # Chosen with benchmarks/bench_detect.py on 200 labelled photos (benchmarks/RESULTS.md): detecting
@@ -44,8 +40,8 @@ DETECT_SIDE = 480
 MIN_FACE_FRACTION = 0.08
 
 
-class FaceDetector:
-    """Detect frontal faces in a grey uint8 image.
+class HaarDetector:
+    """Detect frontal faces in a grey uint8 image with OpenCV's Haar cascade.
 
     ``detect_side`` bounds the longer side used for detection; ``min_face_fraction`` is the
     smallest face kept, as a fraction of the shorter side of the image; ``equalize`` spreads
@@ -71,8 +67,8 @@ class FaceDetector:
         self.min_neighbors = min_neighbors
         self.equalize = equalize
 
-    def detect(self, grey: np.ndarray) -> list[Box]:
-        """Return face boxes, largest first."""
+    def detect(self, grey: np.ndarray) -> list[Face]:
+        """Faces (boxes only: no score, no landmarks), largest first."""
         h, w = grey.shape
         scale = min(1.0, self.detect_side / max(h, w))
         small = grey if scale == 1.0 else cv2.resize(
@@ -85,14 +81,29 @@ class FaceDetector:
             minNeighbors=self.min_neighbors,
             minSize=(min_side, min_side),
         )
-        boxes = [
-            Box(int(round(x / scale)), int(round(y / scale)), int(round(bw / scale)), int(round(bh / scale)))
+        faces = [
+            Face(Box(int(round(x / scale)), int(round(y / scale)), int(round(bw / scale)), int(round(bh / scale))))
             for (x, y, bw, bh) in (found if len(found) else [])
         ]
-        return sorted(boxes, key=lambda b: b.area, reverse=True)
+        return sorted(faces, key=lambda f: f.box.area, reverse=True)
 
 
-def crop_square(grey: np.ndarray, box: Box, margin: float = MARGIN) -> np.ndarray:
+def make_detector(kind: str = DEFAULT_DETECTOR, small_faces: bool = False):
+    """The detector ``predict``, ``score`` and ``serve`` use for ``--detector``/``--small-faces``.
+
+    ``small_faces`` (CenterFace only) detects on a copy enlarged twice as much, which finds faces
+    half as small at about four times the cost (benchmarks/RESULTS.md, "Faces in photos").
+    """
+    if kind == "haar":
+        if small_faces:
+            raise FerRayError("--small-faces needs --detector centerface (the Haar cascade has no such mode)")
+        return HaarDetector()
+    if kind != "centerface":
+        raise FerRayError(f"unknown face detector {kind!r}; expected one of {', '.join(DETECTORS)}")
+    return CenterFaceDetector(upscale=SMALL_FACES_UPSCALE if small_faces else 1.0)
+
+
+def crop_square(grey: np.ndarray, box: Box, margin: float) -> np.ndarray:
     """Square crop around a box, enlarged by ``margin`` on each side.
 
     Parts of the square that fall outside the image are filled by repeating the edge pixels,
@@ -109,10 +120,20 @@ def crop_square(grey: np.ndarray, box: Box, margin: float = MARGIN) -> np.ndarra
     return grey[top : top + side, left : left + side]
 
 
+def face_crop(grey: np.ndarray, face: Face, margin: float | None = None) -> np.ndarray:
+    """The face's crop: levelled and framed from its landmarks like FER2013's crops where the
+    detector gives them (``align``), else the box's square. ``margin`` None is the detector's own
+    (``MARGINS``)."""
+    if face.landmarks is None:
+        return crop_square(grey, face.box, MARGINS["haar"] if margin is None else margin)
+    return aligned_crop(grey, face, framing=FER_FRAMING.widened(margin or 0.0))
+
+
 def find_faces(
-    grey: np.ndarray, mode: str, detector: FaceDetector | None, margin: float = MARGIN
-) -> list[tuple[Box, np.ndarray]]:
-    """Faces of one image as (box, crop) pairs according to ``mode``.
+    grey: np.ndarray, mode: str, detector, margin: float | None = None
+) -> list[tuple[Face, np.ndarray]]:
+    """Faces of one image as (face, crop) pairs according to ``mode``; the crop at the photo's
+    own resolution (``face_crop``).
 
     ``none``: the image is already a face crop, returned whole. ``largest``: at most one.
     ``all``: every detected face. An empty list means no face was found.
@@ -121,10 +142,10 @@ def find_faces(
         raise FerRayError(f"unknown face mode {mode!r}; expected one of {FACE_MODES}")
     if mode == "none":
         h, w = grey.shape
-        return [(Box(0, 0, w, h), grey)]
+        return [(Face(Box(0, 0, w, h)), grey)]
     if detector is None:
-        raise FerRayError(f"face mode {mode!r} needs a FaceDetector")
-    boxes = detector.detect(grey)
+        raise FerRayError(f"face mode {mode!r} needs a face detector")
+    faces = detector.detect(grey)
     if mode == "largest":
-        boxes = boxes[:1]
-    return [(box, crop_square(grey, box, margin)) for box in boxes]
+        faces = faces[:1]
+    return [(face, face_crop(grey, face, margin)) for face in faces]

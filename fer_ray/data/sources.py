@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_ray.choices import MAX_SIDE
-from fer_ray.data.faces import FaceDetector, find_faces
+from fer_ray.data.faces import HaarDetector, find_faces
 from fer_ray.data.files import display_path, files_under, not_a_file, read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, has_image_extension, resize
 from fer_ray.data.synthetic import GENERATOR_VERSION, balanced_labels, synthetic_faces
@@ -376,7 +376,7 @@ class KdefSource:
 
     def read_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = RowBuilder(self.size, self.name)
-        detector = FaceDetector() if self.face_crop else None
+        detector = HaarDetector() if self.face_crop else None
         for path, row_id, label, subject, error in zip(
                 batch["path"], batch["id"], batch["label"], batch["subject"], batch["error"]):
             if error:

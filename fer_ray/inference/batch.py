@@ -371,7 +371,7 @@ def score_folder(artifact: str, input: str, output: str, log=print, **settings) 
     # not fit, a pickle for weights) is one error line now, not actor tracebacks after Ray starts.
     meta = Predictor(artifact, device="cpu").meta
     config = DetectConfig(mode=cfg.faces, image_size=int(meta["image_size"]), margin=cfg.margin,
-                          max_pixels=cfg.max_pixels)
+                          max_pixels=cfg.max_pixels, detector=cfg.detector, small_faces=cfg.small_faces)
     files, others = list_images(input)
     shown = {f: display_path(f) for f in files}
     store = PartStore(parts_folder(out))

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fer_ray.data.faces import FACE_MODES, MARGIN
+from fer_ray.data.faces import DEFAULT_DETECTOR, DETECTORS, FACE_MODES, MARGINS
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS
 
 FINITE = {"allow_inf_nan": False}
@@ -32,11 +32,18 @@ class ScoreConfig(BaseModel):
     gpu: bool = Field(False, description="one GPU per model actor")
     actors: Optional[int] = Field(None, ge=1,
                                   description="actors (default: one per GPU with --gpu, else one per CPU)")
+    detector: Literal[DETECTORS] = Field(DEFAULT_DETECTOR, description="face detector: centerface (a CNN with "
+                                         "landmarks; faces levelled and framed like FER2013's) or haar (OpenCV's "
+                                         "cascade, the old default, kept for one release)")
+    small_faces: bool = Field(False, description="centerface: find faces down to about 24 px in a 1024 px "
+                                                 "photo (crowds, far-away faces) at about 4x the detection cost")
     # A margin m crops a square (1 + 2m) face sides wide, padding the whole photo by as much as
     # that reaches beyond its edge: memory grows with m squared (--margin 1e5 asked for
     # terabytes). At 1 a crop is already two thirds background on each axis.
-    margin: float = Field(MARGIN, ge=0, le=1, **FINITE,
-                          description="face box enlargement on each side, a fraction of its side")
+    margin: Optional[float] = Field(None, ge=0, le=1, **FINITE,
+                                    description="crop enlargement on each side, a fraction of the crop's side "
+                                                f"(default: {MARGINS['centerface']} around FER2013's framing for "
+                                                f"centerface, {MARGINS['haar']} around the box for haar)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images above this are error rows")
     part_files: int = Field(1000, ge=1, description="write a resumable part once this many files are complete "
                                                     "(the most an interruption can lose)")
@@ -50,7 +57,9 @@ class PredictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     faces: Literal[FACE_MODES] = ScoreConfig.model_fields["faces"]  # detected and cropped as score does
-    margin: float = ScoreConfig.model_fields["margin"]
+    detector: Literal[DETECTORS] = ScoreConfig.model_fields["detector"]
+    small_faces: bool = ScoreConfig.model_fields["small_faces"]
+    margin: Optional[float] = ScoreConfig.model_fields["margin"]
     top: int = Field(3, ge=1, description="likeliest emotions listed per face")
 
 
@@ -74,7 +83,10 @@ class ServeConfig(BaseModel):
     max_files: int = Field(32, ge=1, description="files per /predict/batch request")
     body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
                                   description="deadline for a whole request body to arrive (408 after it)")
-    margin: float = ScoreConfig.model_fields["margin"]  # served photos are cropped as scored ones
+    # served photos are detected and cropped as scored ones
+    detector: Literal[DETECTORS] = ScoreConfig.model_fields["detector"]
+    small_faces: bool = ScoreConfig.model_fields["small_faces"]
+    margin: Optional[float] = ScoreConfig.model_fields["margin"]
     access_log: bool = Field(False, description="log every request (costs CPU on small machines)")
 
     def ongoing(self) -> int:

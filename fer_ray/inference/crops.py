@@ -15,27 +15,35 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from fer_ray.data.faces import DETECT_SIDE, FACE_MODES, MARGIN, MIN_FACE_FRACTION, FaceDetector, find_faces
+from fer_ray.data.faces import DEFAULT_DETECTOR, DETECTORS, FACE_MODES, find_faces, make_detector
+from fer_ray.data.geometry import LANDMARKS
 from fer_ray.data.files import read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, resize
 from fer_ray.emotions import EMOTIONS, ranked_emotions
 from fer_ray.errors import FerRayError
 
 NO_FACE = "no face detected"
+# The landmark columns of ``fer-ray score``'s output: right_eye_x, right_eye_y, ... (flat, so
+# that CSV output holds them too).
+LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARKS for axis in "xy")
 # What ``fer-ray score`` writes: one row per face, or one per file without a usable face (its
-# face, box, emotion and probabilities null, ``error`` saying why).
+# face, box, emotion and probabilities null, ``error`` saying why). ``detector_score`` and the
+# landmarks are null where the detector gives none (Haar, or faces "none").
 SCHEMA = pa.schema(
     [("path", pa.string()), ("face", pa.int32()), ("x", pa.int32()), ("y", pa.int32()),
-     ("w", pa.int32()), ("h", pa.int32()), ("emotion", pa.string())]
+     ("w", pa.int32()), ("h", pa.int32()), ("detector_score", pa.float32())]
+    + [(name, pa.float32()) for name in LANDMARK_COLUMNS]
+    + [("emotion", pa.string())]
     + [(name, pa.float32()) for name in EMOTIONS]
     + [("error", pa.string())]
 )
 
 
 @functools.lru_cache(maxsize=4)
-def cached_detector(detect_side: int, min_face_fraction: float) -> FaceDetector:
-    """One cascade per process: loading it costs more than detecting in a small image."""
-    return FaceDetector(detect_side=detect_side, min_face_fraction=min_face_fraction)
+def cached_detector(kind: str = DEFAULT_DETECTOR, small_faces: bool = False):
+    """One detector per process and setting: loading it costs more than detecting in a small
+    image. Only for one thread at a time (``serve`` keeps one per thread)."""
+    return make_detector(kind, small_faces)
 
 
 def pin_threads(threads: int) -> None:
@@ -58,14 +66,20 @@ class DetectConfig:
 
     mode: str = "all"
     image_size: int = 48
-    margin: float = MARGIN
+    margin: float | None = None  # None: the detector's own (faces.MARGINS)
     max_pixels: int = DEFAULT_MAX_PIXELS
-    detect_side: int = DETECT_SIDE
-    min_face_fraction: float = MIN_FACE_FRACTION
+    detector: str = DEFAULT_DETECTOR
+    small_faces: bool = False
 
     def __post_init__(self):
         if self.mode not in FACE_MODES:
             raise FerRayError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
+        if self.detector not in DETECTORS:
+            raise FerRayError(f"unknown face detector {self.detector!r}; expected one of {', '.join(DETECTORS)}")
+
+    def make_detector(self):
+        """This job's detector (cached per process), or None where images are crops already."""
+        return None if self.mode == "none" else cached_detector(self.detector, self.small_faces)
 
 
 def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:
@@ -73,14 +87,31 @@ def read_image(path: str | bytes, max_pixels: int) -> np.ndarray:
     return decode_grey(read_image_file(path, max_pixels), max_pixels)
 
 
-def crop_faces(grey: np.ndarray, config: DetectConfig, detector: FaceDetector | None) -> list:
-    """(box, crop) per face of one grey image, crops resized to the artifact's image size.
+def crop_faces(grey: np.ndarray, config: DetectConfig, detector) -> list:
+    """(face, crop) per face of one grey image, crops resized to the artifact's image size.
 
     Scoring and serving both call this, so a photo gives the same faces and the same
     pixels to the Predictor whichever way it arrives. ``detector`` may be None for ``none``.
     """
-    return [(box, resize(crop, config.image_size))
-            for box, crop in find_faces(grey, config.mode, detector, config.margin)]
+    return [(face, resize(crop, config.image_size))
+            for face, crop in find_faces(grey, config.mode, detector, config.margin)]
+
+
+def face_points(face) -> list[float]:
+    """A face's detector score and landmarks (x, y in ``LANDMARKS`` order) as 11 floats, NaN
+    where the detector gives none (Haar, no face)."""
+    nan = [float("nan")] * (1 + len(LANDMARK_COLUMNS))
+    if face is None or face.landmarks is None:
+        return nan if face is None or face.score is None else [face.score, *nan[1:]]
+    return [face.score, *(v for point in face.landmarks for v in point)]
+
+
+def detection_fields(face) -> dict:
+    """A face's ``detector_score`` and named ``landmarks`` for JSON records (predict, serve):
+    None where the detector gives none."""
+    named = None if face.landmarks is None else {
+        name: (round(x, 2), round(y, 2)) for name, (x, y) in zip(LANDMARKS, face.landmarks)}
+    return {"detector_score": None if face.score is None else round(face.score, 4), "landmarks": named}
 
 
 def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str, np.ndarray]:
@@ -96,15 +127,17 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
     what is opened, for names that ``path`` shows escaped (see ``display_path``).
     """
     size = config.image_size
-    detector = None if config.mode == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    detector = config.make_detector()
     cols = {k: [] for k in ("path", "face", "n_faces", "x", "y", "w", "h", "error")}
+    points = []  # (detector score, 10 landmark coordinates) per row; NaN where there are none
     images = []
 
-    def add(path, face, n, box, crop, error):
-        for key, value in zip(("path", "face", "n_faces", "error"), (path, face, n, error)):
+    def add(path, index, n, face, crop, error):
+        for key, value in zip(("path", "face", "n_faces", "error"), (path, index, n, error)):
             cols[key].append(value)
         for key in ("x", "y", "w", "h"):
-            cols[key].append(getattr(box, key) if box is not None else 0)
+            cols[key].append(getattr(face.box, key) if face is not None else 0)
+        points.append(face_points(face))
         images.append(crop if crop is not None else np.zeros((size, size), np.uint8))
 
     for path, file in zip(batch["path"], batch.get("file", batch["path"])):
@@ -123,9 +156,10 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
             continue
         if not faces:
             add(path, 0, 1, None, None, NO_FACE)
-        for i, (box, crop) in enumerate(faces):
-            add(path, i, len(faces), box, crop, "")
+        for i, (face, crop) in enumerate(faces):
+            add(path, i, len(faces), face, crop, "")
     out = {k: np.array(v, dtype=object if k in ("path", "error") else np.int32) for k, v in cols.items()}
+    out["points"] = np.array(points, np.float32).reshape(-1, 1 + len(LANDMARK_COLUMNS))
     out["image"] = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     return out
 
@@ -141,6 +175,9 @@ def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
     cols = {"path": pa.array(rows["path"], pa.string())}
     for key in ("face", "x", "y", "w", "h"):
         cols[key] = pa.array(np.asarray(rows[key], np.int32), pa.int32(), mask=void)
+    points = np.asarray(rows["points"], np.float32).reshape(len(void), 1 + len(LANDMARK_COLUMNS))
+    for j, key in enumerate(("detector_score", *LANDMARK_COLUMNS)):
+        cols[key] = pa.array(points[:, j], pa.float32(), mask=void | np.isnan(points[:, j]))
     cols["emotion"] = pa.array(np.array(EMOTIONS, dtype=object)[ranked_emotions(probs)[:, 0]], pa.string(),
                                mask=void)
     for j, name in enumerate(EMOTIONS):

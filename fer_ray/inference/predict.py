@@ -17,7 +17,7 @@ from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
 from fer_ray.emotions import ranked_emotions
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import PredictConfig
-from fer_ray.inference.crops import NO_FACE, DetectConfig, cached_detector, crop_faces, read_image
+from fer_ray.inference.crops import NO_FACE, DetectConfig, crop_faces, detection_fields, read_image
 
 
 PATH_TYPES = (str, bytes, os.PathLike)
@@ -48,9 +48,11 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
 
     ``settings`` are ``PredictConfig``'s: ``faces`` (``all`` detects every face, the default;
     ``largest`` keeps one per image; ``none`` takes each image as an already cropped face),
-    ``margin`` and ``top``. Without ``artifact`` (or ``predictor``) the shipped default model is
+    ``detector`` (``centerface``, the default, or ``haar``), ``small_faces``, ``margin`` and
+    ``top``. Without ``artifact`` (or ``predictor``) the shipped default model is
     used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
-    first), ``box`` (x, y, w, h in the image's pixels), ``emotion``, ``probabilities`` (all seven)
+    first), ``box`` (x, y, w, h in the image's pixels), ``detector_score`` and ``landmarks``
+    (five named (x, y) points; both None for haar), ``emotion``, ``probabilities`` (all seven)
     and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
     one that cannot be read, gives one record with ``face`` None and the reason in ``error``:
     nothing passed in is left out.
@@ -61,9 +63,10 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
     cfg = PredictConfig(**settings)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     predictor = predictor or Predictor(artifact or default_artifact())
-    config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin)
-    detector = None if cfg.faces == "none" else cached_detector(config.detect_side, config.min_face_fraction)
-    found, crops = [], []  # (image name, face index, box, error) per record; crops of the faces
+    config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin,
+                          detector=cfg.detector, small_faces=cfg.small_faces)
+    detector = config.make_detector()
+    found, crops = [], []  # (image name, face index, Face, error) per record; crops of the faces
     for i, item in enumerate(items):
         name = _name(item, i)
         try:
@@ -73,20 +76,21 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
             continue
         if not pairs:
             found.append((name, None, None, NO_FACE))
-        for j, (box, crop) in enumerate(pairs):
-            found.append((name, j, box, None))
+        for j, (face, crop) in enumerate(pairs):
+            found.append((name, j, face, None))
             crops.append(crop)
     probs = iter(predictor.predict_proba(np.stack(crops)) if crops else [])
     records = []
-    for name, face, box, error in found:
+    for name, index, face, error in found:
         if error is not None:
-            records.append({"image": name, "face": None, "box": None, "emotion": None,
-                            "probabilities": None, "top": None, "error": error})
+            records.append({"image": name, "face": None, "box": None, "detector_score": None, "landmarks": None,
+                            "emotion": None, "probabilities": None, "top": None, "error": error})
             continue
         p = next(probs)
         order = ranked_emotions(p)
-        records.append({"image": name, "face": face, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
-                        "emotion": predictor.labels[order[0]],
+        box = face.box
+        records.append({"image": name, "face": index, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
+                        **detection_fields(face), "emotion": predictor.labels[order[0]],
                         "probabilities": {label: float(v) for label, v in zip(predictor.labels, p)},
                         "top": [{"emotion": predictor.labels[k], "probability": float(p[k])} for k in order[:cfg.top]],
                         "error": None})

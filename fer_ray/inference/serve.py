@@ -45,11 +45,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from python_multipart.multipart import parse_options_header
 from starlette.formparsers import MultiPartException
 
-from fer_ray.data.faces import FACE_MODES, MARGIN, FaceDetector
+from fer_ray.data.faces import FACE_MODES, make_detector
+from fer_ray.data.geometry import LANDMARKS
 from fer_ray.data.preprocess import ImageError, TooManyPixels, UnsupportedFormat, decode_grey
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError
-from fer_ray.inference.crops import DetectConfig, crop_faces
+from fer_ray.inference.crops import DetectConfig, crop_faces, detection_fields
 from fer_ray.inference.config import ServeConfig, ServerOptions
 
 FaceMode = Literal[FACE_MODES]
@@ -83,12 +84,13 @@ def image_error_status(exc: ImageError) -> int:
 class PhotoScorer:
     """Image bytes -> face boxes and crops -> probabilities, without Ray or HTTP.
 
-    Detection runs in a thread pool (so the event loop keeps taking requests); OpenCV's
-    cascade is not safe to share between threads, hence one detector per thread.
+    Detection runs in a thread pool (so the event loop keeps taking requests); neither OpenCV's
+    cascade nor its DNN network is safe to share between threads, hence one detector per thread,
+    each made as ``score`` and ``predict`` make theirs (``make_detector``).
     """
 
-    def __init__(self, artifact: str, device: str = "auto", margin: float = MARGIN,
-                 max_pixels: int = ServeConfig.model_fields["max_pixels"].default, threads: int | None = None):
+    def __init__(self, artifact: str, device: str = "auto", detect: DetectConfig = DetectConfig(),
+                 threads: int | None = None):
         import torch
 
         from fer_ray.inference.predictor import Predictor
@@ -96,16 +98,16 @@ class PhotoScorer:
         if threads:
             torch.set_num_threads(threads)
         self.predictor = Predictor(artifact, device=device)
-        self.config = DetectConfig(image_size=self.predictor.image_size, margin=margin, max_pixels=max_pixels)
+        self.config = dataclasses.replace(detect, image_size=self.predictor.image_size)
         self._local = threading.local()
 
-    def _detector(self) -> FaceDetector:
+    def _detector(self):
         if not hasattr(self._local, "detector"):
-            self._local.detector = FaceDetector(self.config.detect_side, self.config.min_face_fraction)
+            self._local.detector = make_detector(self.config.detector, self.config.small_faces)
         return self._local.detector
 
     def faces(self, data: bytes, mode: str) -> tuple[tuple[int, int], list, np.ndarray]:
-        """((width, height), boxes, crops (k, S, S) uint8); raises ImageError."""
+        """((width, height), faces (``Face``), crops (k, S, S) uint8); raises ImageError."""
         grey = decode_grey(data, self.config.max_pixels)
         config = dataclasses.replace(self.config, mode=mode)
         try:
@@ -114,16 +116,17 @@ class PhotoScorer:
             raise ImageError(f"face detection failed ({str(exc).strip()[:200]})") from None
         size = self.predictor.image_size
         crops = np.stack([c for _, c in found]) if found else np.zeros((0, size, size), np.uint8)
-        return (grey.shape[1], grey.shape[0]), [b for b, _ in found], crops
+        return (grey.shape[1], grey.shape[0]), [face for face, _ in found], crops
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         return self.predictor.predict_proba(crops)
 
 
-def face_results(boxes: list, probs: np.ndarray) -> list[dict]:
-    return [{"face": i, "box": dataclasses.asdict(box), "emotion": EMOTIONS[int(p.argmax())],
+def face_results(faces: list, probs: np.ndarray) -> list[dict]:
+    return [{"face": i, "box": dataclasses.asdict(face.box), **detection_fields(face),
+             "emotion": EMOTIONS[int(p.argmax())],
              "probabilities": {name: round(float(v), 6) for name, v in zip(EMOTIONS, p)}}
-            for i, (box, p) in enumerate(zip(boxes, probs))]
+            for i, (face, p) in enumerate(zip(faces, probs))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,6 +143,10 @@ class BoxModel(BaseModel):
 class FaceModel(BaseModel):
     face: int = Field(description="index, largest face first")
     box: BoxModel = Field(description="in the uploaded image's pixels")
+    detector_score: Optional[float] = Field(description="the face detector's confidence (null for haar)")
+    landmarks: Optional[dict[str, tuple[float, float]]] = Field(
+        description=f"(x, y) in the image's pixels of {', '.join(LANDMARKS)}, the person's right and left "
+                    "(null for haar)")
     emotion: str
     probabilities: dict[str, float] = Field(description="one per emotion, summing to 1")
 
@@ -297,8 +304,9 @@ class FerService:
 
     def __init__(self, config: dict):
         self.cfg = ServeConfig(**config)
-        self.scorer = PhotoScorer(self.cfg.artifact, self.cfg.device, self.cfg.margin, self.cfg.max_pixels,
-                                  threads=max(1, int(self.cfg.num_cpus)))
+        detect = DetectConfig(margin=self.cfg.margin, max_pixels=self.cfg.max_pixels, detector=self.cfg.detector,
+                              small_faces=self.cfg.small_faces)
+        self.scorer = PhotoScorer(self.cfg.artifact, self.cfg.device, detect, threads=max(1, int(self.cfg.num_cpus)))
         self._forward.set_max_batch_size(self.cfg.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self.batches = collections.Counter()
@@ -332,13 +340,13 @@ class FerService:
 
     async def _score(self, data: bytes, mode: str) -> dict:
         try:
-            (width, height), boxes, crops = await asyncio.to_thread(self.scorer.faces, data, mode)
+            (width, height), faces, crops = await asyncio.to_thread(self.scorer.faces, data, mode)
         except ImageError as exc:
             raise ApiError(image_error_status(exc), str(exc)) from None
-        if not boxes:
+        if not faces:
             return {"width": width, "height": height, "faces": [], "message": "no face detected", "batch_size": 0}
         probs, batch_size = await self._forward(crops)
-        return {"width": width, "height": height, "faces": face_results(boxes, probs), "message": None,
+        return {"width": width, "height": height, "faces": face_results(faces, probs), "message": None,
                 "batch_size": batch_size}
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
