@@ -9,13 +9,13 @@ pasted side by side on a noisy gradient, seed 0), so ``--photos 200`` is the set
 --photos 200`` scores. ``--faces fer2013`` pastes FER2013 test crops (48 px, upscaled) at the
 same places instead of synthetic faces: real faces, blurred by the upscaling.
 
-Each variant is one ``FaceDetector`` (fer-ray's, as ``fer-ray score`` and ``fer-ray serve`` use
+Each variant is one ``HaarDetector`` (fer-ray's, as ``fer-ray score`` and ``fer-ray serve`` use
 it) with another ``detect_side`` (the longer side the photo is shrunk to before detection,
 boxes mapped back to the photo) or ``equalize`` (``cv2.equalizeHist`` before the cascade or
-not); the first row is fer-ray's default (FaceDetector()'s settings). A detected box matches a
+not); the first row is fer-ray's default (HaarDetector()'s settings). A detected box matches a
 pasted face when their intersection over union is at least ``--iou``, one to one, best
 overlaps first: recall = matched / pasted faces, precision = matched / detected boxes.
-Time is ``FaceDetector.detect`` alone on the decoded grey photo (no decoding, no cropping),
+Time is ``HaarDetector.detect`` alone on the decoded grey photo (no decoding, no cropping),
 OpenCV on one thread as in score's detection tasks, the best of ``--repeat`` passes.
 
 Prints one row per variant, then last each variant's speed and recall against the default.
@@ -86,7 +86,7 @@ def run_variant(detector, photos: list[np.ndarray], truths: list[list], threshol
             t0 = time.perf_counter()
             got = detector.detect(grey)
             seconds += time.perf_counter() - t0
-            boxes.append([(b.x, b.y, b.w, b.h) for b in got])
+            boxes.append([(f.box.x, f.box.y, f.box.w, f.box.h) for f in got])
         if seconds < best:
             best, found = seconds, boxes
     matched = sum(match(f, t, threshold) for f, t in zip(found, truths))
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="what is pasted: synthetic faces (bench_score's photos) or FER2013 test crops")
     parser.add_argument("--fer", type=Path, default=DEFAULT_FER, help="FER2013 image folders (with --faces fer2013)")
     parser.add_argument("--sides", type=_ints, default=[640, 480, 320],
-                        help="detect_side values, comma-separated (besides fer-ray's default, FaceDetector().detect_side)")
+                        help="detect_side values, comma-separated (besides fer-ray's default, HaarDetector().detect_side)")
     parser.add_argument("--equalize", choices=("both", "on", "off"), default="both",
                         help="equalizeHist before detection: both variants, or only on / off")
     parser.add_argument("--iou", type=float, default=0.5, help="least overlap for a box to match a pasted face")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
-    from fer_ray.data.faces import FaceDetector
+    from fer_ray.data.faces import HaarDetector
 
     cv2.setNumThreads(1)  # as in score's detection tasks (one per CPU share)
     faces_of = fer_faces(args.fer, args.seed) if args.faces == "fer2013" else None
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({sum(not t for t in truths)} photos without a face); match at IoU >= {args.iou:g}; "
           f"OpenCV on 1 thread, best of {args.repeat} passes\n")
 
-    default = FaceDetector()
+    default = HaarDetector()
     variants = [(default.detect_side, default.equalize)]
     for side in args.sides:
         for equalize in {"both": (True, False), "on": (True,), "off": (False,)}[args.equalize]:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append((side, equalize))
     results = {}
     for side, equalize in variants:
-        results[side, equalize] = run_variant(FaceDetector(detect_side=side, equalize=equalize), photos, truths,
+        results[side, equalize] = run_variant(HaarDetector(detect_side=side, equalize=equalize), photos, truths,
                                               args.iou, args.repeat)
 
     print("| detect side | equalizeHist | boxes found | matched | recall | precision | ms/photo |")

@@ -27,7 +27,11 @@ centred where the crop's centre landed, for upright and turned faces alike. Face
 Settings: each ``--setting NAME:key=value,...`` is a name and the keyword arguments passed to
 ``fer_ray.predict(path, **kwargs)`` (values parsed as JSON when they parse, else kept as
 strings; ``NAME`` alone is the defaults), so an option predict gains needs no change here.
-Without ``--setting`` only ``default`` (no arguments) runs. Every photo is one predict call
+Without ``--setting`` only ``default`` (no arguments) runs. One key is the benchmark's own:
+``crop=box`` crops a detected face as fer-ray did before landmarks (the box's square, 20% margin
+each side), ``crop=level`` turns it upright about the box's centre first (its eyes level), and
+without it faces are cropped as fer-ray crops them (levelled and framed like FER2013's crops,
+``fer_ray.data.align``). Every photo is one predict call
 with one model loaded beforehand (its ``predictor=``), after one untimed warm-up call;
 photos/s is the sum of those calls' wall time in this one process. The **crops** row is the
 ceiling: the same faces' original 48x48 files, ``faces="none"``.
@@ -264,16 +268,49 @@ def predictor_for(kwargs: dict, cache: dict):
     return cache[artifact]
 
 
+def old_crop(grey: np.ndarray, face, margin=None, level: bool = False) -> np.ndarray:
+    """A face's box square with a 20% margin each side (fer-ray's crop before landmarks),
+    turned upright about the box's centre first when ``level``."""
+    import cv2
+
+    from fer_ray.data.align import eye_angle
+    from fer_ray.data.faces import crop_square
+
+    if not level or face.landmarks is None:
+        return crop_square(grey, face.box, 0.2)
+    box = face.box
+    cx, cy, side = box.x + box.w / 2, box.y + box.h / 2, round(max(box.w, box.h) * 1.4)
+    turn = cv2.getRotationMatrix2D((cx, cy), eye_angle(face), 1.0)
+    turn[:, 2] += (side / 2 - cx, side / 2 - cy)
+    return cv2.warpAffine(grey, turn, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def run_setting(out: Path, truth: dict, kwargs: dict, predictor, threshold: float) -> dict:
     """Predict every photo once (timed) and score the result against the truth."""
     import fer_ray
+    from fer_ray.data import faces as detection
 
+    kwargs = dict(kwargs)
+    crop = kwargs.pop("crop", None)
+    if crop not in (None, "box", "level"):
+        raise SystemExit(f"crop={crop!r}: expected box or level")
+    framed = detection.face_crop
+    if crop:
+        detection.face_crop = lambda grey, face, margin=None: old_crop(grey, face, margin, level=crop == "level")
+    try:
+        return _run_setting(out, truth, kwargs, predictor, threshold, fer_ray.predict)
+    finally:
+        detection.face_crop = framed
+
+
+def _run_setting(out: Path, truth: dict, kwargs: dict, predictor, threshold: float, predict) -> dict:
+    """``run_setting``'s work: each photo through ``predict`` with ``kwargs``, timed."""
     paths = [str(out / p["file"]) for p in truth["photos"]]
-    fer_ray.predict(paths[0], predictor=predictor, **kwargs)  # warm-up: cascade and model first calls
+    predict(paths[0], predictor=predictor, **kwargs)  # warm-up: cascade and model first calls
     outcomes, seconds, detected = [], 0.0, 0
     for path, photo in zip(paths, truth["photos"]):
         t0 = time.perf_counter()
-        records = fer_ray.predict(path, predictor=predictor, **kwargs)
+        records = predict(path, predictor=predictor, **kwargs)
         seconds += time.perf_counter() - t0
         found = [r for r in records if r["face"] is not None]
         detected += len(found)

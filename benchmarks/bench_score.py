@@ -99,10 +99,10 @@ def set_threads(n: int) -> None:
 
 def plain_batched(predictor, paths: list[str], mode: str, batch: int = 256) -> tuple[float, int]:
     """What a user writes without Ray: read, decode, (detect, crop), predict in batches of 256."""
-    from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces, read_image
+    from fer_ray.inference.crops import DetectConfig, crop_faces, read_image
 
     config = DetectConfig(mode=mode, image_size=predictor.image_size)
-    detector = None if mode == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    detector = config.make_detector()
     t0 = time.perf_counter()
     crops, faces = [], 0
     for path in paths:
@@ -120,11 +120,11 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
     from fer_ray.data.files import read_image_file
     from fer_ray.data.preprocess import decode_grey
     from fer_ray.inference.batch import list_images, write_table
-    from fer_ray.inference.crops import DetectConfig, cached_detector, crop_faces, scored_table
+    from fer_ray.inference.crops import DetectConfig, crop_faces, scored_table
 
     set_threads(1)
     config = DetectConfig(mode=mode, image_size=predictor.image_size)
-    detector = None if mode == "none" else cached_detector(config.detect_side, config.min_face_fraction)
+    detector = config.make_detector()
     n, ms = len(paths), {}
 
     def timed(name, fn):

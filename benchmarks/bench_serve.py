@@ -106,7 +106,6 @@ def plain_app(artifact: str, device: str, threads: int):
     import cv2
     import torch
 
-    from fer_ray.data.faces import FaceDetector
     from fer_ray.data.preprocess import ImageError, decode_grey
     from fer_ray.emotions import EMOTIONS
     from fer_ray.inference.crops import DetectConfig, crop_faces
@@ -116,7 +115,7 @@ def plain_app(artifact: str, device: str, threads: int):
     cv2.setNumThreads(1)
     predictor = Predictor(artifact, device=device)
     config = DetectConfig(image_size=predictor.image_size)
-    detector = FaceDetector(config.detect_side, config.min_face_fraction)
+    detector = config.make_detector()
     app = FastAPI()
 
     @app.get("/healthz")
