@@ -41,7 +41,7 @@ BASELINE_FLAGS = fields(BaselineConfig)
 ENSEMBLE_FLAGS = fields(EnsembleConfig, exclude=("gpu",))  # --gpu forces GPUs; unset, the cluster decides
 SCORE_FLAGS = fields(ScoreConfig, exclude=("artifact",))  # --artifact may be omitted: the shipped model
 SERVE_FLAGS = ("replicas", "num_cpus", "max_batch_size", "max_queued_requests", "max_body_bytes", "max_pixels",
-               "max_files", "detector", "small_faces", "margin")  # the rest: below
+               "max_files", "detector", "small_faces", "margin", "tta")  # the rest: below
 ARTIFACT = "artifact folder (default: the model that ships with fer-ray)"  # score, serve, evaluate, predict
 VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
 

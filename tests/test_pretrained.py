@@ -106,6 +106,16 @@ def test_the_default_detector_gives_each_face_its_score_and_landmarks(default_pr
         predict(img, predictor=default_predictor, detector="haar", small_faces=True)
 
 
+def test_predict_flips_by_default_and_takes_any_test_time_augmentation(default_predictor):
+    """``fer_ray.predict`` (and ``fer-ray predict``) default to flip: each face's probabilities
+    are the Predictor's flip ones; ``tta`` picks another mode."""
+    face = np.random.default_rng(5).integers(0, 256, (48, 48), dtype=np.uint8)
+    for settings, tta in (({}, "flip"), ({"tta": "none"}, "none"), ({"tta": "tencrop"}, "tencrop")):
+        (record,) = predict(face, faces="none", predictor=default_predictor, **settings)
+        expected = default_predictor.predict_proba(face[None], tta=tta)[0]
+        np.testing.assert_allclose(list(record["probabilities"].values()), expected, atol=1e-6)
+
+
 def test_predict_accounts_for_every_image(default_predictor, tmp_path):
     blank = np.full((100, 100), 128, np.uint8)
     bad = tmp_path / "bad.jpg"

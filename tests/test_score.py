@@ -89,6 +89,27 @@ def scored(path, faces, n, error=""):
     return scored_table(rows, np.full((k, 7), 1 / 7, np.float32))
 
 
+def test_the_scorer_predicts_with_the_job_s_test_time_augmentation(tmp_path):
+    """``--tta`` reaches the model actors: FaceScorer's probabilities are the Predictor's with
+    that mode, and flip's differ from none's."""
+    from datagen import untrained_artifact
+
+    from fer_ray.inference.crops import FaceScorer
+    from fer_ray.inference.predictor import Predictor
+
+    artifact = str(untrained_artifact(tmp_path / "model"))
+    crops = np.random.default_rng(3).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    for i, crop in enumerate(crops):
+        (tmp_path / f"c{i}.png").write_bytes(encode(crop, "PNG"))
+    batch = {"path": np.array([str(tmp_path / f"c{i}.png") for i in range(4)], dtype=object)}
+    predictor, seen = Predictor(artifact), {}
+    for tta in ("none", "flip", "tencrop"):
+        table = FaceScorer(artifact, detect=DetectConfig(mode="none"), tta=tta)(batch)
+        seen[tta] = np.stack([table[name].to_numpy() for name in EMOTIONS], axis=1)
+        np.testing.assert_allclose(seen[tta], predictor.predict_proba(crops, tta=tta), atol=1e-5)
+    assert not np.allclose(seen["none"], seen["flip"])
+
+
 def test_assembler_holds_a_file_until_all_its_faces_arrive():
     asm = FileAssembler()
     asm.add(pa.concat_tables([scored("a.jpg", [1], 2), scored("b.jpg", [0], 1)]))  # a.jpg cut across batches
@@ -517,8 +538,8 @@ class TiedPredictor:
     def __init__(self, probs: np.ndarray):
         self.probs = probs
 
-    def predict_proba(self, faces: np.ndarray) -> np.ndarray:
-        return self.probs[: len(faces)]
+    def predict_proba(self, faces: np.ndarray, tta: str = "none") -> np.ndarray:
+        return self.probs[: len(faces)]  # the same whatever the augmentation
 
 
 def test_exactly_tied_probabilities_give_the_same_label_in_predict_score_and_evaluate():

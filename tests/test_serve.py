@@ -98,6 +98,22 @@ def test_the_default_detector_answers_scores_and_landmarks_in_the_served_schema(
         assert face.box.x < x < face.box.x + face.box.w and face.box.y < y < face.box.y + face.box.h
 
 
+def test_served_predictions_use_the_configured_test_time_augmentation(tmp_path):
+    """serve's default is flip (a client waits on few faces); --tta none and tencrop reach the
+    model, and a mode the artifact does not take stops the replica at start with its reason."""
+    from fer_ray.inference.predictor import Predictor
+
+    artifact = str(untrained_artifact(tmp_path / "model"))
+    crops = np.random.default_rng(4).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    predictor = Predictor(artifact)
+    assert ServeConfig(artifact=artifact).tta == "flip"
+    for tta in ("flip", "none", "tencrop"):
+        np.testing.assert_allclose(PhotoScorer(artifact, tta=tta).predict(crops), predictor.predict_proba(crops, tta),
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        PhotoScorer(artifact, tta="sideways")
+
+
 def test_a_detector_failure_is_the_image_s_error_not_a_500(small_artifact, images, monkeypatch):
     import cv2
 

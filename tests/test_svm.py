@@ -104,6 +104,10 @@ def test_svm_artifact_round_trips_through_predictor(synthetic_svm, synthetic_cat
     assert flipped.shape == probs.shape and not np.allclose(flipped, probs)
     with pytest.raises(ValueError, match="svm artifacts support .*not 'tencrop'"):
         predictor.predict_proba(val["image"][:2], tta="tencrop")
+    from fer_ray.inference.batch import score_folder
+
+    with pytest.raises(ValueError, match="svm artifacts support .*not 'tencrop'"):  # before Ray, as one line
+        score_folder(str(path), str(tmp_path), str(tmp_path / "scores.csv"), tta="tencrop")
     # Faces of another size are resized by the Predictor, like for every other kind.
     assert predictor.predict(np.zeros((2, 96, 96), np.uint8)).shape == (2,)
     assert predictor.predict_proba([]).shape == (0, NUM_CLASSES)  # like a CNN's

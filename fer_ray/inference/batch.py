@@ -368,15 +368,18 @@ def score_folder(artifact: str, input: str, output: str, log=print, **settings) 
         raise ScoreError(f"{out} exists and is no earlier result of fer-ray score (no {parts_folder(out).name}/"
                          f"{RECORD} beside it); pass --overwrite to replace it, or choose another --output")
     # Loaded whole here, as each model actor will load it: a broken artifact (weights that do
-    # not fit, a pickle for weights) is one error line now, not actor tracebacks after Ray starts.
-    meta = Predictor(artifact, device="cpu").meta
+    # not fit, a pickle for weights) or a --tta it does not take is one error line now, not
+    # actor tracebacks after Ray starts.
+    predictor = Predictor(artifact, device="cpu")
+    predictor.check_tta(cfg.tta)
+    meta = predictor.meta
     config = DetectConfig(mode=cfg.faces, image_size=int(meta["image_size"]), margin=cfg.margin,
                           max_pixels=cfg.max_pixels, detector=cfg.detector, small_faces=cfg.small_faces)
     files, others = list_images(input)
     shown = {f: display_path(f) for f in files}
     store = PartStore(parts_folder(out))
     summary = ScoreSummary(output=str(out), skipped_non_images=others)
-    job = {"weights_sha256": meta.get("weights_sha256"),
+    job = {"weights_sha256": meta.get("weights_sha256"), "tta": cfg.tta,
            **{k: v for k, v in asdict(config).items() if k != "image_size"}}
     with store.locked():
         if cfg.overwrite:  # under the lock: a running job's parts are never pulled from under it
@@ -427,7 +430,8 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
             f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
     paths = ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
                                 override_num_blocks=blocks)
-    scorer = {"artifact": cfg.artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads}
+    scorer = {"artifact": cfg.artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads,
+              "tta": cfg.tta}
     if not plan.fused:
         paths = paths.map_batches(detect_in_task, fn_kwargs={"config": config}, batch_size=files_per_task,
                                   num_cpus=plan.task_cpus)

@@ -193,16 +193,18 @@ class FaceScorer:
     With ``detect`` it takes paths and runs ``detect_batch`` first, so that one process reads,
     decodes, detects and predicts: what each CPU does when scoring on CPUs (see ``plan_resources``).
     ``threads``, given in a Ray actor, pins its threads to the CPUs it was given (``pin_threads``).
+    ``tta`` is the test-time augmentation of every prediction.
     """
 
     def __init__(self, artifact: str, device: str = "auto", batch_size: int = 256, threads: int | None = None,
-                 detect: DetectConfig | None = None):
+                 detect: DetectConfig | None = None, tta: str = "none"):
         from fer_ray.inference.predictor import Predictor
 
         if threads:
             pin_threads(threads)
         self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
         self.detect = detect
+        self.tta = tta
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         if self.detect is not None:
@@ -210,5 +212,5 @@ class FaceScorer:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         probs = np.zeros((len(ok), len(EMOTIONS)), dtype=np.float32)
         if ok.any():
-            probs[ok] = self.predictor.predict_proba(np.asarray(batch["image"])[ok])
+            probs[ok] = self.predictor.predict_proba(np.asarray(batch["image"])[ok], tta=self.tta)
         return scored_table(batch, probs)

@@ -125,6 +125,11 @@ class Predictor:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.asarray(self.backend.predict_proba(faces, tta), dtype=np.float32)
 
+    def check_tta(self, tta: str) -> None:
+        """Refuse, with the backend's own one-line reason, a mode this artifact does not take
+        (tencrop on an SVM or an ensemble): one blank face through it, before any real work."""
+        self.predict_proba(np.zeros((1, self.image_size, self.image_size), np.uint8), tta)
+
     def predict(self, faces, tta: str = "none") -> np.ndarray:
         return self.predict_proba(faces, tta).argmax(axis=1)
 

@@ -90,7 +90,7 @@ class PhotoScorer:
     """
 
     def __init__(self, artifact: str, device: str = "auto", detect: DetectConfig = DetectConfig(),
-                 threads: int | None = None):
+                 threads: int | None = None, tta: str = ServeConfig.model_fields["tta"].default):
         import torch
 
         from fer_ray.inference.predictor import Predictor
@@ -98,6 +98,8 @@ class PhotoScorer:
         if threads:
             torch.set_num_threads(threads)
         self.predictor = Predictor(artifact, device=device)
+        self.predictor.check_tta(tta)
+        self.tta = tta
         self.config = dataclasses.replace(detect, image_size=self.predictor.image_size)
         self._local = threading.local()
 
@@ -119,7 +121,7 @@ class PhotoScorer:
         return (grey.shape[1], grey.shape[0]), [face for face, _ in found], crops
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        return self.predictor.predict_proba(crops)
+        return self.predictor.predict_proba(crops, tta=self.tta)
 
 
 def face_results(faces: list, probs: np.ndarray) -> list[dict]:
@@ -306,7 +308,8 @@ class FerService:
         self.cfg = ServeConfig(**config)
         detect = DetectConfig(margin=self.cfg.margin, max_pixels=self.cfg.max_pixels, detector=self.cfg.detector,
                               small_faces=self.cfg.small_faces)
-        self.scorer = PhotoScorer(self.cfg.artifact, self.cfg.device, detect, threads=max(1, int(self.cfg.num_cpus)))
+        self.scorer = PhotoScorer(self.cfg.artifact, self.cfg.device, detect, threads=max(1, int(self.cfg.num_cpus)),
+                                  tta=self.cfg.tta)
         self._forward.set_max_batch_size(self.cfg.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self.batches = collections.Counter()
@@ -418,6 +421,8 @@ class FerService:
             "metrics": meta.get("metrics", {}),
             "created": meta.get("created"),
             "device": str(self.scorer.predictor.device),
+            "faces": {"detector": self.cfg.detector, "small_faces": self.cfg.small_faces, "margin": self.cfg.margin,
+                      "tta": self.cfg.tta},
             "limits": {"max_body_bytes": self.cfg.max_body_bytes, "max_pixels": self.cfg.max_pixels,
                        "max_files": self.cfg.max_files, "content_types": ["image/*", *RAW_TYPES, "multipart/form-data"],
                        "body_timeout_s": self.cfg.body_timeout_s, "max_ongoing_requests": self.cfg.ongoing(),
