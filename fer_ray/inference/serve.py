@@ -84,9 +84,11 @@ def image_error_status(exc: ImageError) -> int:
 class PhotoScorer:
     """Image bytes -> face boxes and crops -> probabilities, without Ray or HTTP.
 
-    Detection runs in a thread pool (so the event loop keeps taking requests); neither OpenCV's
-    cascade nor its DNN network is safe to share between threads, hence one detector per thread,
-    each made as ``score`` and ``predict`` make theirs (``make_detector``).
+    Decoding and detection run in a thread pool (so the event loop keeps taking requests). The
+    replica has one detector, made as ``score`` and ``predict`` make theirs (``make_detector``),
+    used by one thread at a time: neither OpenCV's cascade nor its DNN network is safe to share
+    between threads, and a CenterFace detector per thread would hold its networks' activations
+    (~80 MB each) once per thread of the pool. OpenCV spreads one detection over the CPUs itself.
     """
 
     def __init__(self, artifact: str, device: str = "auto", detect: DetectConfig = DetectConfig(),
@@ -101,19 +103,16 @@ class PhotoScorer:
         self.predictor.check_tta(tta)
         self.tta = tta
         self.config = dataclasses.replace(detect, image_size=self.predictor.image_size)
-        self._local = threading.local()
-
-    def _detector(self):
-        if not hasattr(self._local, "detector"):
-            self._local.detector = make_detector(self.config.detector, self.config.small_faces)
-        return self._local.detector
+        self._detector = make_detector(self.config.detector, self.config.small_faces)
+        self._detecting = threading.Lock()
 
     def faces(self, data: bytes, mode: str) -> tuple[tuple[int, int], list, np.ndarray]:
         """((width, height), faces (``Face``), crops (k, S, S) uint8); raises ImageError."""
         grey = decode_grey(data, self.config.max_pixels)
         config = dataclasses.replace(self.config, mode=mode)
         try:
-            found = crop_faces(grey, config, None if mode == "none" else self._detector())
+            with self._detecting:
+                found = crop_faces(grey, config, None if mode == "none" else self._detector)
         except cv2.error as exc:  # this image's problem (as in ``fer-ray score``), not a 500
             raise ImageError(f"face detection failed ({str(exc).strip()[:200]})") from None
         size = self.predictor.image_size
