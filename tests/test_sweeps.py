@@ -29,6 +29,29 @@ def test_choose_best_takes_the_highest_val_accuracy_among_completed_trials():
         choose_best([rows[-1]])
 
 
+def test_a_trial_is_finished_by_its_final_report_even_if_a_stop_came_before_it_returned(tmp_path):
+    """Ctrl+C between a trial's final report and its return left it without Tune's ``done``,
+    and Tune does not run such a trial again: counted unfinished, every rerun of the sweep
+    said it was unfinished. Its final report (made after the artifact) is what counts."""
+    from types import SimpleNamespace
+
+    from fer_ray.tuning.sweeps import _row
+
+    (tmp_path / "artifact").mkdir()
+    (tmp_path / "artifact" / "model.json").write_text("{}")
+
+    def row(**metrics):
+        return _row(SimpleNamespace(metrics={"trial_id": "t", "val_acc": 0.5, **metrics}, error=None,
+                                    config={}, path=str(tmp_path)))["status"]
+
+    artifact = str(tmp_path / "artifact")
+    assert row(artifact=artifact, final=True) == "complete"  # reported, stopped before returning
+    assert row(artifact=artifact, final=True, done=True) == "complete"
+    assert row(artifact=artifact) == "unfinished"  # the artifact alone: the final report never came
+    assert row(epoch=3) == "unfinished"  # an epoch's report of a run cut short
+    assert row(epoch=3, done=True) == "stopped"  # returned early without an artifact (ASHA)
+
+
 @pytest.mark.parametrize("bad,message", [
     ({"label_smoothing": (0.2,)}, "label_smoothing.1\n  Field required"),
     ({"label_smoothing": (0.0, 0.1, 0.2)}, "label_smoothing\n  Tuple should have at most 2 items"),

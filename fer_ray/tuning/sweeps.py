@@ -89,7 +89,7 @@ def svm_trial(config: dict, settings: dict, catalog: Catalog, train: dict, val: 
     print(f"{name}: val accuracy {val_acc:.4f} (fit {info['fit_seconds']:.0f} s)", flush=True)
     artifact = save_svm(str(_trial_dir(settings["run_dir"]) / "artifact"), model, info, catalog)
     tune.report({"val_acc": val_acc, "epoch": 1, "fit_seconds": info["fit_seconds"],
-                 "converged": info["converged"], "artifact": str(artifact)})
+                 "converged": info["converged"], "artifact": str(artifact), "final": True})
 
 
 class StopBoard:
@@ -156,7 +156,7 @@ def cnn_trial(config: dict, settings: dict) -> None:
         raise
     # The last report states the finished artifact's own val accuracy (the selection criterion).
     tune.report({"val_acc": summary["evaluations"]["val"]["accuracy"], "epoch": len(summary["history"]),
-                 "artifact": summary["artifact"]})
+                 "artifact": summary["artifact"], "final": True})
 
 
 # ------------------------------------------------------------------ driver
@@ -296,14 +296,17 @@ def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalo
 def _row(result) -> dict:
     """One trial: complete (returned with an artifact), stopped (by ASHA), unfinished, or error.
 
-    ``done`` is Tune's own mark that the trial function returned: an artifact written just
-    before an interruption does not make a trial finished (a resumed sweep runs it again).
+    A trial is finished once its function made its ``final`` report (the last thing it does,
+    after its artifact is written) or returned (Tune's ``done``). Not ``done`` alone: a Ctrl+C
+    between the final report and the return left such a trial terminated without ``done``, which
+    a resumed sweep does not run again, so every rerun said the sweep was unfinished. An
+    artifact written without the final report (interrupted in between) does not count.
     """
     m = result.metrics or {}
     artifact = m.get("artifact")
     if result.error is not None:
         status = "error"
-    elif not m.get("done"):
+    elif not (m.get("final") or m.get("done")):
         status = "unfinished"
     else:
         status = "complete" if artifact and Path(artifact, "model.json").exists() else "stopped"
