@@ -126,7 +126,8 @@ def face_crop(grey: np.ndarray, face: Face, margin: float | None = None) -> np.n
     (``MARGINS``)."""
     if face.landmarks is None:
         return crop_square(grey, face.box, MARGINS["haar"] if margin is None else margin)
-    return aligned_crop(grey, face, framing=FER_FRAMING.widened(margin or 0.0))
+    widen = MARGINS["centerface"] if margin is None else margin
+    return aligned_crop(grey, face, framing=FER_FRAMING.widened(widen))
 
 
 def find_faces(
