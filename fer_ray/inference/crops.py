@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from fer_ray.data.faces import DEFAULT_DETECTOR, DETECTORS, FACE_MODES, find_faces, make_detector
+from fer_ray.data.faces import DEFAULT_DETECTOR, FACE_MODES, find_faces, make_detector
 from fer_ray.data.geometry import LANDMARKS
 from fer_ray.data.files import read_image_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_grey, resize
@@ -42,7 +42,7 @@ SCHEMA = pa.schema(
 @functools.lru_cache(maxsize=4)
 def cached_detector(kind: str = DEFAULT_DETECTOR, small_faces: bool = False):
     """One detector per process and setting: loading it costs more than detecting in a small
-    image. Only for one thread at a time (``serve`` keeps one per thread)."""
+    image. Only for one thread at a time (``serve`` keeps its own, behind a lock)."""
     return make_detector(kind, small_faces)
 
 
@@ -74,8 +74,6 @@ class DetectConfig:
     def __post_init__(self):
         if self.mode not in FACE_MODES:
             raise FerRayError(f"unknown face mode {self.mode!r}; expected one of {FACE_MODES}")
-        if self.detector not in DETECTORS:
-            raise FerRayError(f"unknown face detector {self.detector!r}; expected one of {', '.join(DETECTORS)}")
 
     def make_detector(self):
         """This job's detector (cached per process), or None where images are crops already."""
@@ -100,10 +98,12 @@ def crop_faces(grey: np.ndarray, config: DetectConfig, detector) -> list:
 def face_points(face) -> list[float]:
     """A face's detector score and landmarks (x, y in ``LANDMARKS`` order) as 11 floats, NaN
     where the detector gives none (Haar, no face)."""
-    nan = [float("nan")] * (1 + len(LANDMARK_COLUMNS))
-    if face is None or face.landmarks is None:
-        return nan if face is None or face.score is None else [face.score, *nan[1:]]
-    return [face.score, *(v for point in face.landmarks for v in point)]
+    nan = float("nan")
+    if face is None:
+        return [nan] * (1 + len(LANDMARK_COLUMNS))
+    score = nan if face.score is None else face.score
+    points = [nan] * len(LANDMARK_COLUMNS) if face.landmarks is None else [v for p in face.landmarks for v in p]
+    return [score, *points]
 
 
 def detection_fields(face) -> dict:

@@ -49,8 +49,8 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
     ``settings`` are ``PredictConfig``'s: ``faces`` (``all`` detects every face, the default;
     ``largest`` keeps one per image; ``none`` takes each image as an already cropped face),
     ``detector`` (``centerface``, the default, or ``haar``), ``small_faces``, ``margin``, ``tta``
-    (test-time augmentation, ``flip`` by default) and ``top``. Without ``artifact`` (or ``predictor``) the shipped default model is
-    used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
+    (test-time augmentation, ``flip`` by default) and ``top``. Without ``artifact`` (or
+    ``predictor``) the shipped default model is used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
     first), ``box`` (x, y, w, h in the image's pixels), ``detector_score`` and ``landmarks``
     (five named (x, y) points; both None for haar), ``emotion``, ``probabilities`` (all seven)
     and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
