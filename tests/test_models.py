@@ -15,7 +15,7 @@ from fer_ray.models import MODELS, build_model, load_state_dict, parameter_count
 from fer_ray.models.forward import run_batches, tta_views
 from fer_ray.models.inputs import Normalization, to_model_input
 from fer_ray.models.vgg import VGG16_LAYERS
-from fer_ray.training.augment import Augment, augment_batch
+from fer_ray.training.augment import Augment, gaussian_blur, augment_batch
 
 
 def test_registry_matches_the_names_the_cli_offers():
@@ -156,6 +156,20 @@ def test_augmentation_is_seeded_and_shape_preserving():
     y = augment_batch(x, flip_only, torch.Generator().manual_seed(0))
     for i in range(len(x)):  # every image is either itself or its mirror
         assert torch.equal(y[i], x[i]) or torch.equal(y[i], x[i].flip(-1))
+
+
+def test_photo_degradation_touches_only_the_chosen_faces_and_keeps_their_content():
+    """photo_p degrades like a photo's face: some faces change, others stay; a blur of sigma 0 is none."""
+    x = torch.randn(64, 1, 48, 48)
+    photo_only = Augment(flip=False, rotate_deg=0, scale=0, translate_px=0, photo_p=0.5)
+    y = augment_batch(x, photo_only, torch.Generator().manual_seed(0))
+    changed = [not torch.equal(y[i], x[i]) for i in range(len(x))]
+    assert 10 < sum(changed) < 54 and torch.isfinite(y).all()
+    assert torch.equal(gaussian_blur(x, torch.zeros(len(x))), x)
+    flat = torch.full((2, 1, 48, 48), 0.7)  # blurring keeps a flat image's level: the kernel sums to 1
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([0.5, 1.0])), flat, atol=1e-5)
+    smooth = gaussian_blur(x[:2], torch.tensor([1.0, 1.0]))
+    assert smooth.std() < 0.6 * x[:2].std()  # white noise loses most of its variance
 
 
 def test_tta_views_and_batched_probabilities():

@@ -35,6 +35,8 @@ class Augment(BaseModel):
                                 json_schema_extra={"flag": "--translate"})
     erase_p: float = Field(0.0, ge=0, le=1, description="random-erasing probability")
     erase_area: tuple[float, float] = Field((0.02, 0.15), description="MIN, MAX fraction of the image one erase covers")
+    photo_p: float = Field(0.0, ge=0, le=1, description="probability a face is degraded like one cut from a photo "
+                                                        "(shrunk, blurred, relit, noised)")
 
     @model_validator(mode="after")
     def _area(self):
@@ -45,10 +47,11 @@ class Augment(BaseModel):
 
     @property
     def active(self) -> bool:
-        return self.flip or self.rotate_deg > 0 or self.scale > 0 or self.translate_px > 0 or self.erase_p > 0
+        return (self.flip or self.rotate_deg > 0 or self.scale > 0 or self.translate_px > 0 or self.erase_p > 0
+                or self.photo_p > 0)
 
 
-NO_AUGMENT = Augment(flip=False, rotate_deg=0, scale=0, translate_px=0, erase_p=0)
+NO_AUGMENT = Augment(flip=False, rotate_deg=0, scale=0, translate_px=0, erase_p=0, photo_p=0)
 
 
 class Recipe(BaseModel):
