@@ -442,6 +442,10 @@ def test_serve_direct_answers_on_its_port_and_sigterm_stops_it_cleanly(tmp_path,
         answer = httpx.post(f"http://127.0.0.1:{port}/predict?faces=none", content=images["crop"],
                             headers={"content-type": "image/png"}, timeout=60)
         assert answer.status_code == 200 and answer.json()["faces"][0]["emotion"] in EMOTIONS
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=60)  # the try-it page, on the port the line names
+        assert f"open http://127.0.0.1:{port}/ in a browser" in (tmp_path / "out").read_text()
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<title>fer-ray" in page.text
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     finally:
@@ -463,6 +467,6 @@ def test_direct_is_refused_where_it_cannot_hold_before_ray_starts(tmp_path, monk
     monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert main(["serve", "--artifact", str(untrained_artifact(tmp_path / "model")), "--port", str(free_port()), "--direct",
-                 *extra]) == 2
+    artifact = str(untrained_artifact(tmp_path / "model"))
+    assert main(["serve", "--artifact", artifact, "--port", str(free_port()), "--direct", *extra]) == 2
     assert message in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 Endpoints (FastAPI; OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 
+    GET  /                 a page to try the model in a browser (a photo, or the webcam):
+                           ``page.html``, self-contained, calling POST /predict like any client
     POST /predict          one image, as a multipart upload (any file field) or as the raw
                            request body (Content-Type image/* or application/octet-stream)
     POST /predict/batch    several images in one multipart request (each file its own result)
@@ -31,13 +33,14 @@ import contextlib
 import dataclasses
 import os
 import threading
+from importlib import resources
 from typing import Literal, Optional
 
 import cv2
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from starlette.datastructures import UploadFile
@@ -58,6 +61,8 @@ RAW_TYPES = ("application/octet-stream",)  # besides image/*; no Content-Type is
 # Serve's slots per replica beyond the prediction requests it takes (ServeConfig.ongoing()):
 # /healthz, /model and /docs always find one free, however many uploads are in progress.
 HEALTH_ROOM = 4
+# GET /: the try-it page, read once (it is part of the package, like the detector's weights).
+PAGE = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 # Seconds a client told 503 (replica or queue full) is asked to wait before trying again.
 RETRY_AFTER_S = 1
 
@@ -400,6 +405,10 @@ class FerService:
         except ApiError as exc:
             return {"filename": name, "status": exc.status, "error": exc.message}
 
+    @api.get("/", response_class=HTMLResponse, summary="A page to try the model in a browser")
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
     @api.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the model is loaded")
     async def healthz(self) -> dict:
         return {"status": "ok", "kind": self.scorer.predictor.kind}
@@ -542,8 +551,9 @@ def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log
             if not _wait_for(f"http://{host}:{port}/healthz", 60):
                 raise RuntimeError(f"the replica did not answer on port {port} (Ray Serve's direct ingress); "
                                    "leave out --direct to serve through Serve's proxy")
-            via = f", by the replica itself (Serve's proxy: http://{host}:{proxy_port})"
-        log(f"serving {config.artifact} at http://{host}:{port}{via} (docs: /docs); Ctrl-C stops")
+            via = f", answered by the replica itself (Serve's proxy: http://{host}:{proxy_port})"
+        log(f"serving {config.artifact}: open http://{host}:{port}/ in a browser to try it (API docs: /docs)"
+            f"{via}; Ctrl-C stops")
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
