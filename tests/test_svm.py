@@ -9,7 +9,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from fer_ray.artifacts import ArtifactError
-from fer_ray.baseline.svm import MIN_SCALE_FRACTION, LinearSvm, SvmBackend, fit_svm, save_svm, solver_parameter
+from fer_ray.baseline.linear import LinearSvm, SvmBackend
+from fer_ray.baseline.svm import MIN_SCALE_FRACTION, fit_svm, save_svm, solver_parameter
 from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.inference.predictor import Predictor

@@ -19,91 +19,30 @@ train standard deviation (scikit-learn's StandardScaler, per pixel). On FER2013 
 0.1-0.3 points above one global scale (benchmarks/RESULTS.md); a pixel that barely varies in
 training is divided by at least a tenth of the global deviation, so it cannot amplify noise
 at test time. The fitted model is plain arrays (coefficients, intercepts, mean image,
-per-pixel scale) saved as a kind "svm" artifact, so loading it unpickles nothing. A
-hinge-loss model has no probabilities: ``predict_proba`` is the softmax of the seven
-decision scores. It keeps the argmax (accuracy and every metric are exact) but is not
-calibrated.
+per-pixel scale; ``linear.LinearSvm``) saved as a kind "svm" artifact, so loading it unpickles
+nothing.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from fer_ray.artifacts import ArtifactError, linear_arrays, load_artifact, save_artifact
+from fer_ray.artifacts import save_artifact
 from fer_ray.baseline.config import BaselineConfig
+from fer_ray.baseline.linear import LinearSvm, flatten
 from fer_ray.choices import SVM_DEFAULT_LAMBDA as DEFAULT_LAMBDA, SVM_LOSSES as LOSSES, SVM_SOLVERS as SOLVERS
+from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.errors import FerRayError
+from fer_ray.evaluation.evaluate import evaluate_splits
 from fer_ray.rundir import claim, finish, finished
-
-if TYPE_CHECKING:  # the catalog's readers are not needed to load an SVM
-    from fer_ray.data.catalog import Catalog
 
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
 MIN_SCALE_FRACTION = 0.1
-
-
-def flatten(images: np.ndarray) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, S*S) float32 on the 0..1 scale."""
-    images = np.asarray(images)
-    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-@dataclass
-class LinearSvm:
-    """A fitted linear classifier as plain arrays; the artifact stores exactly these."""
-
-    coef: np.ndarray  # (7, D) float32
-    intercept: np.ndarray  # (7,) float32
-    mean: np.ndarray  # (D,) float32, train mean image on the 0..1 scale
-    scale: np.ndarray  # (D,) float32 per-pixel train standard deviation (older artifacts: (1,), one for all)
-
-    def inputs(self, flat: np.ndarray) -> np.ndarray:
-        """Flattened 0..1 pixels -> the centred, scaled vectors the model was fitted on."""
-        return (flat - self.mean) / self.scale
-
-    def decision(self, images: np.ndarray) -> np.ndarray:
-        """(N, 7) hinge scores for uint8 (N, S, S) faces."""
-        return self.inputs(flatten(images)) @ self.coef.T + self.intercept
-
-    def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
-        """Softmax of the scores, averaged over the test-time views (same views as the CNNs).
-
-        Ten-crop is refused: a pixel-position model scores shifted, rescaled crops as other
-        faces (on synthetic faces it cut accuracy from 0.74 to 0.45); a mirror image is fine.
-        """
-        from fer_ray.models.forward import tta_views
-
-        if tta == "tencrop":
-            raise FerRayError("svm artifacts support test-time augmentation 'none' or 'flip', not 'tencrop'")
-        if tta == "none":
-            return softmax(self.decision(images)).astype(np.float32)
-        x = torch.tensor(np.asarray(images, np.uint8)).unsqueeze(1).float() / 255.0
-        views = tta_views(x, tta)
-        probs = sum(softmax(self.inputs(v.reshape(len(v), -1).numpy()) @ self.coef.T + self.intercept)
-                    for v in views)
-        return (probs / len(views)).astype(np.float32)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef, "intercept": self.intercept, "mean": self.mean,
-                "scale": self.scale}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict, path: str = "", width: int | None = None) -> "LinearSvm":
-        return cls(*linear_arrays(path, arrays, ("coef", "intercept", "mean", "scale"), width))
 
 
 def solver_parameter(solver: str, lam: float, n: int) -> dict:
@@ -165,19 +104,6 @@ def fit_svm(images: np.ndarray, labels: np.ndarray, lam: float = DEFAULT_LAMBDA,
     return model, info
 
 
-class SvmBackend:
-    """Predictor backend for kind "svm" artifacts (plain numpy; no device needed)."""
-
-    def __init__(self, path: str, device=None, batch_size: int = 0):  # Predictor's backend signature
-        self.meta, arrays = load_artifact(path)
-        if self.meta["kind"] != "svm":
-            raise ArtifactError(f"{path} is a {self.meta['kind']} artifact, not an SVM")
-        self.model = LinearSvm.from_arrays(arrays, path, width=self.meta["image_size"] ** 2)
-
-    def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
-        return self.model.predict_proba(images, tta)
-
-
 def save_svm(path: str, model: LinearSvm, info: dict, catalog: Catalog) -> Path:
     meta = {"architecture": "linear_svm", "num_classes": NUM_CLASSES, "image_size": catalog.image_size,
             "in_channels": 1,
@@ -194,8 +120,6 @@ def train_svm(catalog: Catalog | str, output: str, lam: float = DEFAULT_LAMBDA, 
 
     ``train`` may hand in the split already loaded (a sweep shares it between trials).
     """
-    from fer_ray.data.catalog import Catalog
-
     catalog = Catalog.open(catalog)
     train = train if train is not None else catalog.load("train")
     model, info = fit_svm(train["image"], train["label"], lam, solver, max_iter, loss=loss)
@@ -209,9 +133,6 @@ def run_baseline(catalog: Catalog | str, run_dir: str, log=print, **settings) ->
 
     A run directory holding another run (or this one with another lambda) is refused unless
     ``overwrite``: a second SVM would silently replace the first."""
-    from fer_ray.data.catalog import Catalog
-    from fer_ray.evaluation.evaluate import evaluate_splits
-
     cfg = BaselineConfig(catalog=str(catalog), run_dir=run_dir, **settings)
     lam, solver, loss, max_iter = cfg.lam, cfg.solver, cfg.loss, cfg.max_iter
     # A wrong --catalog fails before the run directory is claimed.

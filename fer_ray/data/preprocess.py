@@ -172,6 +172,28 @@ def resize(grey: np.ndarray, size: int) -> np.ndarray:
     )
 
 
+def resize_faces(faces, size: int) -> np.ndarray:
+    """Grey uint8 faces (a list of (H, W) arrays, or one (N, H, W) array) -> (N, size, size), the
+    faces a model takes; anything else is a one-line FerRayError."""
+    if isinstance(faces, np.ndarray):
+        if faces.ndim != 3 or faces.dtype != np.uint8:  # a 0..1 float array would become black faces
+            raise FerRayError(f"expected grey uint8 faces (N, H, W), got {faces.dtype} {faces.shape}")
+        if faces.shape[2] in (3, 4) and faces.shape[1] > 4:  # rows of one colour image, not N faces
+            raise FerRayError(f"expected grey faces (N, H, W), got {faces.shape}: that looks like one "
+                              "colour image (H, W, channels); convert it to grey first")
+        if faces.shape[1:] == (size,) * 2:
+            return np.ascontiguousarray(faces)  # a mirrored view (negative strides) is copied
+    out = np.empty((len(faces), size, size), dtype=np.uint8)
+    for i, face in enumerate(faces):
+        face = np.asarray(face)
+        if face.ndim != 2 or face.dtype != np.uint8:
+            raise FerRayError(f"face {i}: expected a grey uint8 (H, W) array, got {face.dtype} {face.shape}")
+        if face.size == 0:
+            raise FerRayError(f"face {i}: empty image {face.shape}")
+        out[i] = resize(face, size)
+    return out
+
+
 def encode_png(grey: np.ndarray) -> bytes:
     """Encode a grey uint8 array as PNG bytes (used to write test images and demo inputs)."""
     buf = io.BytesIO()

@@ -10,7 +10,9 @@ so their train features are more separable than unseen ones; that is the paper's
 and it is why C is chosen on val, not on train.
 
 ``MemberFeatures`` computes the members' features and probabilities for a batch of faces (the
-Ray stage in ``features`` runs it on an actor pool; ``EnsembleBackend`` calls it directly).
+Ray stage in ``features`` runs it on an actor pool; ``EnsembleBackend`` calls it directly). It
+runs each member on ``CnnBackend``, not through Predictor: Predictor holds ``EnsembleBackend``
+for kind "ensemble", so this module sits below it.
 An ensemble artifact (kind "ensemble") stores the head as arrays (coefficients, intercepts,
 feature mean and scale) and names its members by path with the SHA-256 of their weights.
 ``EnsembleBackend`` refuses a member whose weights changed since the head was fitted: the
@@ -29,10 +31,11 @@ import torch
 
 from fer_ray.artifacts import (ArtifactError, file_sha256, linear_arrays, load_artifact, read_meta, save_artifact,
                                weights_file)
+from fer_ray.data.preprocess import resize_faces
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.ensemble.config import C_GRID
 from fer_ray.errors import FerRayError
-from fer_ray.inference.predictor import Predictor
+from fer_ray.inference.cnn import CnnBackend, pick_device
 
 if TYPE_CHECKING:  # the catalog's readers are not needed to load an ensemble
     from fer_ray.data.catalog import Catalog
@@ -108,9 +111,8 @@ def soft_vote(probs: np.ndarray) -> np.ndarray:
 
 
 def member_meta(path: str) -> dict:
-    """A member's model.json, refused unless it is a CNN's. Checked before a member is loaded:
-    an ensemble among the members (the ensemble itself, or one that names this one) would load
-    its own members in turn, without end."""
+    """A member's model.json, refused unless it is a CNN's: checked before any member's arrays are
+    read, so an SVM or an ensemble among the members is named in the ensemble's terms, at once."""
     meta = read_meta(path)
     if meta["kind"] != "cnn":
         raise ArtifactError(f"ensemble members must be CNN artifacts; {path} is {meta['kind']}")
@@ -178,22 +180,27 @@ class MemberFeatures:
                  keep: tuple[str, ...] = ("label", "id")):
         for m in members:
             member_meta(m)
-        self.predictors = [Predictor(m, device=device, batch_size=batch_size) for m in members]
+        device = pick_device(device)
+        self.networks = [CnnBackend(m, device, batch_size) for m in members]
         self.keep = keep
 
     @property
     def widths(self) -> list[int]:
-        return [p.backend.feature_dim for p in self.predictors]
+        return [n.feature_dim for n in self.networks]
+
+    def _faces(self, network: CnnBackend, images: np.ndarray) -> np.ndarray:
+        """The faces at the size this member was trained on (members may differ)."""
+        return resize_faces(images, network.meta["image_size"])
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(N, sum of widths) float32: each member's penultimate features, in member order."""
-        return np.concatenate([p.features(images) for p in self.predictors], axis=1)
+        return np.concatenate([n.features(self._faces(n, images)) for n in self.networks], axis=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.asarray(batch["image"], np.uint8)
         out = {k: batch[k] for k in self.keep if k in batch}
         out["features"] = self.features(images)
-        out["probs"] = np.stack([p.predict_proba(images) for p in self.predictors], axis=1)
+        out["probs"] = np.stack([n.predict_proba(self._faces(n, images)) for n in self.networks], axis=1)
         return out
 
 

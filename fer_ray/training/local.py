@@ -9,7 +9,7 @@ import torch
 
 from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
-from fer_ray.inference.predictor import pick_device
+from fer_ray.inference.cnn import pick_device
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
 from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
