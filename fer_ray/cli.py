@@ -1,5 +1,10 @@
 """``fer-ray <stage>``: each stage is a thin call into the package's modules.
 
+A stage's flags are its configs' fields, parsed by pydantic-settings: a field's name (or its
+alias) is the flag, its description the help, its type, range and choices check the value, a
+bool that defaults to True is ``--no-NAME``. ``--config FILE.yaml`` supplies any flag of
+``train`` and ``pipeline`` (keys are flag names); explicit flags win.
+
 Refusals the user can act on (``FerRayError``: a missing input, a bad flag, a damaged artifact)
 print one line and exit with status 2. Anything else is a bug: its traceback is printed, then
 one line asking for a report, and the exit status is 1.
@@ -7,48 +12,65 @@ one line asking for a report, and the exit status is 1.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
+import re
 import signal
 import sys
 import traceback
+import typing
 from pathlib import Path
+from typing import Callable, ClassVar, Optional
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_settings import CliPositionalArg, CliSettingsSource, CliSubCommand, CliVariadicArg, SettingsError
 
-from fer_ray.demo import DemoConfig
 from fer_ray.baseline.config import BaselineConfig
 from fer_ray.data.config import PrepareConfig
+from fer_ray.demo import DemoConfig
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.errors import FerRayError
 from fer_ray.evaluation.config import EvaluateConfig
-from fer_ray.flags import AMOUNT, add_flags, fields, one_line
 from fer_ray.inference.config import PredictConfig, ScoreConfig, ServeConfig, ServerOptions
 from fer_ray.pipeline import PipelineConfig
 from fer_ray.runtime import Interrupted, Terminated
 from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
-# The flags generated from each config's fields (fer_ray.flags): all of them but those named.
-PREPARE_FLAGS = fields(PrepareConfig)
-TRAIN_FLAGS = fields(TrainConfig, exclude=("recipe", "fault_epoch"))  # the recipe has its own; a testing aid
-RECIPE_FLAGS = fields(Recipe, exclude=("augment", "channels_last", "eval_batch_size"))
-AUGMENT_FLAGS = fields(Augment, exclude=("erase_area",))
-PIPELINE_FLAGS = fields(PipelineConfig, exclude=("input_sizes", "svm_lambda", "ensemble_batch_size"))  # sizes: below
-SWEEP_FLAGS = {"svm": fields(SvmSweep), "cnn": fields(CnnSweep, exclude=("reduction_factor", "recipe"))}
-BASELINE_FLAGS = fields(BaselineConfig)
-ENSEMBLE_FLAGS = fields(EnsembleConfig, exclude=("gpu",))  # --gpu forces GPUs; unset, the cluster decides
-SCORE_FLAGS = fields(ScoreConfig, exclude=("artifact",))  # --artifact may be omitted: the shipped model
-SERVE_FLAGS = ("replicas", "num_cpus", "max_batch_size", "max_queued_requests", "max_body_bytes", "max_pixels",
-               "max_files", "detector", "small_faces", "margin", "tta")  # the rest: below
-ARTIFACT = "artifact folder (default: the model that ships with fer-ray)"  # score, serve, evaluate, predict
-VERBOSE = "also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)"
+
+class Flags(BaseModel):
+    """A stage's parsed flags: the fields of its configs and its own (``flags``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: ClassVar[str]  # the word after fer-ray, for messages
+    run: ClassVar[Callable]
 
 
-def _values(args, names) -> dict:
-    """The parsed values of a config's flags, by field name: what the config is built from."""
-    return {name: getattr(args, name) for name in names}
+def flags(stage: str, help: str, run: Callable, *configs: dict, **own) -> type[Flags]:
+    """The flags of ``stage``: the fields in ``configs`` (``_fields``), then its ``own``
+    (name=(type, Field)), which replace a config's field of the same name."""
+    fields = {}
+    for config in configs:
+        for name, field in config.items():  # a list takes its values after one flag: --models a b
+            many = any(typing.get_origin(t) in (tuple, list, dict) for t in (field.annotation,
+                                                                               *typing.get_args(field.annotation)))
+            fields[name] = (CliVariadicArg[field.annotation] if many else field.annotation, field)
+    model = create_model(stage, __base__=Flags, __doc__=help, **(fields | own))
+    model.stage, model.run = stage.split()[0], staticmethod(run)
+    return model
+
+
+def _fields(model: type[BaseModel], *exclude: str) -> dict:
+    """``model``'s fields less ``exclude``: a new setting gets its flag without another list."""
+    unknown = set(exclude) - set(model.model_fields)
+    if unknown:
+        raise KeyError(f"{model.__name__} has no fields {sorted(unknown)}")
+    return {name: field for name, field in model.model_fields.items() if name not in exclude}
+
+
+def _values(args: Flags, model: type[BaseModel]) -> dict:
+    """The parsed values of ``model``'s fields, by field name: what the config is built from."""
+    return {name: getattr(args, name) for name in model.model_fields if name in type(args).model_fields}
 
 
 def _prepare(args) -> None:
@@ -56,7 +78,7 @@ def _prepare(args) -> None:
     from fer_ray.data.ingest import build_catalog
     from fer_ray.data.sources import make_source
 
-    cfg = PrepareConfig(**_values(args, PREPARE_FLAGS))
+    cfg = PrepareConfig(**_values(args, PrepareConfig))
     source = make_source(cfg.source, cfg.input, size=cfg.size, **cfg.source_options())
     manifest = build_catalog(source, cfg.output, split_mode=cfg.split, seed=cfg.seed,
                              overwrite=cfg.overwrite, num_cpus=cfg.num_cpus)
@@ -67,40 +89,30 @@ def _prepare(args) -> None:
 def _demo(args) -> None:
     from fer_ray.demo import run_demo
 
-    run_demo(**_values(args, fields(DemoConfig)))
+    run_demo(**_values(args, DemoConfig))
 
 
 def _pipeline(args) -> None:
     from fer_ray.pipeline import Pipeline, headline
 
-    sizes = {}
-    for item in args.input_sizes:
-        model, _, size = item.partition("=")
-        if not size.isdigit():
-            raise FerRayError(f"--input-sizes takes MODEL=PIXELS, got {item!r}")
-        sizes[model] = int(size)
-    cfg = PipelineConfig(**_values(args, PIPELINE_FLAGS), input_sizes=sizes)
-    summary = Pipeline(cfg).run()
+    summary = Pipeline(PipelineConfig(**_values(args, PipelineConfig))).run()
     print(headline(summary))
     print(f"report: {summary['outputs']['report']}  (storage: {summary['storage']})")
-
-
-def _recipe(args):
-    augment = NO_AUGMENT if args.no_augment else Augment(**_values(args, AUGMENT_FLAGS))
-    return Recipe(**_values(args, RECIPE_FLAGS), augment=augment)
 
 
 def _train(args) -> None:
     from fer_ray.training.trainer import train
 
-    summary = train(TrainConfig(**_values(args, TRAIN_FLAGS), recipe=_recipe(args)))
+    augment = NO_AUGMENT if args.no_augment else Augment(**_values(args, Augment))
+    recipe = Recipe(**_values(args, Recipe), augment=augment)
+    summary = train(TrainConfig(**_values(args, TrainConfig), recipe=recipe))
     print(f"artifact: {summary['artifact']}")
 
 
 def _evaluate(args) -> None:
     from fer_ray.evaluation.evaluate import evaluate_artifact
 
-    cfg = EvaluateConfig(**_values(args, fields(EvaluateConfig)))
+    cfg = EvaluateConfig(**_values(args, EvaluateConfig))
     out = Path(cfg.output)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise FerRayError(f"--output {out} is not empty (an earlier report?); use another folder, "
@@ -113,15 +125,15 @@ def _evaluate(args) -> None:
 def _score(args) -> None:
     from fer_ray.inference.batch import score_folder
 
-    score_folder(_artifact(args), **_values(args, SCORE_FLAGS))
+    score_folder(**_values(args, ScoreConfig) | {"artifact": _artifact(args)})
 
 
 def _serve(args) -> None:
     from fer_ray.inference.serve import run_server
 
-    config = ServeConfig(artifact=_artifact(args), **_values(args, SERVE_FLAGS),
+    config = ServeConfig(**_values(args, ServeConfig) | {"artifact": _artifact(args)},
                          batch_wait_timeout_s=args.batch_wait_ms / 1000, num_gpus=1 if args.gpu else 0)
-    run_server(config, ServerOptions(**_values(args, fields(ServerOptions))))
+    run_server(config, ServerOptions(**_values(args, ServerOptions)))
 
 
 def _artifact(args) -> str:
@@ -136,228 +148,181 @@ def _predict(args) -> None:
 
     from fer_ray.inference.predict import check_inputs, format_table, predict
 
-    check_inputs(args.images)
-    records = predict(args.images, artifact=_artifact(args), **_values(args, fields(PredictConfig)))
-    print(json.dumps(records, indent=2) if args.json else format_table(records))
+    images = list(args.images)
+    check_inputs(images)
+    records = predict(images, artifact=_artifact(args), **_values(args, PredictConfig))
+    print(json.dumps(records, indent=2) if args.as_json else format_table(records))
 
 
 def _baseline(args) -> None:
     from fer_ray.baseline.svm import run_baseline
 
-    summary = run_baseline(**_values(args, BASELINE_FLAGS))
+    summary = run_baseline(**_values(args, BaselineConfig))
     print(f"artifact: {summary['artifact']}")
 
 
-def _sweep(args) -> None:
-    from fer_ray.tuning.sweeps import sweep_cnn, sweep_svm
+def _sweep_svm(args) -> None:
+    from fer_ray.tuning.sweeps import sweep_svm
 
-    settings = _values(args, SWEEP_FLAGS[args.kind])
-    if args.kind == "svm":
-        summary = sweep_svm(SvmSweep(**settings))
-    else:
-        fixed = {"batch_size": args.batch_size, "optimizer": args.optimizer, "schedule": args.schedule}
-        if args.no_augment:
-            fixed["augment"] = NO_AUGMENT.model_dump()
-        summary = sweep_cnn(CnnSweep(**settings, recipe=fixed))
-    print(f"best artifact: {summary['artifact']}")
+    print(f"best artifact: {sweep_svm(SvmSweep(**_values(args, SvmSweep)))['artifact']}")
+
+
+def _sweep_cnn(args) -> None:
+    from fer_ray.tuning.sweeps import sweep_cnn
+
+    fixed = {"batch_size": args.batch_size, "optimizer": args.optimizer, "schedule": args.schedule}
+    if args.no_augment:
+        fixed["augment"] = NO_AUGMENT.model_dump()
+    print(f"best artifact: {sweep_cnn(CnnSweep(**_values(args, CnnSweep), recipe=fixed))['artifact']}")
 
 
 def _ensemble(args) -> None:
     from fer_ray.ensemble.features import run_ensemble
 
-    summary = run_ensemble(**_values(args, ENSEMBLE_FLAGS), gpu=True if args.gpu else None)
+    summary = run_ensemble(**_values(args, EnsembleConfig) | {"gpu": True if args.gpu else None})
     print(f"artifact: {summary['artifact']}; report: {args.run_dir}/report.md")
 
 
-def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recipe")
-    add_flags(g, Recipe, RECIPE_FLAGS)
-    add_flags(g, Augment, AUGMENT_FLAGS)
-    g.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+def _switch(help: str) -> tuple:
+    return bool, Field(False, description=help)
 
 
-class StageParser(argparse.ArgumentParser):
-    """An argparse parser that keeps the flags added to it (``--config`` maps YAML keys onto
-    them), in its argument groups too; the stages' parsers are of this class as well."""
-
-    def __init__(self, *args, **kwargs):
-        self.flags: list[argparse.Action] = []  # before argparse adds --help through add_argument
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args, **kwargs) -> argparse.Action:
-        self.flags.append(super().add_argument(*args, **kwargs))
-        return self.flags[-1]
-
-    def add_argument_group(self, *args, **kwargs):
-        group = super().add_argument_group(*args, **kwargs)
-        add = group.add_argument
-
-        def add_and_keep(*a, **k) -> argparse.Action:
-            self.flags.append(add(*a, **k))
-            return self.flags[-1]
-
-        group.add_argument = add_and_keep
-        return group
+def _commands(name: str, help: str, *commands: type[BaseModel]) -> type[BaseModel]:
+    """The command ``name`` whose subcommands are ``commands``, each named by the last word of
+    its class name (``flags``' stage)."""
+    return create_model(name, __doc__=help, **{command.__name__.split()[-1]: (CliSubCommand[command],
+                                                                              Field(description=command.__doc__))
+                                               for command in commands})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = StageParser(prog="fer-ray", description=__doc__.splitlines()[0])
-    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    parser.stages = stages.choices  # each stage's own parser, by name (for --config)
+VERBOSE = _switch("also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)")
+CONFIG = Optional[str], Field(None, description="YAML file whose keys are any of these flags (dashes or underscores)")
+ARTIFACT = Optional[str], Field(None, description="artifact folder (default: the model that ships with fer-ray)")
+NO_AUGMENT_FLAG = _switch("turn every augmentation off")
+SERVE_ONLY = ("artifact", "batch_wait_timeout_s", "max_ongoing_requests", "num_gpus", "device", "body_timeout_s",
+              "access_log")  # set by serve run / a RayService, or by the flags below
+WAIT = ServeConfig.model_fields["batch_wait_timeout_s"]
 
-    p = stages.add_parser("prepare", help="read a source into a catalog (Parquet + manifest)")
-    add_flags(p, PrepareConfig, PREPARE_FLAGS)
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_prepare)
-
-    p = stages.add_parser("demo", help="the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)")
-    add_flags(p, DemoConfig, fields(DemoConfig))
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_demo)
-
-    p = stages.add_parser("pipeline", help="the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, "
-                                           "transfer to KDEF, scoring")
-    p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
-    add_flags(p, PipelineConfig, PIPELINE_FLAGS)
-    p.add_argument("--input-sizes", nargs="*", default=[], metavar="MODEL=PIXELS",
-                   help="network input size per model, e.g. resnet50=192 (the paper upscaled ResNet inputs)")
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_pipeline)
-
-    p = stages.add_parser("train", help="train a CNN with Ray Train (also transfer learning)")
-    p.add_argument("--config", help="YAML file whose keys are any of these flags (dashes or underscores)")
-    add_flags(p, TrainConfig, TRAIN_FLAGS)
-    _add_recipe_args(p)
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_train)
-
-    p = stages.add_parser("evaluate", help="evaluate an artifact on a catalog split")
-    p.add_argument("--artifact", help=ARTIFACT)
-    add_flags(p, EvaluateConfig, fields(EvaluateConfig))
-    p.set_defaults(func=_evaluate)
-
-    p = stages.add_parser("score", help="score every image in a folder or glob with Ray Data (resumable)")
-    p.add_argument("--artifact", help=ARTIFACT)
-    add_flags(p, ScoreConfig, SCORE_FLAGS)
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_score)
-
-    p = stages.add_parser("serve", help="serve an artifact over HTTP with Ray Serve (batched)")
-    p.add_argument("--artifact", help=ARTIFACT)
-    add_flags(p, ServerOptions, fields(ServerOptions))
-    add_flags(p, ServeConfig, SERVE_FLAGS)
-    wait = ServeConfig.model_fields["batch_wait_timeout_s"]
-    p.add_argument("--batch-wait-ms", type=AMOUNT, default=wait.default * 1000,
-                   help=f"{wait.description}, ms (default %(default)s)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per replica")
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_serve)
-
-    p = stages.add_parser("predict", help="emotions of the faces in a few images, no Ray (table, or --json)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--artifact", help=ARTIFACT)
-    add_flags(p, PredictConfig, fields(PredictConfig))
-    p.add_argument("--json", action="store_true", help="JSON records instead of a table")
-    p.set_defaults(func=_predict)
-
-    p = stages.add_parser("baseline", help="the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels")
-    add_flags(p, BaselineConfig, BASELINE_FLAGS)
-    p.set_defaults(func=_baseline)
-
-    p = stages.add_parser("sweep", help="Ray Tune sweeps: svm (lambda) or cnn (lr, weight decay; ASHA); resumable")
-    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, config in (("svm", SvmSweep), ("cnn", CnnSweep)):
-        k = kinds.add_parser(kind, help=config.__doc__.splitlines()[0])
-        add_flags(k, config, SWEEP_FLAGS[kind])
-        if kind == "cnn":
-            add_flags(k, Recipe, ("batch_size", "optimizer", "schedule"))  # fixed (the batch size when not tuned)
-            k.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
-        k.add_argument("--verbose", action="store_true", help=VERBOSE)
-        k.set_defaults(func=_sweep)
-
-    p = stages.add_parser("ensemble", help="the paper's stacked ensemble of CNN artifacts (plus soft voting)")
-    add_flags(p, EnsembleConfig, ENSEMBLE_FLAGS)
-    p.add_argument("--gpu", action="store_true", help=EnsembleConfig.model_fields["gpu"].description)
-    p.add_argument("--verbose", action="store_true", help=VERBOSE)
-    p.set_defaults(func=_ensemble)
-    return parser
+STAGES = [
+    flags("prepare", "read a source into a catalog (Parquet + manifest)", _prepare, _fields(PrepareConfig),
+          verbose=VERBOSE),
+    flags("demo", "the whole pipeline on synthetic faces and a local Ray (~3 min on 2 CPUs)", _demo,
+          _fields(DemoConfig), verbose=VERBOSE),
+    flags("pipeline", "the paper end to end: prepare, SVM sweep, CNNs, ensemble, report, transfer to KDEF, scoring",
+          _pipeline, _fields(PipelineConfig, "svm_lambda", "ensemble_batch_size"), config=CONFIG, verbose=VERBOSE),
+    flags("train", "train a CNN with Ray Train (also transfer learning)", _train,
+          _fields(TrainConfig, "recipe", "fault_epoch"),  # the recipe's flags follow; a testing aid
+          _fields(Recipe, "augment", "channels_last", "eval_batch_size"), _fields(Augment, "erase_area"),
+          no_augment=NO_AUGMENT_FLAG, config=CONFIG, verbose=VERBOSE),
+    flags("evaluate", "evaluate an artifact on a catalog split", _evaluate, _fields(EvaluateConfig), artifact=ARTIFACT),
+    flags("score", "score every image in a folder or glob with Ray Data (resumable)", _score, _fields(ScoreConfig),
+          artifact=ARTIFACT, verbose=VERBOSE),
+    flags("serve", "serve an artifact over HTTP with Ray Serve (batched)", _serve, _fields(ServerOptions),
+          _fields(ServeConfig, *SERVE_ONLY), artifact=ARTIFACT,
+          batch_wait_ms=(float, Field(WAIT.default * 1000, ge=0, allow_inf_nan=False,
+                                      description=f"{WAIT.description}, ms")),
+          gpu=_switch("one GPU per replica"), verbose=VERBOSE),
+    flags("predict", "emotions of the faces in a few images, no Ray (table, or --json)", _predict,
+          _fields(PredictConfig), images=(CliPositionalArg[tuple[str, ...]], Field(description="image files")),
+          artifact=ARTIFACT, as_json=(bool, Field(False, alias="json", description="JSON records instead of a table"))),
+    flags("baseline", "the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels", _baseline,
+          _fields(BaselineConfig)),
+    _commands("sweep", "Ray Tune sweeps: svm (lambda) or cnn (lr, weight decay; ASHA); resumable",
+              flags("sweep svm", SvmSweep.__doc__.splitlines()[0], _sweep_svm, _fields(SvmSweep), verbose=VERBOSE),
+              flags("sweep cnn", CnnSweep.__doc__.splitlines()[0], _sweep_cnn,
+                    _fields(CnnSweep, "reduction_factor", "recipe"),
+                    {name: Recipe.model_fields[name] for name in ("batch_size", "optimizer", "schedule")},  # fixed
+                    no_augment=NO_AUGMENT_FLAG, verbose=VERBOSE)),
+    flags("ensemble", "the paper's stacked ensemble of CNN artifacts (plus soft voting)", _ensemble,
+          _fields(EnsembleConfig), gpu=_switch(EnsembleConfig.model_fields["gpu"].description), verbose=VERBOSE),
+]
+FER_RAY = _commands("fer-ray", __doc__.splitlines()[0], *STAGES)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; ``--config FILE.yaml`` supplies values that explicit flags override.
-
-    The YAML is read before the real parse, so it can also supply required flags.
-    """
+def parse_args(argv: list[str] | None = None) -> Flags:
+    """The stage's flags; ``--config FILE.yaml`` supplies values that explicit flags override,
+    required ones too. A usage error or a bad value is one line and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    config = _config_file(argv)
-    if config and argv and not argv[0].startswith("-"):
-        sub = parser.stages.get(argv[0])
-        if sub is not None:
-            _apply_config(sub, config)
-    return parser.parse_args(argv)
+    source = CliSettingsSource(FER_RAY, cli_prog_name="fer-ray", cli_kebab_case=True, cli_implicit_flags="toggle",
+                               cli_avoid_json=True, cli_hide_none_type=True, add_argument_method=_add_argument)
+    try:
+        given = source(args=argv)()
+    except SettingsError as exc:  # a value the parser could not split, e.g. --input-sizes resnet50
+        _refuse("fer-ray", str(exc))
+    model, command = FER_RAY, "fer-ray"
+    while not issubclass(model, Flags):  # down the chosen (sub)commands
+        name = next((name for name, values in given.items() if values is not None), None)
+        if name is None:
+            _refuse(command, f"a command is required: one of {', '.join(model.model_fields)}")
+        model, given = typing.get_args(model.model_fields[name].annotation)[0], given[name]  # (Flags | None)
+        command = f"{command} {name}"
+    path = given.get("config")
+    values = {**_config(command, model, path), **given} if path else given
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        errors = [error | {"loc": error["loc"][:1]} for error in exc.errors()]  # a flag's, not its list item's
+        _refuse(command, one_line(errors, {key: f" (in {path})" for key in values.keys() - given.keys()}))
 
 
-def _config_file(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+def _add_argument(parser, *names: str, **kwargs):
+    """``parser.add_argument`` with fer-ray's help: ``--run-dir RUN_DIR``, ``--models {a,b} [{a,b} ...]``,
+    ``--no-amp``: no bf16 autocast; no default shown for a switch, nor where there is none."""
+    help = (kwargs.get("help") or "").removesuffix("(default: None)").strip()
+    if kwargs.get("action") in ("store_true", "store_false"):
+        help = re.sub(r" ?\(default: (True|False)\)$", "", help)
+        help = f"no {help}" if help and kwargs["action"] == "store_false" else help
+    elif "metavar" in kwargs:
+        name = names[0].split(".")[-1].lstrip("-").upper().replace("-", "_")
+        choices = re.search(r"\{[^{}]*\}", kwargs["metavar"])
+        kwargs["metavar"] = choices[0] if choices else name.removesuffix("S") if kwargs.get("nargs") else name
+    return parser.add_argument(*names, **kwargs | {"help": help or None})
 
 
-def _apply_config(sub: StageParser, path: str) -> None:
+def _config(command: str, model: type[Flags], path: str) -> dict:
+    """``path``'s YAML: flag names (dashes or underscores) to values."""
     import yaml
 
     try:
         with open(path) as fh:
             values = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError) as exc:
-        sub.error(f"cannot read --config {path}: {exc}")
+        _refuse(command, f"cannot read --config {path}: {exc}")
     if not isinstance(values, dict):
-        sub.error(f"{path} must hold a mapping of flag names to values")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    # A key is a flag's name (`lambda`) or its destination (`lam`), as the help texts show the former.
-    actions = {name: a for a in sub.flags if a.dest != "help"
-               for name in [a.dest] + [o[2:].replace("-", "_") for o in a.option_strings if o.startswith("--")]}
-    unknown = sorted(set(values) - set(actions))
-    if unknown:
-        sub.error(f"unknown keys in {path}: {unknown}")
-    for key in values:
-        actions[key].required = False
-    sub.set_defaults(**{actions[k].dest: _config_value(sub, path, actions[k], v, by_flag=k != actions[k].dest)
-                        for k, v in values.items() if actions[k].dest != "config"})
+        _refuse(command, f"{path} must hold a mapping of flag names to values")
+    fields = {field.alias or name: field for name, field in model.model_fields.items()}
+    config = {}
+    for key, value in values.items():
+        key = str(key).replace("-", "_")
+        if key not in fields and key.removeprefix("no_") in fields and isinstance(value, bool):
+            key, value = key.removeprefix("no_"), not value  # `no_flip: true` means what --no-flip means
+        if key in fields and fields[key].annotation is bool and not isinstance(value, bool | None):
+            _refuse(command, f"{key} (in {path}) must be true or false, got {value!r}")  # not pydantic's "no", 0
+        if value is not None:  # `key:` with no value: the flag's default
+            config[key] = value
+    return config
 
 
-def _config_value(sub: argparse.ArgumentParser, path: str, action: argparse.Action, value, by_flag: bool):
-    """A YAML value parsed as the flag's own text would be. argparse checks neither types nor
-    choices of defaults, so without this ``gpu: "false"`` switched --gpu on, ``epochs: 2.5``
-    went through, and a bad ``tta`` was only refused after the whole training run. A switch set by
-    its flag's name means what the flag means: ``no_flip: true`` stores flip = False."""
-    flag = f"{action.option_strings[0] if action.option_strings else action.dest} (in {path})"
-    if value is None:  # `key:` with no value: the flag's default
-        return action.default
-    if action.nargs == 0:  # a switch (store_true, or store_false for a --no-NAME flag)
-        if not isinstance(value, bool):
-            sub.error(f"{flag} must be true or false, got {value!r}")
-        return value != (by_flag and action.const is False)
-    many = action.nargs in ("+", "*")
-    if isinstance(value, list) and not many:  # MIN,MAX flags: a YAML list reads as the comma list
-        value = ",".join(map(str, value))
-    items = value if isinstance(value, list) else [value]
-    parsed = []
-    for item in items:
-        if isinstance(item, (dict, list)):
-            sub.error(f"{flag} takes {'a list of values' if many else 'one value'}, got {value!r}")
-        try:
-            item = action.type(str(item)) if action.type else str(item)
-        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-            sub.error(f"{flag}: invalid value {item!r} ({exc})")
-        if action.choices is not None and item not in action.choices:
-            sub.error(f"{flag}: {item!r} is not one of {', '.join(map(str, action.choices))}")
-        parsed.append(item)
-    return parsed if many else parsed[0]
+def _refuse(command: str, line: str) -> typing.NoReturn:
+    print(f"{command}: error: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(errors: list[dict], notes: dict | None = None) -> str:
+    """A ValidationError's ``errors()`` as one line naming the flags: ``--lr: input should be a
+    finite number, got nan`` (pydantic's own text spans several lines and names fields, not
+    flags). ``notes`` adds to a flag's name, e.g. the YAML file it came from."""
+    parts = []
+    for error in errors:
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "value_error":  # our own rules name their flags and say what they got
+            parts.append(message)
+            continue
+        key = next((key for key in reversed(error["loc"]) if isinstance(key, str)), "")
+        name = key if error["type"] == "extra_forbidden" else "--" + key.replace("_", "-")
+        got = "" if error["type"] == "missing" else f", got {error['input']!r}"
+        parts.append(f"{name}{(notes or {}).get(key, '')}: {message[:1].lower()}{message[1:]}{got}")
+    return "; ".join(parts)
 
 
 def _check_output_folders(args) -> None:
@@ -401,7 +366,7 @@ def _answer(exc: BaseException, stage: str) -> tuple[int, str]:
     line: a bug, whose traceback the caller prints)."""
     hint = RESUME.get(stage, "rerun the same command")
     if isinstance(exc, ValidationError):  # a config's rule that ties flags together
-        return 2, f"error: {one_line(exc)}"
+        return 2, f"error: {one_line(exc.errors())}"
     if isinstance(exc, FerRayError):
         return 2, f"error: {exc}"
     if isinstance(exc, Interrupted):  # e.g. Ctrl+C in a sweep, alone or inside the pipeline
@@ -431,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     fer_ray.runtime.stop_on_signals()
     try:
         _check_output_folders(args)
-        args.func(args)
+        args.run(args)
         if fer_ray.runtime.STOPS:  # a stop whose exception was lost on the way: answered all the same
             raise Terminated() if signal.SIGTERM in fer_ray.runtime.STOPS else KeyboardInterrupt()
     except Exception as exc:

@@ -19,19 +19,19 @@ def test_yaml_supplies_flags_and_explicit_flags_win(tmp_path):
     assert (args.catalog, args.run_dir, args.model, args.label_smoothing) == ("cat", "runs/a", "vgg16_bn", 0.2)
     assert args.epochs == 9
     pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text("storage: out\nmodels: [small_cnn, small_cnn]\ninput-sizes: [resnet50=192]\n")
+    pipeline.write_text("storage: out\nmodels: [small_cnn, small_cnn]\ninput-sizes: {resnet50: 192}\n")
     args = parse_args(["pipeline", f"--config={pipeline}"])
-    assert (args.storage, args.models, args.input_sizes) == ("out", ["small_cnn", "small_cnn"], ["resnet50=192"])
+    assert (args.storage, args.models, args.input_sizes) == ("out", ("small_cnn", "small_cnn"), {"resnet50": 192})
 
 
 @pytest.mark.parametrize("text,message", [
-    ("bogus: 1\n", "unknown keys"), ("- a\n- b\n", "mapping"), ("a: [1\n", "cannot read"),
+    ("bogus: 1\n", "bogus (in"), ("- a\n- b\n", "mapping"), ("a: [1\n", "cannot read"),
     # values are checked as the flags' own would be (argparse checks no default)
-    ('gpu: "false"\n', "--gpu (in"),                      # a string would have switched --gpu on
+    ('gpu: "false"\n', "gpu (in"),                        # a string would have switched --gpu on
     ("no_augment: 'no'\n", "must be true or false"),
     ("epochs: 2.5\n", "--epochs (in"),
-    ("tta: tencrop2\n", "'tencrop2' is not one of"),     # was refused only after the training run
-    ("model: resnet5\n", "'resnet5' is not one of"),
+    ("tta: tencrop2\n", "--tta (in"),                     # was refused only after the training run
+    ("model: resnet5\n", "got 'resnet5'"),
     ("batch_size: [32, 64]\n", "--batch-size (in"),
 ])
 def test_bad_yaml_is_a_clear_error(tmp_path, capsys, text, message):
@@ -202,31 +202,28 @@ def test_yaml_values_get_the_flags_types(tmp_path):
         assert parse_args(["train", "--config", str(config), "--catalog", "c", "--run-dir", "r"]).flip is flip, text
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text("storage: out\nmodels: [small_cnn, vgg16]\nepochs: 2\n")
-    assert parse_args(["pipeline", "--config", str(pipeline)]).models == ["small_cnn", "vgg16"]
+    assert parse_args(["pipeline", "--config", str(pipeline)]).models == ("small_cnn", "vgg16")
     pipeline.write_text("storage: out\nmodels: [small_cnn, vgg61]\n")
     with pytest.raises(SystemExit):
         parse_args(["pipeline", "--config", str(pipeline)])
 
 
 
-def test_yaml_keys_may_be_the_flags_names_or_their_destinations(tmp_path):
-    """A flag stored under another name (`--lambda` into `lam`) is set by the key users read in
-    --help (`lambda`) and by its destination; `help` is not a settable key."""
-    from fer_ray.cli import StageParser, _apply_config
+def test_yaml_keys_are_the_flags_names(tmp_path):
+    """A flag whose name is not its field's (`--tta` sets `eval_tta`) is set by the key users read
+    in --help; the flag wins over the file; `help` is not a settable key."""
+    config = tmp_path / "c.yaml"
 
     def parse(text, *argv):
-        sub = StageParser(exit_on_error=False)
-        sub.add_argument("--config")
-        sub.add_argument("--lambda", dest="lam", type=float, required=True)
         config.write_text(text)
-        _apply_config(sub, str(config))
-        return sub.parse_args(["--config", str(config), *argv])
+        return parse_args(["train", "--catalog", "c", "--run-dir", "r", "--config", str(config), *argv])
 
-    config = tmp_path / "c.yaml"
-    assert parse("lambda: 0.5\n").lam == parse("lam: 0.5\n").lam == 0.5
-    assert parse("lambda: 0.5\n", "--lambda", "2").lam == 2.0  # the flag wins
-    with pytest.raises(SystemExit):
-        parse("help: true\n")
+    assert parse("tta: flip\nrotate: 5\n").eval_tta == "flip"
+    assert parse("tta: flip\nrotate: 5\n").rotate_deg == 5.0
+    assert parse("tta: flip\n", "--tta", "tencrop").eval_tta == "tencrop"  # the flag wins
+    for text in ("help: true\n", "eval_tta: flip\n"):
+        with pytest.raises(SystemExit):
+            parse(text)
 
 
 def test_a_bug_shows_its_traceback_and_exits_1_while_a_refusal_is_one_line(monkeypatch, tmp_path, capsys):

@@ -97,7 +97,8 @@ def test_verbose_is_a_flag_of_every_stage_that_starts_ray_and_reaches_the_runtim
         assert cli.parse_args([*argv, "--verbose"]).verbose, argv
     seen = []
     monkeypatch.setattr(runtime, "VERBOSE", False)
-    monkeypatch.setattr(cli, "_serve", lambda args: seen.append(runtime.VERBOSE))
+    serve = type(cli.parse_args(["serve"]))
+    monkeypatch.setattr(serve, "run", staticmethod(lambda args: seen.append(runtime.VERBOSE)))
     assert cli.main(["serve", "--artifact", "a", "--verbose"]) == 0 and seen == [True]
 
 

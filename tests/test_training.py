@@ -12,8 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from fer_ray.artifacts import load_artifact, read_meta
-from fer_ray.cli import main
-from fer_ray.flags import one_line
+from fer_ray.cli import main, one_line
 from fer_ray.models import build_model
 from fer_ray.models.inputs import Normalization
 from fer_ray.training.config import Recipe, TrainConfig
@@ -239,7 +238,7 @@ def test_recipe_validation():
                          ({"epochs": 2, "learning_rate": 1}, "learning_rate: extra inputs are not permitted")]:
         with pytest.raises(ValidationError) as exc:
             Recipe.model_validate(bad)
-        assert one_line(exc.value).startswith(message), one_line(exc.value)
+        assert one_line(exc.value.errors()).startswith(message), one_line(exc.value.errors())
     assert Recipe.model_validate(json.loads(json.dumps(Recipe(epochs=3).model_dump()))) == Recipe(epochs=3)
 
 

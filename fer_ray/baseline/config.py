@@ -12,7 +12,7 @@ from fer_ray.training.config import TrainConfig
 class SvmFit(BaseModel):
     """How one linear SVM is fitted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_by_name=True)
 
     solver: Literal[SVM_SOLVERS] = Field(
         "liblinear", description="liblinear: exact LinearSVC; sgd: SGDClassifier, faster, less accurate")
@@ -28,5 +28,4 @@ class BaselineConfig(SvmFit):
     run_dir: str = Field(description="artifact, val/test reports and result.json go here")
     overwrite: bool = Field(False, description=TrainConfig.model_fields["overwrite"].description)
     lam: float = Field(SVM_DEFAULT_LAMBDA, gt=0, allow_inf_nan=False,
-                       description="L2 weight in (1/N) sum hinge + lambda ||W||^2",
-                       json_schema_extra={"flag": "--lambda"})
+                       description="L2 weight in (1/N) sum hinge + lambda ||W||^2", alias="lambda")

@@ -73,6 +73,8 @@ class PredictConfig(BaseModel):
 class ServeConfig(BaseModel):
     """Everything a deployment is built from (``serve run ... key=value`` sets these)."""
 
+    model_config = ConfigDict(validate_by_name=True)  # num_cpus is also --replica-cpus's
+
     artifact: str
     max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass")
     batch_wait_timeout_s: float = Field(0.01, ge=0, allow_inf_nan=False, description="how long a batch waits to fill")
@@ -82,7 +84,7 @@ class ServeConfig(BaseModel):
                                      "(Serve's proxy, or the replica's own port with --direct); more get 503")
     replicas: int = Field(1, ge=1, description="copies of the model, each its own Ray actor")
     num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="CPUs per replica (torch uses that many "
-                            "threads)", json_schema_extra={"flag": "--replica-cpus"})
+                            "threads)", alias="replica_cpus")
     num_gpus: float = Field(0.0, ge=0)
     device: str = "auto"
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body")
@@ -106,14 +108,14 @@ class ServeConfig(BaseModel):
 class ServerOptions(BaseModel):
     """Where ``fer-ray serve`` listens and the local Ray it starts (``run_server``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_by_name=True)
 
     host: str = Field("127.0.0.1", description="bind address (loopback unless you choose to expose the "
                                                 "service, which has no authentication)")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     # not ``num_cpus``: that is each replica's share (ServeConfig), beside it on the command line
     ray_cpus: Optional[int] = Field(None, ge=1, description=ScoreConfig.model_fields["num_cpus"].description,
-                                    json_schema_extra={"flag": "--num-cpus"})
+                                    alias="num_cpus")
     direct: bool = Field(False, description="local Ray, one replica: it answers on --port itself, without the "
                                             "hop through Serve's proxy (Ray Serve's direct ingress; faster on "
                                             "small machines)")

@@ -1,9 +1,9 @@
 """What a training run is made of: the augmentation, the recipe and the run's settings.
 
 Each setting's type, range, default and help text are written once, here, as a pydantic field:
-``fer-ray train``'s flags and ``--config`` YAML are generated from these fields
-(``fer_ray.flags``), ``run.json`` records the same object, Ray Train workers receive it, and a
-resume compares it. Nothing here imports torch, so the command line loads fast.
+``fer-ray train``'s flags and ``--config`` YAML are made from these fields (``fer_ray.cli``;
+an alias is the flag's name), ``run.json`` records the same object, Ray Train workers receive
+it, and a resume compares it. Nothing here imports torch, so the command line loads fast.
 
 Ranges are checked when a config is built, on the driver: torch refuses some values only
 inside the first step on every worker (retried by FailureConfig), and a NaN learning rate it
@@ -24,15 +24,13 @@ FINITE = {"allow_inf_nan": False}
 class Augment(BaseModel):
     """Batched on-device augmentation (``training.augment.augment_batch``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True)
 
     flip: bool = Field(True, description="horizontal flips")
-    rotate_deg: float = Field(10.0, ge=0, le=180, description="max rotation, degrees",
-                              json_schema_extra={"flag": "--rotate"})
+    rotate_deg: float = Field(10.0, ge=0, le=180, description="max rotation, degrees", alias="rotate")
     # a zoom factor of 1 - 1 would divide by 0
     scale: float = Field(0.10, ge=0, lt=1, description="max zoom in/out, fraction")
-    translate_px: float = Field(4.0, ge=0, **FINITE, description="max shift, pixels at 48 px",
-                                json_schema_extra={"flag": "--translate"})
+    translate_px: float = Field(4.0, ge=0, **FINITE, description="max shift, pixels at 48 px", alias="translate")
     erase_p: float = Field(0.0, ge=0, le=1, description="random-erasing probability")
     erase_area: tuple[float, float] = Field((0.02, 0.15), description="MIN, MAX fraction of the image one erase covers")
     photo_p: float = Field(0.0, ge=0, le=1, description="probability a face is degraded like one cut from a photo "
@@ -84,7 +82,7 @@ class Recipe(BaseModel):
 class TrainConfig(BaseModel):
     """One ``fer-ray train`` run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_by_name=True)
 
     catalog: str
     run_dir: str = Field(description="checkpoints, artifact, metrics and reports go here")
@@ -106,7 +104,7 @@ class TrainConfig(BaseModel):
     freeze: int = Field(0, description="with --init-from: freeze the first N stages, or all but the last K with -K")
     weights: Optional[str] = Field(None, description="local weights file to start from (safetensors or a state dict)")
     eval_tta: Literal[TTA_MODES] = Field("none", description="test-time augmentation for the final evaluation",
-                                         json_schema_extra={"flag": "--tta"})
+                                         alias="tta")
     overwrite: bool = Field(False, description="delete what --run-dir holds (another run, or this one with other "
                                                "settings) and start afresh")
     fault_epoch: Optional[int] = Field(None, description="testing aid: fail once at this epoch to exercise recovery")
