@@ -47,11 +47,12 @@ class Flags(BaseModel):
 
 
 def flags(stage: str, help: str, run: Callable, *configs: dict, **own) -> type[Flags]:
-    """The flags of ``stage``: the fields in ``configs`` (``_fields``), then its ``own``
-    (name=(type, Field)), which replace a config's field of the same name."""
+    """The flags of ``stage`` (``sweep svm``: a subcommand's), which ``run`` runs: the fields in
+    ``configs`` (``_fields``), then its ``own`` (name=(type, Field)), which replace a config's
+    field of the same name. A list's values follow its flag: ``--models a b``."""
     fields = {}
     for config in configs:
-        for name, field in config.items():  # a list takes its values after one flag: --models a b
+        for name, field in config.items():
             many = any(typing.get_origin(t) in (tuple, list, dict) for t in (field.annotation,
                                                                                *typing.get_args(field.annotation)))
             fields[name] = (CliVariadicArg[field.annotation] if many else field.annotation, field)
