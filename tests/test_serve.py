@@ -130,21 +130,43 @@ def test_a_detector_failure_is_the_image_s_error_not_a_500(small_artifact, image
     assert scorer.faces(images["two"], "none")[2].shape == (1, 48, 48)  # no detector, no failure
 
 
-@pytest.mark.parametrize("declared", ["\u00b2", "12a", "-1"])
-def test_a_content_length_of_anything_but_ascii_digits_is_a_400(declared):
-    import asyncio
-
+async def _read_body(declared: bytes | None, receive, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body of a request with Content-Length ``declared`` (None: none, as when chunked) whose
+    client sends what ``receive`` returns, read as the service reads a raw one."""
     from starlette.requests import Request
 
-    from fer_ray.inference.serve import ApiError, read_body
+    from fer_ray.inference.serve import body_within
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", declared)] if declared else []}
+    async with body_within(Request(scope, receive), limit, timeout_s) as body:
+        return await body.request.body()
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "12a", "-1"])
+def test_a_content_length_of_anything_but_ascii_digits_is_a_400(declared):
+    from fer_ray.inference.serve import ApiError
 
     async def receive():
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", declared.encode("latin-1"))]}
     with pytest.raises(ApiError, match="invalid Content-Length") as exc:
-        asyncio.run(read_body(Request(scope, receive), 100))
+        asyncio.run(_read_body(declared.encode("latin-1"), receive, 100))
     assert exc.value.status == 400
+
+
+def test_a_body_without_a_length_is_refused_once_it_exceeds_the_limit():
+    """A chunked upload declares no length: it is counted as it arrives, not read to its end."""
+    from fer_ray.inference.serve import ApiError
+
+    sent = []
+
+    async def endless():
+        sent.append(40)
+        return {"type": "http.request", "body": b"x" * 40, "more_body": True}
+
+    with pytest.raises(ApiError, match="request body exceeds the limit of 100 bytes") as exc:
+        asyncio.run(_read_body(None, endless, 100))
+    assert exc.value.status == 413 and sum(sent) == 120
 
 
 async def _never():  # a client that declared a body and sends nothing
@@ -160,14 +182,11 @@ async def _a_byte_every_50_ms():  # one that sends it a byte at a time, never fi
 def test_a_body_not_all_there_by_the_deadline_is_a_408_not_a_slot_held_for_ever(receive, came):
     """The deadline is for the whole body: a byte every few seconds reset a per-chunk timeout,
     so such clients held their slots for as long as they liked."""
-    from starlette.requests import Request
+    from fer_ray.inference.serve import ApiError
 
-    from fer_ray.inference.serve import ApiError, read_body
-
-    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"1000")]}
     started = time.monotonic()
     with pytest.raises(ApiError, match=r"did not arrive within 0.5 s \((\d+) bytes had come\)") as exc:
-        asyncio.run(read_body(Request(scope, receive), 10_000, timeout_s=0.5))
+        asyncio.run(_read_body(b"1000", receive, 10_000, timeout_s=0.5))
     assert exc.value.status == 408 and time.monotonic() - started < 2
     got = int(re.search(r"\((\d+) bytes", exc.value.message).group(1))
     assert got == came if came is not None else 3 <= got < 12

@@ -65,6 +65,9 @@ HEALTH_ROOM = 4
 PAGE = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 # Seconds a client told 503 (replica or queue full) is asked to wait before trying again.
 RETRY_AFTER_S = 1
+# A request body's final bytes kept to look for a multipart body's closing delimiter in: the
+# delimiter (a boundary has at most 70 characters) and an epilogue after it, if a client sends one.
+LAST_BYTES = 1024
 
 
 class ApiError(Exception):
@@ -230,9 +233,32 @@ async def _validation_error(_request, exc: RequestValidationError):
     return _error(422, detail or "invalid request")
 
 
-async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``, and with
-    408 when all of it has not arrived within ``timeout_s``.
+class Body:
+    """A request's body for Starlette to read (``body.request.body()``, ``.form()``), counted as it
+    arrives and refused with 413 as soon as it exceeds ``limit``; ``last`` holds its final bytes."""
+
+    def __init__(self, request: Request, limit: int):
+        self.limit, self.size, self.last = limit, 0, b""
+        self._receive = request.receive
+        # Without "app" in the scope Starlette raises its own MultiPartException (instead of
+        # a generic HTTPException), so the reply can say what was wrong with the body.
+        self.request = Request({k: v for k, v in request.scope.items() if k != "app"}, self.receive)
+
+    async def receive(self) -> dict:
+        message = await self._receive()
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ApiError(413, f"request body exceeds the limit of {self.limit} bytes")
+        self.last = (self.last + chunk)[-LAST_BYTES:]
+        return message
+
+
+@contextlib.asynccontextmanager
+async def body_within(request: Request, limit: int, timeout_s: float = 30.0):
+    """``request``'s ``Body`` for the block to read: refused with 413 as soon as it is known to
+    exceed ``limit`` (by its Content-Length, or as it arrives), and with 408 when the block has
+    not read all of it within ``timeout_s``.
 
     A deadline for the whole body, not a wait per chunk: a client sending a byte every few
     seconds would otherwise hold its connection, and one of the replica's request slots, for as
@@ -244,18 +270,13 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
             raise ApiError(400, f"invalid Content-Length {declared!r}")
         if int(declared) > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
+    body = Body(request, limit)
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
+            yield body
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s "
-                            f"({size} bytes had come)") from None
-    return b"".join(chunks)
+                            f"({body.size} bytes had come)") from None
 
 
 def _media_type(value: str | None) -> str:
@@ -266,36 +287,26 @@ def _accepted_type(media_type: str) -> bool:
     return media_type in ("", *RAW_TYPES) or media_type.startswith("image/")
 
 
-async def uploaded_files(request: Request, body: bytes, max_files: int) -> list[tuple[str | None, bytes, str]]:
-    """(filename, bytes, declared type) of every file part of a multipart body.
+async def uploaded_files(body: Body, max_files: int) -> list[tuple[str | None, bytes, str]]:
+    """(filename, bytes, declared type) of every file part of a multipart body, as Starlette
+    parses it.
 
     A body cut short (a dropped connection, a client's size cap) parses without complaint up to
-    its last whole part, and the part being cut is silently left out; so a body without its
-    closing delimiter (``--BOUNDARY--``) is refused rather than answered for fewer files.
+    its last whole part, and the part being cut is silently left out; so a body that does not end
+    with its closing delimiter (``--BOUNDARY--``) is refused rather than answered for fewer files.
     """
-    _, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if boundary and b"--" + boundary + b"--" not in body:
-        raise ApiError(400, "malformed multipart body: it ends before its closing boundary "
-                            f"(--{boundary.decode('latin-1')}--); was the upload cut short?")
-
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-
     try:
-        # Without "app" in the scope Starlette raises its own MultiPartException (instead of
-        # a generic HTTPException), so the reply can say what was wrong with the body.
-        scope = {k: v for k, v in request.scope.items() if k != "app"}
-        form = await Request(scope, replay).form(max_files=max_files, max_fields=max_files)
+        async with body.request.form(max_files=max_files, max_fields=max_files) as form:
+            files = [(value.filename, await value.read(), _media_type(value.content_type))
+                     for _, value in form.multi_items() if isinstance(value, UploadFile)]
     except MultiPartException as exc:
         if exc.message.startswith(("Too many files", "Too many fields")):
             raise ApiError(400, f"too many files: at most {max_files} files (and form fields) per request") from None
         raise ApiError(400, f"malformed multipart body: {exc.message}") from None
-    files = []
-    for _, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            files.append((value.filename, await value.read(), _media_type(value.content_type)))
-    await form.close()
+    boundary = parse_options_header(body.request.headers.get("content-type", ""))[1].get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body.last:
+        raise ApiError(400, "malformed multipart body: it ends before its closing boundary "
+                            f"(--{boundary.decode('latin-1')}--); was the upload cut short?")
     return files
 
 
@@ -362,18 +373,22 @@ class FerService:
         async with self.admit():
             return await self._predict_one(request, faces)
 
+    def _body(self, request: Request):
+        return body_within(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
+
     async def _predict_one(self, request: Request, faces: str) -> dict:
-        body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
         media = _media_type(request.headers.get("content-type"))
+        async with self._body(request) as body:
+            if media == "multipart/form-data":
+                files = await uploaded_files(body, self.cfg.max_files)
+            else:
+                data = await body.request.body()
         if media == "multipart/form-data":
-            files = await uploaded_files(request, body, self.cfg.max_files)
             if len(files) != 1:
                 raise ApiError(400, f"send exactly one image file to /predict (got {len(files)}); "
                                     "use /predict/batch for several")
             _, data, media = files[0]
-        elif _accepted_type(media):
-            data = body
-        else:
+        elif not _accepted_type(media):
             raise ApiError(415, f"unsupported content type {media!r}: send an image/* body, "
                                 "application/octet-stream, or a multipart upload")
         if not _accepted_type(media):
@@ -387,10 +402,11 @@ class FerService:
             return await self._predict_many(request, faces)
 
     async def _predict_many(self, request: Request, faces: str) -> dict:
-        body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
-        if _media_type(request.headers.get("content-type")) != "multipart/form-data":
-            raise ApiError(415, "send the images as multipart/form-data (one file part per image)")
-        files = await uploaded_files(request, body, self.cfg.max_files)
+        async with self._body(request) as body:
+            if _media_type(request.headers.get("content-type")) != "multipart/form-data":
+                await body.request.body()  # held to the limits as any body is, before the 415
+                raise ApiError(415, "send the images as multipart/form-data (one file part per image)")
+            files = await uploaded_files(body, self.cfg.max_files)
         if not files:
             raise ApiError(400, "no image files in the request")
         results = await asyncio.gather(*(self._item(name, data, media, faces) for name, data, media in files))
