@@ -13,7 +13,6 @@ on storage all nodes share (e.g. the shared volume of the KubeRay manifests), si
 on any node write into it.
 """
 
-import glob
 import json
 import time
 from dataclasses import asdict
@@ -27,6 +26,7 @@ from fer_ray.choices import MAX_SIDE, MODEL_NAMES
 from fer_ray.data.catalog import MANIFEST, Catalog
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.faces import DEFAULT_DETECTOR, DETECTORS
+from fer_ray.data.files import glob_files
 from fer_ray.data.sources import SOURCES
 from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.errors import FerRayError
@@ -108,8 +108,7 @@ class PipelineConfig(BaseModel):
             for model in set(self.models):  # any of them may be the best, whose artifact is fine-tuned
                 resolve_freeze(build_model(model, input_size=self.input_sizes.get(model, self.size)),
                                self.transfer_freeze)
-        if self.score_input and not (Path(self.score_input).exists()
-                                     or next(glob.iglob(self.score_input, recursive=True), None)):
+        if self.score_input and not (Path(self.score_input).exists() or glob_files(self.score_input)):
             raise FerRayError(f"--score-input not found: {self.score_input} (a folder, a file or a glob)")
         return self
 

@@ -93,6 +93,16 @@ def test_pipeline_settings_for_late_stages_are_checked_first(flags, message, tmp
     assert not (tmp_path / "p").exists()  # nothing ran
 
 
+def test_a_score_input_glob_is_checked_as_score_lists_it(tmp_path, capsys):
+    """A glob that names only folders passed the pipeline's own check (glob.iglob), and the
+    scores stage, its last, then found no file in it."""
+    from fer_ray.cli import main
+
+    (tmp_path / "photos" / "2024").mkdir(parents=True)
+    assert main(["pipeline", "--storage", str(tmp_path / "p"), "--score-input", f"{tmp_path}/photos/*"]) == 2
+    assert "--score-input not found" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--margin", "-1"],
     ["score", "--artifact", "a", "--input", "i", "--output", "o.csv", "--actors", "0"],

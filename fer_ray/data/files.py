@@ -1,14 +1,16 @@
 """Listing input files without losing any: links to folders followed, odd entries kept.
 
 ``prepare``, ``score`` and ``predict`` all promise that every input file ends up as a row (an
-image or an error), so they list and name files by the rules here. ``Path.rglob`` would skip
-files under a linked folder, entries that are not regular files (a broken link, a FIFO) and
-folders it cannot read, all without a word.
+image or an error), so they list and name files by the rules here, the files under a folder and
+those a glob names alike. ``Path.rglob`` would skip files under a linked folder, entries that
+are not regular files (a broken link, a FIFO) and folders it cannot read, all without a word.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
+import glob
 import os
 import re
 import stat
@@ -85,6 +87,41 @@ def _walk(folder: str, level: int, depth: int | None, seen: set[str], found: lis
         else:  # a link to a file, a broken link, a link to a FIFO: listed under the link's name
             seen.add(real)
             found.append(Entry(Path(link)))
+
+
+def glob_files(pattern: str) -> list[Entry]:
+    """The non-folder entries a recursive glob (``**`` for any folders) matches, sorted, and
+    the folders that could not be listed where it might match.
+
+    The folder before the first wildcard is listed by ``files_under`` and each entry matched
+    part by part: ``glob.glob`` itself follows a link loop under ``**`` until the path grows too
+    long (41 rows for one file) and would list a tree again wherever a link re-enters it. As in
+    glob, a wildcard matches a name that starts with "." only when its part does too.
+    """
+    parts = pattern.split("/")
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
+    if not os.path.isdir(base):
+        return []
+    rest = [part for part in parts[fixed:] if part]
+    depth = None if "**" in rest else max(0, len(rest) - 1)
+    return [entry for entry in files_under(base, depth=depth)
+            if _glob_match(list(Path(os.path.relpath(entry.path, base)).parts), rest, bool(entry.problem))]
+
+
+def _glob_match(names: list[str], parts: list[str], folder: bool = False) -> bool:
+    """Whether the path ``names`` match the pattern ``parts``; with ``folder``, whether some
+    path inside that folder could (for a folder that could not be listed)."""
+    if not parts:
+        return not names
+    if not names:
+        return folder or parts == ["**"] * len(parts)
+    if parts[0] == "**":
+        return _glob_match(names, parts[1:], folder) or (
+            not names[0].startswith(".") and _glob_match(names[1:], parts, folder))
+    if names[0].startswith(".") and not parts[0].startswith("."):
+        return False
+    return fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:], folder)
 
 
 def not_a_file(path: Path | str | bytes) -> str:

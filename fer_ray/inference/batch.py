@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import fnmatch
-import glob
 import math
 import os
 import time
@@ -39,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fer_ray.data.files import Entry, display_path, files_under
+from fer_ray.data.files import Entry, display_path, files_under, glob_files
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import ScoreConfig
@@ -93,43 +91,6 @@ def list_images(input: str) -> tuple[list[str], int]:
     if not images:
         raise InputNotFound(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {input}")
     return sorted(images), others
-
-
-def glob_files(pattern: str) -> list[Entry]:
-    """The non-folder entries a recursive glob (``**`` for any folders) matches, sorted, and
-    the folders that could not be listed where it might match.
-
-    The folder before the first wildcard is listed by ``files_under`` and each entry matched
-    part by part: ``glob.glob`` itself follows a link loop under ``**`` until the path grows too
-    long (41 rows for one file) and would list a tree again wherever a link re-enters it. As in
-    glob, a wildcard matches a name that starts with "." only when its part does too.
-    """
-    parts = pattern.split("/")
-    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
-    if not os.path.isdir(base):
-        return []
-    rest = [part for part in parts[fixed:] if part]
-    depth = None if "**" in rest else max(0, len(rest) - 1)
-    return [entry for entry in files_under(base, depth=depth)
-            if _glob_match(list(Path(os.path.relpath(entry.path, base)).parts), rest, bool(entry.problem))]
-
-
-def _glob_match(names: list[str], parts: list[str], folder: bool = False) -> bool:
-    """Whether the path ``names`` match the pattern ``parts``; with ``folder``, whether some
-    path inside that folder could (for a folder that could not be listed)."""
-    if not parts:
-        return not names
-    if not names:
-        return folder or parts == ["**"] * len(parts)
-    if parts[0] == "**":
-        return _glob_match(names, parts[1:], folder) or (
-            not names[0].startswith(".") and _glob_match(names[1:], parts, folder))
-    if glob.has_magic(parts[0]):
-        if names[0].startswith(".") and not parts[0].startswith("."):
-            return False
-        return fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:], folder)
-    return names[0] == parts[0] and _glob_match(names[1:], parts[1:], folder)
 
 
 # ---------------------------------------------------------------------------------------
