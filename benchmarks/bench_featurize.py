@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             from fer_ray.data.sources import make_source
 
             catalog = str(tmp / "synthetic")
-            build_catalog(make_source("synthetic", None, count=3500, seed=0), catalog, log=lambda *_: None)
+            build_catalog(make_source("synthetic", None, count=3500, seed=0), catalog)
         members = args.members or stand_in_members(catalog, tmp)
         print(f"featurizing split {args.split!r} of {catalog} with {len(members)} members, batch {args.batch_size}, "
               f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "

@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     start_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
         t1 = time.perf_counter()
-        manifest = build_catalog(source, str(Path(tmp) / "catalog"), num_cpus=args.num_cpus,
-                                 log=lambda *_: None)
+        manifest = build_catalog(source, str(Path(tmp) / "catalog"), num_cpus=args.num_cpus)
         ray_s = time.perf_counter() - t1
     total_s = start_s + ray_s
     n_ray = sum(c["total"] for c in manifest["counts"].values())

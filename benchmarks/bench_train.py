@@ -40,18 +40,18 @@ def main() -> None:
     init_ray(num_cpus=None if args.gpu else args.cpus)
     catalog = args.catalog or str(work / "catalog")
     if not args.catalog:
-        build_catalog(make_source("synthetic", None, count=args.count), catalog, log=lambda *_: None)
+        build_catalog(make_source("synthetic", None, count=args.count), catalog)
     recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size)
     device = "cuda" if args.gpu else "cpu"
 
     torch.set_num_threads(args.cpus)
     t0 = time.perf_counter()
-    _, plain_history, _ = fit_local(catalog, args.model, recipe, device=device, log=lambda *_: None)
+    _, plain_history, _ = fit_local(catalog, args.model, recipe, device=device)
     plain_wall = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     summary = train(TrainConfig(catalog=catalog, run_dir=str(work / "run"), model=args.model, recipe=recipe,
-                                workers=1, gpu=args.gpu, cpus_per_worker=args.cpus), log=lambda *_: None)
+                                workers=1, gpu=args.gpu, cpus_per_worker=args.cpus))
     ray_wall = time.perf_counter() - t0
 
     plain_ips = plain_history[-1]["images_per_s"]

@@ -141,7 +141,7 @@ def _artifact(args) -> str:
     """--artifact, or the model that ships with fer-ray (the command says which it uses)."""
     from fer_ray.pretrained import artifact_or_default
 
-    return artifact_or_default(args.artifact, log=lambda line: print(f"fer-ray {args.stage}: {line}", file=sys.stderr))
+    return artifact_or_default(args.artifact)
 
 
 def _predict(args) -> None:
@@ -394,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     fer_ray.runtime.VERBOSE = getattr(args, "verbose", False)  # read when (if) the stage starts Ray
+    fer_ray.runtime.log_to_console(args.stage)
     fer_ray.runtime.stop_on_signals()
     try:
         _check_output_folders(args)

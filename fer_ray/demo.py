@@ -7,6 +7,7 @@ laptop: about 3 minutes on 2 CPUs.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,8 @@ from fer_ray.data.config import PrepareConfig
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import balanced_labels, synthetic_faces
 from fer_ray.pipeline import Pipeline, PipelineConfig, headline
+
+log = logging.getLogger(__name__)
 
 
 class DemoConfig(BaseModel):
@@ -67,7 +70,7 @@ def write_demo_photos(folder: Path, count: int = 24, seed: int = 7, tries: int =
     return count + 1
 
 
-def run_demo(log=print, **settings) -> dict:
+def run_demo(**settings) -> dict:
     """Run the demo; ``settings`` are ``DemoConfig``'s.
 
     ``--output`` is the demo's own run directory, holding two things side by side: the photos
@@ -93,11 +96,11 @@ def run_demo(log=print, **settings) -> dict:
                               models=("small_cnn", "small_cnn"), epochs=cfg.epochs, batch_size=32, lr=0.05,
                               workers=1, svm_samples=3, svm_lambda=(0.01, 10.0), score_input=str(photos),
                               score_detector="haar")
-    summary = Pipeline(pipeline, log=log).run()
-    log("")
-    log(f"demo finished in {summary['seconds']:.0f} s; outputs under {out}:")
+    summary = Pipeline(pipeline).run()
+    log.info("")
+    log.info(f"demo finished in {summary['seconds']:.0f} s; outputs under {out}:")
     for name, path in {"photos": str(photos), **summary["outputs"]}.items():
-        log(f"  {name:<9} {path if isinstance(path, str) else ', '.join(path)}")
-    log("")
-    log(headline(summary))
+        log.info(f"  {name:<9} {path if isinstance(path, str) else ', '.join(path)}")
+    log.info("")
+    log.info(headline(summary))
     return summary

@@ -14,6 +14,7 @@ on any node write into it.
 """
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +45,7 @@ STAGE_SETTINGS = ("source", "input", "count", "size", "models", "input_sizes", "
 TRANSFER_SETTINGS = ("kdef", "kdef_face_crop", "transfer_freeze", "transfer_epochs")
 PREPARE = PrepareConfig.model_fields  # the catalog stage's defaults
 TIMINGS_FILE = "stage-timings.json"
+log = logging.getLogger(__name__)
 
 
 class PipelineConfig(BaseModel):
@@ -127,8 +129,8 @@ def upload(local: Path, uri: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, log=print):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
         self.work = Path(cfg.work_dir if is_uri(cfg.storage) else cfg.storage)
         self.work.mkdir(parents=True, exist_ok=True)
         # Each stage's time when it ran: a resumed run reports those, not the ~0 s of skipping them.
@@ -143,9 +145,9 @@ class Pipeline:
         t0 = time.perf_counter()
         folder = self.work / name
         if (done or folder / rundir.RESULT).exists():
-            self.log(f"[pipeline] {name}: already done ({done or folder / rundir.RESULT}), skipping")
+            log.info(f"[pipeline] {name}: already done ({done or folder / rundir.RESULT}), skipping")
         else:
-            self.log(f"[pipeline] {name} ...")
+            log.info(f"[pipeline] {name} ...")
             fn()
             self.timings[name] = round(time.perf_counter() - t0, 1)
             (self.work / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2))
@@ -164,11 +166,11 @@ class Pipeline:
 
         def run():
             source = make_source(prep.source, prep.input, size=prep.size, **prep.source_options())
-            build_catalog(source, prep.output, seed=prep.seed, overwrite=prep.overwrite, log=self.log)
+            build_catalog(source, prep.output, seed=prep.seed, overwrite=prep.overwrite)
 
         self.stage("catalog", run, done=out / MANIFEST)
         catalog = Catalog.open(out)
-        self.log(audit(catalog.manifest))
+        log.info(audit(catalog.manifest))
         return catalog
 
     def svm(self, catalog: Catalog) -> dict:
@@ -177,7 +179,7 @@ class Pipeline:
         lo, hi = self.cfg.svm_lambda
         return self.stage("svm", lambda: sweep_svm(
             SvmSweep(catalog=str(catalog.path), run_dir=str(self.work / "svm"), samples=self.cfg.svm_samples, lambda_min=lo,
-                     lambda_max=hi, seed=self.cfg.seed), log=self.log))
+                     lambda_max=hi, seed=self.cfg.seed)))
 
     def cnn(self, catalog: Catalog, index: int, model: str, init_from: str | None = None, freeze: int = 0,
             epochs: int | None = None, name: str | None = None) -> dict:
@@ -190,14 +192,14 @@ class Pipeline:
         cfg = TrainConfig(catalog=str(catalog.path), run_dir=str(self.work / name), model=model, recipe=recipe,
                           input_size=self.cfg.input_sizes.get(model), workers=self.cfg.workers, gpu=self.cfg.gpu,
                           cpus_per_worker=self.cfg.cpus_per_worker, init_from=init_from, freeze=freeze)
-        return self.stage(name, lambda: train(cfg, log=self.log))
+        return self.stage(name, lambda: train(cfg))
 
     def ensemble(self, catalog: Catalog, members: list[dict]) -> dict:
         from fer_ray.ensemble.features import run_ensemble
 
         return self.stage("ensemble", lambda: run_ensemble(
             [m["artifact"] for m in members], catalog, str(self.work / "ensemble"),
-            batch_size=self.cfg.ensemble_batch_size, gpu=self.cfg.gpu, log=self.log))
+            batch_size=self.cfg.ensemble_batch_size, gpu=self.cfg.gpu))
 
     def transfer(self, source: dict) -> tuple[Catalog, dict]:
         from fer_ray.artifacts import read_meta
@@ -207,7 +209,7 @@ class Pipeline:
         out = self.work / "kdef-catalog"
         self.stage("kdef-catalog", lambda: build_catalog(
             make_source("kdef", self.cfg.kdef, size=self.cfg.size, face_crop=self.cfg.kdef_face_crop),
-            str(out), seed=self.cfg.seed, overwrite=True, log=self.log), done=out / MANIFEST)
+            str(out), seed=self.cfg.seed, overwrite=True), done=out / MANIFEST)
         catalog = Catalog.open(out)
         result = self.cnn(catalog, 0, read_meta(source["artifact"])["architecture"], init_from=source["artifact"],
                           freeze=self.cfg.transfer_freeze, epochs=self.cfg.transfer_epochs, name="transfer-kdef")
@@ -225,7 +227,7 @@ class Pipeline:
 
         def run():
             summary = score_folder(artifact, self.cfg.score_input, str(out), faces="all", gpu=self.cfg.gpu,
-                                   detector=self.cfg.score_detector, log=self.log)
+                                   detector=self.cfg.score_detector)
             rundir.finish(folder, asdict(summary))
 
         self.stage("scores", run)

@@ -16,6 +16,7 @@ pipeline's work directory (and its ``scores/``). So resuming means the same thin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from fer_ray.errors import FerRayError
 
 RECORD = "run.json"
 RESULT = "result.json"
+log = logging.getLogger(__name__)
 
 
 def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False, keys=None,
@@ -64,14 +66,14 @@ def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool
     return False
 
 
-def finished(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False, log=print) -> dict | None:
+def finished(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False) -> dict | None:
     """The summary of this very run if it already finished (logged as such), else None; other
     settings or another owner are refused as ``claim`` refuses them. Asked first, before Ray."""
     if check_claim(run_dir, stage, settings, overwrite):
         return None  # --overwrite: it runs again
     done = result(run_dir)
     if done is not None:
-        log(f"{stage}: already finished ({Path(run_dir).resolve() / RESULT}; --overwrite to run it again)")
+        log.info(f"{stage}: already finished ({Path(run_dir).resolve() / RESULT}; --overwrite to run it again)")
     return done
 
 

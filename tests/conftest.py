@@ -47,7 +47,7 @@ def synthetic_catalog(tmp_path_factory, ray_session) -> Path:
     from fer_ray.data.sources import make_source
 
     out = tmp_path_factory.mktemp("catalogs") / "synthetic"
-    build_catalog(make_source("synthetic", None, count=1400, seed=0), str(out), log=lambda *_: None)
+    build_catalog(make_source("synthetic", None, count=1400, seed=0), str(out))
     return out
 
 
@@ -59,7 +59,7 @@ def small_artifact(tmp_path_factory, synthetic_catalog) -> Path:
     from fer_ray.training.config import Recipe
 
     model, _, meta = fit_local(str(synthetic_catalog), "small_cnn", Recipe(epochs=8, batch_size=32, lr=0.05),
-                               device="cpu", log=lambda *_: None)
+                               device="cpu")
     return save_cnn(str(tmp_path_factory.mktemp("artifacts") / "small_cnn"), model, meta)
 
 

@@ -21,7 +21,6 @@ from fer_ray.data.sources import Fer2013CsvSource, FolderSource, SourceError
 from fer_ray.emotions import EMOTIONS
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
-QUIET = {"log": lambda *_: None}
 
 TRAIN = {"angry": 20, "happy": 30, "sad": 12, "surprise": 10}
 TEST = {"angry": 3, "happy": 4, "sad": 3}
@@ -57,8 +56,8 @@ def messy(tmp_path_factory):
 def built(messy, ray_session, tmp_path_factory):
     root, _, _ = messy
     out = tmp_path_factory.mktemp("built")
-    first = build_catalog(FolderSource(str(root)), str(out / "a"), **QUIET)
-    second = build_catalog(FolderSource(str(root)), str(out / "b"), **QUIET)
+    first = build_catalog(FolderSource(str(root)), str(out / "a"))
+    second = build_catalog(FolderSource(str(root)), str(out / "b"))
     return out / "a", first, out / "b", second
 
 
@@ -162,12 +161,12 @@ def test_output_is_never_overwritten_by_accident(messy, built, tmp_path):
     cat, _, _, _ = built
     before = (cat / "manifest.json").read_text()
     with pytest.raises(SourceError, match="exists and is not empty"):
-        build_catalog(FolderSource(str(root)), str(cat), **QUIET)
+        build_catalog(FolderSource(str(root)), str(cat))
     assert (cat / "manifest.json").read_text() == before
     target = tmp_path / "cat"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    manifest = build_catalog(FolderSource(str(root)), str(target), overwrite=True, **QUIET)
+    manifest = build_catalog(FolderSource(str(root)), str(target), overwrite=True)
     assert not (target / "stale.txt").exists()
     assert manifest["catalog_sha256"] == built[1]["catalog_sha256"]
 
@@ -179,16 +178,16 @@ def test_overwrite_never_loses_the_old_catalog_or_the_input(messy, built, tmp_pa
     cat, _, _, _ = built
     before = (cat / "manifest.json").read_text()
     with pytest.raises(SourceError, match="input folder not found"):
-        build_catalog(FolderSource(str(tmp_path / "typo")), str(cat), overwrite=True, **QUIET)
+        build_catalog(FolderSource(str(tmp_path / "typo")), str(cat), overwrite=True)
     assert (cat / "manifest.json").read_text() == before
     files = sorted(p for p in root.rglob("*"))
     for out in (root, root.parent, root / "train" / "catalog"):
         with pytest.raises(SourceError, match="overlaps the input"):
-            build_catalog(FolderSource(str(root)), str(out), overwrite=True, **QUIET)
+            build_catalog(FolderSource(str(root)), str(out), overwrite=True)
     assert sorted(p for p in root.rglob("*")) == files
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SourceError, match="is a file"):
-        build_catalog(FolderSource(str(root)), str(tmp_path / "afile"), overwrite=True, **QUIET)
+        build_catalog(FolderSource(str(root)), str(tmp_path / "afile"), overwrite=True)
 
 
 def test_catalog_open_errors(built, tmp_path):
@@ -204,7 +203,7 @@ def test_catalog_open_errors(built, tmp_path):
 
 def csv_catalog(tmp_path, name, lines):
     path = write_fer_csv(tmp_path / f"{name}.csv", lines)
-    manifest = build_catalog(Fer2013CsvSource(str(path)), str(tmp_path / name), **QUIET)
+    manifest = build_catalog(Fer2013CsvSource(str(path)), str(tmp_path / name))
     return path, manifest
 
 
@@ -242,7 +241,7 @@ def test_source_hash_changes_when_one_input_byte_changes(tmp_path):
     changed_path = tmp_path / "changed.csv"
     changed_path.write_bytes(bytes(data))
     assert sum(a != b for a, b in zip(path.read_bytes(), data)) == 1
-    changed = build_catalog(Fer2013CsvSource(str(changed_path)), str(tmp_path / "changed"), **QUIET)
+    changed = build_catalog(Fer2013CsvSource(str(changed_path)), str(tmp_path / "changed"))
     assert changed["rejected"]["count"] == 0
     assert changed["source"]["content_sha256"] != original["source"]["content_sha256"]
     assert changed["catalog_sha256"] != original["catalog_sha256"]
@@ -257,7 +256,7 @@ def test_input_with_nothing_usable_is_an_input_error(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("old catalog")
     with pytest.raises(SourceError, match="no usable images .*1 rejected.*not a decodable image"):
-        build_catalog(FolderSource(str(tmp_path / "in")), str(tmp_path / "out"), overwrite=True, **QUIET)
+        build_catalog(FolderSource(str(tmp_path / "in")), str(tmp_path / "out"), overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "old catalog"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 

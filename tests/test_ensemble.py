@@ -17,7 +17,6 @@ from fer_ray.ensemble.stack import (EnsembleBackend, MemberFeatures, choose_head
 from fer_ray.inference.predictor import Predictor
 from fer_ray.models.inputs import Normalization, to_model_input
 
-QUIET = {"log": lambda *_: None}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def second_member(tmp_path_factory, synthetic_catalog):
     from fer_ray.training.config import Recipe
 
     model, _, meta = fit_local(str(synthetic_catalog), "small_cnn",
-                               Recipe(epochs=4, batch_size=64, lr=0.03, seed=1), device="cpu", **QUIET)
+                               Recipe(epochs=4, batch_size=64, lr=0.03, seed=1), device="cpu")
     return save_cnn(str(tmp_path_factory.mktemp("artifacts") / "small_cnn_b"), model, meta)
 
 

@@ -183,8 +183,7 @@ def kdef_tree(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_default_split_is_identity_disjoint(kdef_tree, ray_session, tmp_path):
     root, files = kdef_tree
-    manifest = build_catalog(KdefSource(str(root), angles=("S",)), str(tmp_path / "cat"),
-                             log=lambda *_: None)
+    manifest = build_catalog(KdefSource(str(root), angles=("S",)), str(tmp_path / "cat"))
     assert manifest["split_mode"] == "subject"
     assert manifest["source"]["excluded_by_angle_filter"] == 140
     owner = {}
@@ -206,8 +205,7 @@ def test_default_split_is_identity_disjoint(kdef_tree, ray_session, tmp_path):
 @pytest.mark.timeout(300)
 def test_random_split_option_is_stratified_80_10_10(kdef_tree, ray_session, tmp_path):
     root, files = kdef_tree
-    manifest = build_catalog(KdefSource(str(root)), str(tmp_path / "cat"), split_mode="random",
-                             log=lambda *_: None)
+    manifest = build_catalog(KdefSource(str(root)), str(tmp_path / "cat"), split_mode="random")
     assert manifest["split_mode"] == "random"
     per_class = len(files) // 7  # 40
     for emotion in EMOTIONS:

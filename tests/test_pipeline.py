@@ -3,6 +3,7 @@ the settings it checks before the first stage."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from fer_ray.pipeline import Pipeline, PipelineConfig
 
 
 @pytest.mark.timeout(600)
-def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
+def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session, caplog):
     """The one end-to-end run of the paper's stages (the demo's, plus KDEF transfer), then a rerun."""
     subjects = [("F", n) for n in (1, 4, 9, 12, 30)] + [("M", n) for n in (2, 5, 11, 20, 35)]
     write_kdef(tmp_path / "kdef", subjects=subjects, face_side=48)
@@ -28,7 +29,7 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
                          svm_samples=1, svm_lambda=(0.01, 0.1), kdef=str(tmp_path / "kdef"), kdef_face_crop=False,
                          transfer_freeze=-2, transfer_epochs=2, score_input=str(tmp_path / "photos"),
                          score_detector="haar")  # the demo's drawn faces, as the demo scores them
-    summary = Pipeline(cfg, log=lambda *_: None).run()
+    summary = Pipeline(cfg).run()
     assert set(summary["outputs"]) == {"catalog", "svm", "cnns", "ensemble", "report", "transfer", "scores"}
     accuracy = {row["model"].split(" (")[0]: row["accuracy"] for row in summary["table"]}
     assert len(accuracy) == 5  # SVM, two CNNs, soft vote, stacked
@@ -51,15 +52,17 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_session):
     # Rerun: every finished stage is skipped. A CNN stage cut off before it wrote its result
     # (after training) is not finished: it runs again (resuming its Train run) and completes.
     (out / "cnn-1-small_cnn" / "result.json").unlink()
-    lines = []
-    again = Pipeline(cfg, log=lines.append).run()
+    caplog.set_level(logging.INFO, logger="fer_ray")
+    caplog.clear()
+    again = Pipeline(cfg).run()
+    lines = caplog.messages
     assert "[pipeline] cnn-1-small_cnn ..." in lines and "[pipeline] ensemble ..." not in lines
     assert (out / "cnn-1-small_cnn" / "result.json").exists()
     assert again["table"] == summary["table"]
     # Other settings on the same work directory would reuse stages made with the old ones.
     changed = PipelineConfig(**{**cfg.__dict__, "epochs": 3})
     with pytest.raises(ValueError, match="holds a pipeline run with different epochs"):
-        Pipeline(changed, log=lambda *_: None).run()
+        Pipeline(changed).run()
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -80,7 +83,7 @@ def _finished_run(tmp_path, catalog: Path, **settings) -> PipelineConfig:
     """A work directory whose catalog stage is done: a real catalog (the shared synthetic one)
     copied where the pipeline builds its own."""
     cfg = PipelineConfig(storage=str(tmp_path / "out"), models=("small_cnn", "small_cnn"), **settings)
-    Pipeline(cfg, log=lambda *_: None).check_settings()
+    Pipeline(cfg).check_settings()
     shutil.copytree(catalog, tmp_path / "out" / "catalog")
     return cfg
 
@@ -90,38 +93,38 @@ def test_adding_kdef_on_a_rerun_may_bring_its_own_transfer_settings(tmp_path, sy
     (tmp_path / "KDEF").mkdir()
     with_kdef = PipelineConfig(**{**cfg.__dict__, "kdef": str(tmp_path / "KDEF"), "kdef_face_crop": False,
                                   "transfer_freeze": -1, "transfer_epochs": 3})
-    Pipeline(with_kdef, log=lambda *_: None).check_settings()  # no transfer stage ran: nothing to mix
+    Pipeline(with_kdef).check_settings()  # no transfer stage ran: nothing to mix
     other = PipelineConfig(**{**with_kdef.__dict__, "transfer_epochs": 4})
     with pytest.raises(ValueError, match="holds a pipeline run with different transfer_epochs"):  # now one exists
-        Pipeline(other, log=lambda *_: None).check_settings()
+        Pipeline(other).check_settings()
 
 
 def test_a_resumed_run_reports_each_stage_s_time_when_it_ran(tmp_path, synthetic_catalog):
     cfg = _finished_run(tmp_path, synthetic_catalog)
     done = tmp_path / "out" / "stage-a" / "done"
-    first = Pipeline(cfg, log=lambda *_: None)
+    first = Pipeline(cfg)
     first.stage("stage-a", lambda: (time.sleep(0.3), done.parent.mkdir(), done.touch()), done=done)
     assert first.timings["stage-a"] >= 0.3
-    again = Pipeline(cfg, log=lambda *_: None)
+    again = Pipeline(cfg)
     again.stage("stage-a", lambda: pytest.fail("a finished stage ran again"), done=done)
     assert again.timings == first.timings  # was 0.0: the time it took to skip it
 
 
 @pytest.mark.timeout(300)
-def test_another_score_input_on_a_rerun_is_scored_not_reused(tmp_path, synthetic_catalog, small_artifact):
+def test_another_score_input_on_a_rerun_is_scored_not_reused(tmp_path, synthetic_catalog, small_artifact, caplog):
     """The scores stage, with the real scoring on the local Ray: the same --score-input again is
     skipped, another one is scored afresh (its rows replace the first input's)."""
     for name, seed in (("a", 1), ("b", 2)):
         write_demo_photos(tmp_path / name, count=2, seed=seed)
     cfg = _finished_run(tmp_path, synthetic_catalog, score_input=str(tmp_path / "a"))
-    lines = []
-    out = Pipeline(cfg, log=lines.append).score(str(small_artifact))
+    caplog.set_level(logging.INFO, logger="fer_ray")
+    out = Pipeline(cfg).score(str(small_artifact))
     first = pd.read_parquet(out)
-    Pipeline(cfg, log=lines.append).score(str(small_artifact))  # the same input: done, skipped
-    assert any(line.startswith("[pipeline] scores: already done") for line in lines)
+    Pipeline(cfg).score(str(small_artifact))  # the same input: done, skipped
+    assert any(line.startswith("[pipeline] scores: already done") for line in caplog.messages)
     assert pd.read_parquet(out).equals(first)
     other = PipelineConfig(**{**cfg.__dict__, "score_input": str(tmp_path / "b")})
-    Pipeline(other, log=lines.append).score(str(small_artifact))
+    Pipeline(other).score(str(small_artifact))
     paths = set(pd.read_parquet(out)["path"])
     assert paths and all(path.startswith(str(tmp_path / "b")) for path in paths)
     assert set(first["path"]) and all(path.startswith(str(tmp_path / "a")) for path in first["path"])

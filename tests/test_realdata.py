@@ -14,7 +14,6 @@ from fer_ray.data.sources import Fer2013CsvSource, FolderSource
 from fer_ray.emotions import EMOTIONS
 
 pytestmark = [pytest.mark.ray, pytest.mark.realdata, pytest.mark.timeout(300)]
-QUIET = {"log": lambda *_: None}
 
 # The per-class numbers in ../shared/data/README.md (train folder / test folder).
 README_TRAIN = {"angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965,
@@ -24,7 +23,7 @@ README_TEST = {"angry": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral"
 
 
 def test_csv_sample_gives_500_train_and_100_val(fer_csv_sample, ray_session, tmp_path):
-    manifest = build_catalog(Fer2013CsvSource(str(fer_csv_sample)), str(tmp_path / "cat"), **QUIET)
+    manifest = build_catalog(Fer2013CsvSource(str(fer_csv_sample)), str(tmp_path / "cat"))
     assert manifest["counts"]["train"]["total"] == 500
     assert manifest["counts"]["val"]["total"] == 100
     assert set(manifest["counts"]) == {"train", "val"}  # the sample has no PrivateTest
@@ -48,7 +47,7 @@ def test_csv_sample_gives_500_train_and_100_val(fer_csv_sample, ray_session, tmp
 @pytest.fixture(scope="module")
 def folder_catalog(fer_folders, ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("fer2013") / "cat"
-    return out, build_catalog(FolderSource(str(fer_folders)), str(out), **QUIET)
+    return out, build_catalog(FolderSource(str(fer_folders)), str(out))
 
 
 def test_folder_counts_equal_the_readme(folder_catalog):

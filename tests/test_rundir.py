@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -67,16 +68,16 @@ def test_a_damaged_run_record_is_refused_and_kept(tmp_path, text):
     assert (run / "artifact").is_dir()
 
 
-def test_a_finished_run_answers_a_rerun_with_its_result(tmp_path):
+def test_a_finished_run_answers_a_rerun_with_its_result(tmp_path, caplog):
     """result.json, written last, is what "finished" means for every stage and the pipeline."""
     run = tmp_path / "run"
-    lines = []
-    assert finished(run, "train", {"epochs": 3}, log=lines.append) is None and not run.exists()
+    caplog.set_level(logging.INFO, logger="fer_ray")
+    assert finished(run, "train", {"epochs": 3}) is None and not run.exists()
     claim(run, "train", {"epochs": 3})
-    assert finished(run, "train", {"epochs": 3}, log=lines.append) is None and result(run) is None  # resumes
+    assert finished(run, "train", {"epochs": 3}) is None and result(run) is None  # resumes
     finish(run, {"artifact": "a", "evaluations": {"val": {"accuracy": 0.5}}})
-    assert finished(run, "train", {"epochs": 3}, log=lines.append)["evaluations"]["val"]["accuracy"] == 0.5
-    assert lines == [f"train: already finished ({run.resolve() / RESULT}; --overwrite to run it again)"]
+    assert finished(run, "train", {"epochs": 3})["evaluations"]["val"]["accuracy"] == 0.5
+    assert caplog.messages == [f"train: already finished ({run.resolve() / RESULT}; --overwrite to run it again)"]
     with pytest.raises(ValueError, match="holds a train run with different epochs"):
         finished(run, "train", {"epochs": 4})
     assert finished(run, "train", {"epochs": 4}, overwrite=True) is None  # runs again, from scratch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -285,7 +286,7 @@ def test_overwrite_waits_its_turn_behind_a_running_job(tmp_path, small_artifact)
     with running.locked():
         (running.folder / "part-000000.parquet").write_bytes(b"a running job's part")
         with pytest.raises(ScoreError, match="another scoring job"):
-            score_folder(str(small_artifact), str(tmp_path / "in"), str(out), overwrite=True, log=print)
+            score_folder(str(small_artifact), str(tmp_path / "in"), str(out), overwrite=True)
         assert (running.folder / "part-000000.parquet").read_bytes() == b"a running job's part"
 
 
@@ -325,8 +326,7 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     root = tmp_path / "photos"
     expect = messy_folder(root)
     out = tmp_path / "scores.parquet"
-    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, part_files=2,
-                           log=print)
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, part_files=2)
 
     df = _check_exact(out, root, expect)
     two = df[df["rel"] == "party/2024/two_faces.png"].sort_values("face")
@@ -337,18 +337,17 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     assert (summary.files, summary.faces, summary.no_face, summary.errors) == (6, 3, 1, 3)
     assert summary.skipped_non_images == 1 and list(parts_folder(out).glob("part-*.parquet"))
 
-    again = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, log=print)
+    again = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC)
     assert (again.scored_now, again.already_scored) == (0, 6)
     (root / os.fsdecode(b"caf\xe9.png")).write_bytes(encode(background(320, 240, seed=4), "PNG"))  # Latin-1 name
-    grown = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, log=print)
+    grown = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC)
     assert (grown.files, grown.scored_now, grown.no_face) == (7, 1, 2)
     assert str(root / "caf\\xe9.png") in set(pq.read_table(out).column("path").to_pylist())
-    one = score_folder(str(small_artifact), str(root / "landscape.png"), str(out), faces="all", detector=SYNTHETIC,
-                       log=print)
+    one = score_folder(str(small_artifact), str(root / "landscape.png"), str(out), faces="all", detector=SYNTHETIC)
     assert (one.files, one.scored_now, one.already_scored) == (1, 0, 1)  # OUT follows the input
     assert set(pq.read_table(out).column("path").to_pylist()) == {str(root / "landscape.png")}
     with pytest.raises(ValueError, match="holds a score run with different mode"):
-        score_folder(str(small_artifact), str(root), str(out), faces="largest", detector=SYNTHETIC, log=print)
+        score_folder(str(small_artifact), str(root), str(out), faces="largest", detector=SYNTHETIC)
 
 
 @pytest.mark.ray
@@ -364,7 +363,7 @@ def test_score_with_the_default_detector_writes_each_face_s_score_and_landmarks(
     (root / "two.png").write_bytes(encode(img, "PNG"))
     (root / "landscape.png").write_bytes(encode(background(320, 240, seed=3), "PNG"))
     out = tmp_path / "scores.csv"
-    summary = score_folder(str(small_artifact), str(root), str(out), log=print)
+    summary = score_folder(str(small_artifact), str(root), str(out))
     assert (summary.faces, summary.no_face) == (2, 1)
     df = pd.read_csv(out).sort_values(["path", "face"])
     faces, empty = df[df["path"].str.endswith("two.png")], df[df["path"].str.endswith("landscape.png")]
@@ -379,7 +378,7 @@ def test_score_with_the_default_detector_writes_each_face_s_score_and_landmarks(
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)  # the shared small_artifact fixture may train first
-def test_the_gpu_layout_on_cpus_gives_the_same_rows(tmp_path, ray_session, small_artifact, monkeypatch):
+def test_the_gpu_layout_on_cpus_gives_the_same_rows(tmp_path, ray_session, small_artifact, monkeypatch, caplog):
     """--gpu's layout (detection tasks, then model actors that Ray Data feeds one face at a time
     here, so a file's faces arrive in different batches) run on CPUs: every file still comes
     out whole, with its error rows null where they have no face."""
@@ -391,10 +390,9 @@ def test_the_gpu_layout_on_cpus_gives_the_same_rows(tmp_path, ray_session, small
     root = tmp_path / "photos"
     expect = messy_folder(root)
     out = tmp_path / "scores.parquet"
-    lines = []
-    score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, batch_size=1,
-                 log=lines.append)
-    assert any("detection tasks of 2 files" in line for line in lines), lines
+    caplog.set_level(logging.INFO, logger="fer_ray")
+    score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, batch_size=1)
+    assert any("detection tasks of 2 files" in line for line in caplog.messages), caplog.messages
     _check_exact(out, root, expect)
 
 
@@ -427,8 +425,7 @@ def test_killed_job_resumes_and_scores_every_file_exactly_once(tmp_path, ray_ses
     done_before = PartStore(parts).scored_paths()
     assert 0 < len(done_before) < 160
 
-    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, part_files=50,
-                           log=print)
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="all", detector=SYNTHETIC, part_files=50)
     assert summary.already_scored == len(done_before) and summary.scored_now == 160 - len(done_before)
     df = pd.read_csv(out)
     assert len(df) == 160 and df["path"].is_unique and (df["error"] == NO_FACE).all()
@@ -446,7 +443,7 @@ def test_parts_are_no_bigger_than_asked_even_below_a_detection_task(tmp_path, ra
     for i in range(48):
         (root / f"c{i:02d}.png").write_bytes(encode(rng.integers(0, 256, (48, 48), dtype=np.uint8), "PNG"))
     out = tmp_path / "scores.parquet"
-    summary = score_folder(str(small_artifact), str(root), str(out), faces="none", part_files=8, log=print)
+    summary = score_folder(str(small_artifact), str(root), str(out), faces="none", part_files=8)
     sizes = [pq.read_metadata(p).num_rows for p in PartStore(parts_folder(out)).parts()]
     assert summary.files == 48 and sum(sizes) == 48
     assert len(sizes) >= 3 and max(sizes) < 2 * 8, sizes

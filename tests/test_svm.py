@@ -151,7 +151,7 @@ def test_svm_beats_chance_on_real_csv_sample(fer_csv_sample, ray_session, tmp_pa
     from fer_ray.data.sources import Fer2013CsvSource
 
     catalog = str(tmp_path / "cat")
-    build_catalog(Fer2013CsvSource(str(fer_csv_sample)), catalog, log=lambda *_: None)
+    build_catalog(Fer2013CsvSource(str(fer_csv_sample)), catalog)
     train, val = (Catalog.open(catalog).load(s) for s in ("train", "val"))
     model, _ = fit_svm(train["image"], train["label"], lam=0.5)
     # 500 real training faces give 28% on the 100 val faces: P(>= 28 right | p = 1/7) < 0.001.
@@ -190,8 +190,8 @@ def test_a_catalog_rebuilt_in_place_is_not_resumed_as_the_old_one(synthetic_cata
 
     catalog, run = tmp_path / "catalog", tmp_path / "run"
     shutil.copytree(synthetic_catalog, catalog)
-    run_baseline(str(catalog), str(run), log=lambda *_: None)
+    run_baseline(str(catalog), str(run))
     manifest = json.loads((catalog / MANIFEST).read_text())
     (catalog / MANIFEST).write_text(json.dumps(manifest | {"catalog_sha256": "e" * 64}))  # "rebuilt"
     with pytest.raises(ValueError, match="different catalog_sha256"):
-        run_baseline(str(catalog), str(run), log=lambda *_: None)
+        run_baseline(str(catalog), str(run))

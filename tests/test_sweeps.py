@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,6 @@ import pytest
 from fer_ray.inference.predictor import Predictor
 from fer_ray.tuning.sweeps import CnnSweep, SvmSweep, choose_best, results_table, sweep_cnn, sweep_svm
 
-QUIET = {"log": lambda *_: None}
 
 
 def test_choose_best_takes_the_highest_val_accuracy_among_completed_trials():
@@ -85,10 +85,10 @@ def test_cluster_capacity_counts_what_an_autoscaler_can_add(ray_session, monkeyp
     assert cluster_capacity()["GPU"] == 4 and cluster_capacity()["CPU"] == 64
 
 
-def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog, ray_session, tmp_path, capfd):
+def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog, ray_session, tmp_path, capfd, caplog):
     run = tmp_path / "sweep"
     cfg = SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=3, lambda_min=0.3, lambda_max=3.0)
-    summary = sweep_svm(cfg, **QUIET)
+    summary = sweep_svm(cfg)
     printed = capfd.readouterr().out
     assert "Configuration for experiment" not in printed and "tensorboard" not in printed  # Tune's tables are off
     rows = results_table(str(run))
@@ -104,13 +104,15 @@ def test_svm_sweep_keeps_the_trial_with_the_best_val_accuracy(synthetic_catalog,
     assert meta["metrics"]["val"]["accuracy"] == pytest.approx(best["val_acc"])
     assert (run / "eval-test" / "report.md").is_file()
     # The same command again: finished, so nothing runs and nothing is rewritten.
-    lines, stamp = [], (run / "result.json").stat().st_mtime_ns
-    assert sweep_svm(cfg, log=lines.append) == json.loads((run / "result.json").read_text())
-    assert lines == [f"sweep svm: already finished ({run / 'result.json'}; --overwrite to run it again)"]
+    stamp = (run / "result.json").stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="fer_ray")
+    caplog.clear()
+    assert sweep_svm(cfg) == json.loads((run / "result.json").read_text())
+    assert caplog.messages == [f"sweep svm: already finished ({run / 'result.json'}; --overwrite to run it again)"]
     assert (run / "result.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="different samples"):
         sweep_svm(SvmSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=4, lambda_min=0.3,
-                           lambda_max=3.0), **QUIET)
+                           lambda_max=3.0))
 
 
 @pytest.mark.ray
@@ -159,7 +161,7 @@ def test_cnn_sweep_reports_every_epoch_and_keeps_the_best_completed_trial(synthe
     run = tmp_path / "cnn-sweep"
     cfg = CnnSweep(catalog=str(synthetic_catalog), run_dir=str(run), samples=2, epochs=2,
                    recipe={"batch_size": 64}, grace_period=1, reduction_factor=2)
-    summary = sweep_cnn(cfg, **QUIET)
+    summary = sweep_cnn(cfg)
     rows = results_table(str(run))
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"complete", "stopped"}
     complete = [r for r in rows if r["status"] == "complete"]
@@ -181,8 +183,8 @@ def test_a_catalog_without_val_is_refused_before_any_trial(synthetic_catalog, tm
     manifest = json.loads((catalog / "manifest.json").read_text())
     del manifest["shards"]["val"]
     (catalog / "manifest.json").write_text(json.dumps(manifest))
-    for sweep in (lambda: sweep_svm(SvmSweep(catalog=str(catalog), run_dir=str(tmp_path / "s")), **QUIET),
-                  lambda: sweep_cnn(CnnSweep(catalog=str(catalog), run_dir=str(tmp_path / "c")), **QUIET)):
+    for sweep in (lambda: sweep_svm(SvmSweep(catalog=str(catalog), run_dir=str(tmp_path / "s"))),
+                  lambda: sweep_cnn(CnnSweep(catalog=str(catalog), run_dir=str(tmp_path / "c")))):
         with pytest.raises(ValueError, match="has no 'val' split"):
             sweep()
     assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
@@ -193,4 +195,4 @@ def test_a_catalog_without_val_is_refused_before_any_trial(synthetic_catalog, tm
 def test_a_train_worker_bigger_than_the_cluster_is_refused_not_waited_for(synthetic_catalog, ray_session, tmp_path):
     with pytest.raises(ValueError, match="--cpus-per-worker 4: a trial.s Train worker would need 4 CPUs but "
                                          "the Ray cluster has 2"):
-        sweep_cnn(CnnSweep(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "c"), cpus_per_worker=4), **QUIET)
+        sweep_cnn(CnnSweep(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "c"), cpus_per_worker=4))

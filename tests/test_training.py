@@ -67,7 +67,7 @@ def test_two_cpu_workers_learn_and_recover_from_a_worker_failure(synthetic_catal
     cfg = TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), workers=2,
                       cpus_per_worker=0.5, recipe=Recipe(epochs=6, batch_size=16, lr=0.05), fault_epoch=2,
                       max_failures=1)
-    summary = train(cfg, log=lambda *_: None)
+    summary = train(cfg)
     assert (tmp_path / "run" / ".fault-injected").exists()  # the failure really happened
     assert _history_epochs(summary) == [1, 2, 3, 4, 5, 6]  # each epoch counted once
     assert summary["evaluations"]["val"]["accuracy"] > 0.5
@@ -79,18 +79,18 @@ def test_rerun_resumes_instead_of_restarting(synthetic_catalog, tmp_path, ray_se
     cfg = TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), recipe=Recipe(epochs=3, **FAST),
                       fault_epoch=2, max_failures=0)
     with pytest.raises(Exception, match="injected failure"):
-        train(cfg, log=lambda *_: None)  # "killed" during epoch 3, after checkpointing epoch 2
+        train(cfg)  # "killed" during epoch 3, after checkpointing epoch 2
     first_two = [row for row in _checkpointed_history(tmp_path / "run")]
     assert [row["epoch"] for row in first_two] == [1, 2]
     capfd.readouterr()
-    summary = train(cfg, log=lambda *_: None)  # the same command again
+    summary = train(cfg)  # the same command again
     assert _history_epochs(summary) == [1, 2, 3]
     assert "[train] resuming from epoch 3 of 3" in capfd.readouterr().out  # Ray forwards the worker's line
     assert summary["history"][:2] == first_two  # epochs 1-2 were not recomputed
 
     changed = TrainConfig(**{**cfg.__dict__, "recipe": Recipe(epochs=5, **FAST)})
     with pytest.raises(ValueError, match="different recipe"):
-        train(changed, log=lambda *_: None)
+        train(changed)
 
 
 def test_a_rerun_with_another_recipe_is_refused_before_ray_starts(tmp_path, monkeypatch):
@@ -112,7 +112,7 @@ def test_a_rerun_with_another_recipe_is_refused_before_ray_starts(tmp_path, monk
     monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     changed = TrainConfig(**{**first.__dict__, "recipe": Recipe(epochs=5, **FAST)})
     with pytest.raises(ValueError, match="holds a train run with different recipe;"):
-        train(changed, log=lambda *_: None)
+        train(changed)
 
 
 def _checkpointed_history(run_dir):
@@ -127,8 +127,7 @@ def test_transfer_learning_freezes_early_stages(small_artifact, synthetic_catalo
     monkeypatch.chdir(small_artifact.parent)  # a relative --init-from, as a user types it: each
     # Ray Train worker runs in a directory of its own, so the path must be made absolute first
     summary = train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"),
-                                init_from=small_artifact.name, freeze=-1, recipe=Recipe(epochs=2, **FAST)),
-                    log=lambda *_: None)
+                                init_from=small_artifact.name, freeze=-1, recipe=Recipe(epochs=2, **FAST)))
     meta, new = load_artifact(summary["artifact"])
     _, old = load_artifact(small_artifact)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -149,20 +148,20 @@ def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic
         return TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), **kw)
 
     with pytest.raises(ValueError, match="--freeze 6 is out of range"):
-        train(config(init_from=str(small_artifact), freeze=6), log=lambda *_: None)
+        train(config(init_from=str(small_artifact), freeze=6))
     with pytest.raises(ValueError, match="--model vgg16 conflicts with --init-from .*small_cnn"):
-        train(config(init_from=str(small_artifact), model="vgg16"), log=lambda *_: None)
+        train(config(init_from=str(small_artifact), model="vgg16"))
     with pytest.raises(ValueError, match="is a folder \\(an artifact: fine-tune it with --init-from\\)"):
-        train(config(weights=str(small_artifact)), log=lambda *_: None)
+        train(config(weights=str(small_artifact)))
     with pytest.raises(ValueError, match="--freeze needs --init-from"):
         config(freeze=-2)
     with pytest.raises(ValueError, match="checkpoint_every\n  Input should be greater than or equal to 1"):
         config(checkpoint_every=0)
     torch.save(build_model("small_cnn", num_classes=5).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="weights .*other.pt do not fit small_cnn"):
-        train(config(weights=str(tmp_path / "other.pt")), log=lambda *_: None)
+        train(config(weights=str(tmp_path / "other.pt")))
     with pytest.raises(FileNotFoundError, match="weights file not found"):
-        train(config(weights="nowhere.safetensors"), log=lambda *_: None)
+        train(config(weights="nowhere.safetensors"))
     with pytest.raises(ValueError, match="--weights and --init-from both give starting weights"):
         config(init_from=str(small_artifact), weights=str(tmp_path / "other.pt"))  # the file was ignored
     edited = tmp_path / "edited"
@@ -170,7 +169,7 @@ def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic
     meta = json.loads((edited / "model.json").read_text())
     (edited / "model.json").write_text(json.dumps({**meta, "architecture": "vgg16"}))
     with pytest.raises(ValueError, match="weights do not fit the vgg16 described in model.json"):  # was a traceback
-        train(config(init_from=str(edited)), log=lambda *_: None)
+        train(config(init_from=str(edited)))
     assert not (tmp_path / "run" / "ray").exists()  # no Ray Train run was started
     assert config(weights="w.pt").weights == str(Path.cwd() / "w.pt")
 
@@ -280,7 +279,7 @@ def test_gpu_training_on_a_cluster_without_gpus_is_refused_not_waited_for(synthe
     assert rc == 2 and not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="--workers 2 x --cpus-per-worker 1.5 need 3 CPUs but the Ray cluster has 2"):
         train(TrainConfig(catalog=str(synthetic_catalog), run_dir=str(tmp_path / "run"), workers=2,
-                          cpus_per_worker=1.5), log=lambda *_: None)  # waited for ever, too
+                          cpus_per_worker=1.5))  # waited for ever, too
     assert not (tmp_path / "run").exists()
 
 

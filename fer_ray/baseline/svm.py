@@ -25,6 +25,7 @@ nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +42,7 @@ from fer_ray.errors import FerRayError
 from fer_ray.evaluation.evaluate import evaluate_splits
 from fer_ray.rundir import claim, finish, finished
 
+log = logging.getLogger(__name__)
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
 MIN_SCALE_FRACTION = 0.1
 
@@ -126,7 +128,7 @@ def train_svm(catalog: Catalog | str, output: str, lam: float = DEFAULT_LAMBDA, 
     return save_svm(output, model, info, catalog), info
 
 
-def run_baseline(catalog: Catalog | str, run_dir: str, log=print, **settings) -> dict:
+def run_baseline(catalog: Catalog | str, run_dir: str, **settings) -> dict:
     """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test; return
     the summary ``result.json`` keeps. ``settings`` are ``BaselineConfig``'s other fields (lam,
     solver, loss, max_iter, overwrite).
@@ -138,15 +140,16 @@ def run_baseline(catalog: Catalog | str, run_dir: str, log=print, **settings) ->
     # A wrong --catalog fails before the run directory is claimed.
     catalog = Catalog.open(catalog).require("train")
     config = {**catalog.run_settings, "lambda": lam, "solver": solver, "loss": loss, "max_iter": max_iter}
-    done = finished(run_dir, "baseline", config, cfg.overwrite, log)
+    done = finished(run_dir, "baseline", config, cfg.overwrite)
     if done is not None:
         return done
     out = claim(run_dir, "baseline", config, cfg.overwrite)  # run.json records these settings
     t0 = time.perf_counter()
     artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
-    log(f"baseline: {solver} {loss} lambda {lam:g} ({', '.join(f'{k} {info[k]:.3g}' for k in ('C', 'alpha') if k in info)}) "
-        f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"
-        + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
-    evals = evaluate_splits(str(artifact), catalog, out, log=lambda line: log(f"baseline: {line}"))
+    scale = ", ".join(f"{k} {info[k]:.3g}" for k in ("C", "alpha") if k in info)
+    log.info(f"baseline: {solver} {loss} lambda {lam:g} ({scale}) "
+             f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"
+             + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
+    evals = evaluate_splits(str(artifact), catalog, out, prefix="baseline: ")
     return finish(out, {"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
                         "evaluations": evals})

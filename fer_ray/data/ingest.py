@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ import pyarrow.compute as pc
 from fer_ray.data import splits as splitting
 from fer_ray.data.catalog import MANIFEST, build_manifest
 from fer_ray.data.sources import SPLIT_NAMES, SourceError
+
+log = logging.getLogger(__name__)
 
 
 def image_stats(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -52,7 +55,7 @@ def _keep_split(table: pa.Table, split_of, keep: str) -> pa.Table:
 
 
 def build_catalog(source, output: str, split_mode: str | None = None, seed: int = 0,
-                  overwrite: bool = False, num_cpus: int | None = None, log=print) -> dict:
+                  overwrite: bool = False, num_cpus: int | None = None) -> dict:
     """Read ``source`` with Ray Data and write a catalog to ``output``; return its manifest.
 
     The input is checked (``source.plan()``) before Ray starts, so a wrong path fails fast.
@@ -70,7 +73,7 @@ def build_catalog(source, output: str, split_mode: str | None = None, seed: int 
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
     try:
-        manifest = _build(source, items, partial, split_mode, seed, num_cpus, log)
+        manifest = _build(source, items, partial, split_mode, seed, num_cpus)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -92,8 +95,7 @@ def _check_apart(input: str | None, out: Path) -> None:
         raise SourceError(f"output {out} overlaps the input {input}; write the catalog to a folder outside it")
 
 
-def _build(source, items: list[dict], out: Path, split_mode: str | None, seed: int, num_cpus: int | None,
-           log) -> dict:
+def _build(source, items: list[dict], out: Path, split_mode: str | None, seed: int, num_cpus: int | None) -> dict:
     """Read ``items`` with Ray Data and write shards and rejected.csv into ``out``."""
     import ray
 
@@ -101,7 +103,7 @@ def _build(source, items: list[dict], out: Path, split_mode: str | None, seed: i
 
     mode = split_mode or ("subject" if source.name == "kdef" else "source")
     init_ray(num_cpus)
-    log(f"prepare: {len(items)} work items from {source.name}; reading with Ray Data")
+    log.info(f"prepare: {len(items)} work items from {source.name}; reading with Ray Data")
     per_batch = 1 if source.name == "fer2013-csv" else 64
     # A few blocks per CPU: enough to balance load, few enough that per-task overhead does
     # not dominate (on 2 CPUs, 200 tiny blocks made the read ~2x slower than 16).

@@ -13,6 +13,7 @@ Output columns: ``features`` float32 (sum of member widths), ``probs`` float32
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -24,6 +25,8 @@ from fer_ray.ensemble.stack import (MemberFeatures, choose_head, member_record, 
                                     soft_vote)
 from fer_ray.errors import FerRayError
 from fer_ray.rundir import claim, finish, finished
+
+log = logging.getLogger(__name__)
 
 
 def plan_actors(cpus: float, gpus: int, gpu: bool, actors: int | None, cpus_per_actor: float) -> tuple[int, float]:
@@ -82,7 +85,7 @@ def featurize(members: list[str], catalog: Catalog | str, output: str, splits: t
 # ------------------------------------------------------------------ `fer-ray ensemble`
 
 
-def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=print, **settings) -> dict:
+def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, **settings) -> dict:
     """Featurize, fit the head, save the artifact, and report members / soft vote / stacked side by side.
     ``settings`` are ``EnsembleConfig``'s other fields (grid, batch_size, actors, gpu, overwrite).
 
@@ -100,7 +103,7 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=p
         twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
         raise FerRayError(f"--members names the same artifact more than once: {', '.join(twice)}")
     settings = {"members": member_paths, **catalog.run_settings, "grid": list(cfg.grid)}
-    done = finished(run_dir, "ensemble", settings, cfg.overwrite, log)
+    done = finished(run_dir, "ensemble", settings, cfg.overwrite)
     if done is not None:
         return done
     out = claim(run_dir, "ensemble", settings, cfg.overwrite)
@@ -109,12 +112,12 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=p
                       actors=cfg.actors, gpu=cfg.gpu)
     feats = {s: read_features(str(p)) for s, p in paths.items()}
     counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
-    log(f"ensemble: featurized {counts} in "
-        f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
+    log.info(f"ensemble: featurized {counts} in "
+             f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
     head, choice = choose_head(feats["train"], feats["val"], cfg.grid)
     widths = [r["feature_dim"] for r in records]
     artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, catalog)
-    log(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
+    log.info(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
 
     names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
              for i, r in enumerate(records)]
@@ -137,7 +140,7 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, log=p
                      f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
         summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
         summary["evaluations"][split] = end_to_end
-        log(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
+        log.info(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
     lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
              f"Members: {len(records)}; features: {' + '.join(map(str, widths))} = {sum(widths)}; "
              f"head: 7 one-vs-rest logistic regressions, C = {choice['C']:g} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fer_ray.artifacts import update_metrics
@@ -10,6 +11,8 @@ from fer_ray.emotions import ranked_emotions
 from fer_ray.evaluation.metrics import classification_metrics, headline_figures
 from fer_ray.evaluation.report import write_report
 from fer_ray.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_artifact(artifact: str, catalog: Catalog | str, split: str, output: str, tta: str = "none",
@@ -42,15 +45,15 @@ def metrics_key(meta: dict, catalog: Catalog, split: str, tta: str) -> str:
     return key
 
 
-def evaluate_splits(artifact: str, catalog: Catalog, run_dir: Path, tta: str = "none", log=print) -> dict:
+def evaluate_splits(artifact: str, catalog: Catalog, run_dir: Path, tta: str = "none", prefix: str = "") -> dict:
     """Evaluate an artifact on the catalog's val and test splits (those present) into
     ``run_dir/eval-<split>/``: what every training, baseline and sweep run ends with. The
-    artifact is loaded once for both."""
+    artifact is loaded once for both; each split's line is logged after ``prefix`` (the stage's)."""
     evals, predictor = {}, Predictor(artifact)
     for split in ("val", "test"):
         if catalog.has(split):
             evals[split] = evaluate_artifact(str(artifact), catalog, split, str(Path(run_dir) / f"eval-{split}"), tta=tta,
                                              predictor=predictor)
-            log(f"{split} accuracy {evals[split]['accuracy']:.4f} "
-                f"(macro F1 {evals[split]['macro']['f1']:.4f}, TTA {tta})")
+            log.info(f"{prefix}{split} accuracy {evals[split]['accuracy']:.4f} "
+                     f"(macro F1 {evals[split]['macro']['f1']:.4f}, TTA {tta})")
     return evals

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import math
 import os
 import time
@@ -45,6 +46,7 @@ from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, d
 from fer_ray.rundir import RECORD, claim, write_atomic
 
 OUTPUT_FORMATS = (".parquet", ".csv")
+log = logging.getLogger(__name__)
 
 
 class ScoreError(FerRayError):
@@ -312,7 +314,7 @@ def input_blocks(files: int, per_call: int) -> tuple[int, int]:
     return blocks, min(per_call, max(1, files // blocks))
 
 
-def score_folder(artifact: str, input: str, output: str, log=print, **settings) -> ScoreSummary:
+def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSummary:
     """Score every image under ``input`` into ``output`` (.parquet or .csv); see the module doc.
     ``settings`` are ``ScoreConfig``'s other fields (faces, batch_size, part_files, ...)."""
     from fer_ray.inference.predictor import Predictor
@@ -350,25 +352,25 @@ def score_folder(artifact: str, input: str, output: str, log=print, **settings) 
         done = store.scored_paths()
         todo = [f for f in files if shown[f] not in done]
         summary.already_scored = len(files) - len(todo)
-        log(f"score: {len(files)} image files ({others} other files ignored), "
-            f"{summary.already_scored} already scored, {len(todo)} to score")
+        log.info(f"score: {len(files)} image files ({others} other files ignored), "
+                 f"{summary.already_scored} already scored, {len(todo)} to score")
         t0 = time.time()
         if todo:
-            _run_pipeline(todo, cfg, config, store, summary, t0, log)
+            _run_pipeline(todo, cfg, config, store, summary, t0)
         summary.seconds = time.time() - t0
         if summary.steady_files:
             summary.images_per_s = summary.steady_files / max(summary.steady_seconds, 1e-9)
         elif summary.scored_now:
             summary.images_per_s = summary.scored_now / max(summary.seconds - summary.ray_seconds, 1e-9)
         _count(store.consolidate(out, set(shown.values())), summary)
-    log(summary.line())
+    log.info(summary.line())
     for example in summary.error_examples:
-        log(f"  error: {example}")
+        log.info(f"  error: {example}")
     return summary
 
 
 def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store: PartStore,
-                  summary: ScoreSummary, t0: float, log) -> None:
+                  summary: ScoreSummary, t0: float) -> None:
     import ray
 
     from fer_ray.runtime import init_ray, map_batches_on_actors
@@ -384,11 +386,11 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
     files_per_task, batch_size = min(plan.files_per_task, part_files), min(cfg.batch_size, part_files)
     blocks, files_per_task = input_blocks(len(todo), files_per_task)
     if plan.fused:
-        log(f"score: {plan.actors} actor(s) reading, detecting and scoring {files_per_task} files at a time "
-            f"({plan.actor_cpus} CPU each)")
+        log.info(f"score: {plan.actors} actor(s) reading, detecting and scoring {files_per_task} files at a time "
+                 f"({plan.actor_cpus} CPU each)")
     else:
-        log(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
-            f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
+        log.info(f"score: {plan.actors} model actor(s) on {plan.device} ({plan.actor_cpus} CPU, {plan.actor_gpus} GPU "
+                 f"each), detection tasks of {files_per_task} files at {plan.task_cpus} CPU")
     paths = ray.data.from_items([{"path": display_path(p), "file": os.fsencode(p)} for p in todo],
                                 override_num_blocks=blocks)
     scorer = {"artifact": cfg.artifact, "device": plan.device, "batch_size": batch_size, "threads": plan.threads,
@@ -425,7 +427,7 @@ def _run_pipeline(todo: list[str], cfg: ScoreConfig, config: DetectConfig, store
         if first is not None and time.time() - last_log > 5 and done < len(todo):  # the summary follows the last files
             last_log = time.time()
             steady = rate((done - first[1]) / max(last_log - first[0], 1e-3))
-            log(f"score: {done}/{len(todo)} files ({steady} img/s since every actor's first results)")
+            log.info(f"score: {done}/{len(todo)} files ({steady} img/s since every actor's first results)")
     flush()
     if first is None:  # fewer results than actors: all of it was start-up
         summary.startup_seconds = time.time() - t0

@@ -31,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 from importlib import resources
@@ -68,6 +69,7 @@ RETRY_AFTER_S = 1
 # A request body's final bytes kept to look for a multipart body's closing delimiter in: the
 # delimiter (a boundary has at most 70 characters) and an epilogue after it, if a client sends one.
 LAST_BYTES = 1024
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -521,7 +523,7 @@ def _wait_for(url: str, seconds: float) -> bool:
     return False
 
 
-def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log=print) -> None:
+def run_server(config: ServeConfig, server: ServerOptions = ServerOptions()) -> None:
     """``fer-ray serve``: start (or join) Ray, serve on host:port until Ctrl-C, then shut down.
 
     Loopback is the default on purpose: the service has no authentication, so exposing it
@@ -568,11 +570,11 @@ def run_server(config: ServeConfig, server: ServerOptions = ServerOptions(), log
                 raise RuntimeError(f"the replica did not answer on port {port} (Ray Serve's direct ingress); "
                                    "leave out --direct to serve through Serve's proxy")
             via = f", answered by the replica itself (Serve's proxy: http://{host}:{proxy_port})"
-        log(f"serving {config.artifact}: open http://{host}:{port}/ in a browser to try it (API docs: /docs)"
+        log.info(f"serving {config.artifact}: open http://{host}:{port}/ in a browser to try it (API docs: /docs)"
             f"{via}; Ctrl-C stops")
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
-        log("stopping")
+        log.info("stopping")
     finally:
         serve.shutdown()

@@ -7,10 +7,12 @@ FER2013 by ``fer-ray train`` itself, and loaded through the same ``Predictor`` a
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from pathlib import Path
 
 DEFAULT_MODEL = "fer2013-fast_cnn"
+log = logging.getLogger(__name__)
 
 
 def default_artifact() -> Path:
@@ -28,9 +30,10 @@ def describe_default() -> str:
     return f"the default model {DEFAULT_MODEL} ({meta['architecture']}{figure}; see its MODEL_CARD.md)"
 
 
-def artifact_or_default(artifact: str | None, log=print) -> str:
-    """``artifact`` as given, or the default model's folder, saying so."""
+def artifact_or_default(artifact: str | None) -> str:
+    """``artifact`` as given, or the default model's folder, saying so: a warning, which the
+    command line writes to stderr (``predict --json`` keeps stdout for its JSON)."""
     if artifact:
         return artifact
-    log(f"no --artifact given: using {describe_default()}")
+    log.warning(f"no --artifact given: using {describe_default()}")
     return str(default_artifact())

@@ -5,6 +5,8 @@ Same ``Run`` as the Ray Train workers, same artifact metadata; only the wiring d
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from fer_ray.data.catalog import Catalog
@@ -13,6 +15,8 @@ from fer_ray.inference.cnn import pick_device
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
 from fer_ray.training.loop import Recipe, Run, epoch_line, to_device
+
+log = logging.getLogger(__name__)
 
 
 def artifact_meta(architecture: str, input_size: int, catalog: Catalog, normalization: dict,
@@ -27,8 +31,8 @@ def artifact_meta(architecture: str, input_size: int, catalog: Catalog, normaliz
 
 
 def fit_local(catalog: Catalog | str, architecture: str, recipe: Recipe, device: str = "auto",
-              input_size: int | None = None, log=print):
-    """Train on one device; returns (model, history, artifact metadata)."""
+              input_size: int | None = None):
+    """Train on one device, logging each epoch's line; returns (model, history, artifact metadata)."""
     catalog = Catalog.open(catalog)
     dev = pick_device(device)
     input_size = input_size or catalog.image_size
@@ -41,7 +45,7 @@ def fit_local(catalog: Catalog | str, architecture: str, recipe: Recipe, device:
     run = Run(model, recipe, input_size, norm, to_device(train["image"], train["label"], dev),
               to_device(val["image"], val["label"], dev))
     while not run.done:
-        log(epoch_line(run.epoch(), recipe.epochs))
+        log.info(epoch_line(run.epoch(), recipe.epochs))
     meta = artifact_meta(architecture, input_size, catalog, norm.to_dict(), recipe,
                          parameter_counts(model), workers=0, gpu=dev.type == "cuda",
                          epochs_trained=len(run.history))

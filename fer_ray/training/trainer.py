@@ -12,6 +12,7 @@ and name resumes instead of starting over.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from fer_ray.training.loop import Run, TrainingDiverged, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
 
 STATE_FILE = "state.pt"
+log = logging.getLogger(__name__)
 
 
 def _resolve(cfg: TrainConfig, catalog: Catalog) -> dict:
@@ -81,7 +83,7 @@ def _trainer_class():
     return Trainer
 
 
-def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
+def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
     """Train on Ray, write ``run_dir/artifact`` and evaluation reports; return the summary
     ``result.json`` keeps (which is all a rerun of a finished run does).
 
@@ -104,7 +106,7 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
     stored = cfg.model_dump()
     # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
     settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": catalog.sha256}
-    done = finished(cfg.run_dir, "train", settings, cfg.overwrite, log)
+    done = finished(cfg.run_dir, "train", settings, cfg.overwrite)
     if done is not None:
         return done
     init_ray()
@@ -157,11 +159,11 @@ def train(cfg: TrainConfig, log=print, callbacks: tuple = ()) -> dict:
         transfer={"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
         if cfg.init_from else None)
     artifact = save_cnn(str(run_dir / "artifact"), model, meta)
-    log(f"train: {len(history)} epochs in {time.time() - t0:.1f} s; artifact {artifact}")
+    log.info(f"train: {len(history)} epochs in {time.time() - t0:.1f} s; artifact {artifact}")
 
     from fer_ray.evaluation.evaluate import evaluate_splits
 
-    evals = evaluate_splits(str(artifact), catalog, run_dir, tta=cfg.eval_tta, log=lambda line: log(f"train: {line}"))
+    evals = evaluate_splits(str(artifact), catalog, run_dir, tta=cfg.eval_tta, prefix="train: ")
     return finish(run_dir, {"artifact": str(artifact), "history": history, "evaluations": evals,
                             "parameters": state["parameters"], "run_dir": str(run_dir)})
 
@@ -240,7 +242,9 @@ def train_loop_per_worker(cfg: dict) -> None:
 
 
 def _progress(line: str) -> None:
-    """One progress line on the driver's console.
+    """One progress line on the driver's console, from a Ray Train worker: printed, not logged,
+    since Ray forwards what a worker writes to its stdout to the driver's, and fer-ray's
+    loggers are set up in the driver.
 
     Ray Train patches ``print`` in workers to both log and echo it, which shows every line
     twice; writing to the real stdout (forwarded by Ray once) shows it once.

@@ -39,6 +39,7 @@ storage on a cluster), as for ``fer-ray train``.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import shutil
 import signal
@@ -56,6 +57,7 @@ from fer_ray.tuning.config import CnnSweep, SvmSweep
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
 RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config", "artifact", "error")
+log = logging.getLogger(__name__)
 
 
 class SweepInterrupted(Interrupted):
@@ -127,6 +129,7 @@ def cnn_trial(config: dict, settings: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from fer_ray.runtime import log_to_console
     from fer_ray.training.config import Recipe, TrainConfig
     from fer_ray.training.trainer import train
 
@@ -148,8 +151,9 @@ def cnn_trial(config: dict, settings: dict) -> None:
     cfg = TrainConfig(catalog=settings["catalog"], run_dir=str(_trial_dir(settings["run_dir"])),
                       model=settings["model"], recipe=recipe, workers=1, gpu=settings["gpu"],
                       cpus_per_worker=settings["cpus_per_worker"], name="train", max_failures=0)
+    log_to_console("sweep")  # the training's lines, from this Ray worker to the driver's console
     try:
-        summary = train(cfg, log=print, callbacks=[ReportUnlessStopped(board, trial_id)])
+        summary = train(cfg, callbacks=[ReportUnlessStopped(board, trial_id)])
     except Exception:
         if ray.get(ray.get_actor(board).should_stop.remote(trial_id)):
             return  # stopped by ASHA: the run ended cleanly, its last report stands
@@ -162,7 +166,7 @@ def cnn_trial(config: dict, settings: dict) -> None:
 # ------------------------------------------------------------------ driver
 
 
-def sweep_svm(cfg: SvmSweep, log=print) -> dict:
+def sweep_svm(cfg: SvmSweep) -> dict:
     """Sample ``samples`` lambdas log-uniformly, keep the one with the best val accuracy."""
     from ray import tune
 
@@ -170,7 +174,7 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
 
     catalog = Catalog.open(cfg.catalog).require("train", "val")  # fitted on, chosen on: checked before Ray starts
     settings = _settings(cfg, catalog)
-    done = finished(cfg.run_dir, "sweep svm", settings, cfg.overwrite, log)
+    done = finished(cfg.run_dir, "sweep svm", settings, cfg.overwrite)
     if done is not None:
         return done
     init_ray()
@@ -179,10 +183,10 @@ def sweep_svm(cfg: SvmSweep, log=print) -> dict:
         tune.with_parameters(svm_trial, settings=settings, catalog=catalog, train=catalog.load("train"),
                              val=catalog.load("val")), {"CPU": 1})
     space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
-    return _run(trainable, space, "svm", settings, cfg, catalog, concurrency, scheduler=None, log=log)
+    return _run(trainable, space, "svm", settings, cfg, catalog, concurrency, scheduler=None)
 
 
-def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
+def sweep_cnn(cfg: CnnSweep) -> dict:
     """Sample lr / weight decay (and optionally batch size, label smoothing); ASHA stops laggards."""
     import ray
     from ray import tune
@@ -196,7 +200,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     Recipe.model_validate({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     catalog = Catalog.open(cfg.catalog).require("train", "val")  # every trial would fail without them
     settings = _settings(cfg, catalog)
-    done = finished(cfg.run_dir, "sweep cnn", settings, cfg.overwrite, log)
+    done = finished(cfg.run_dir, "sweep cnn", settings, cfg.overwrite)
     if done is not None:
         return done
     init_ray()
@@ -222,7 +226,7 @@ def sweep_cnn(cfg: CnnSweep, log=print) -> dict:
     scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
                                 grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=cfg.reduction_factor)
     try:
-        return _run(trainable, space, "cnn", settings, cfg, catalog, concurrency, scheduler, log=log)
+        return _run(trainable, space, "cnn", settings, cfg, catalog, concurrency, scheduler)
     finally:
         ray.kill(board)  # a rerun (or a resume) starts from a clean board
 
@@ -253,8 +257,7 @@ def _settings(cfg, catalog: Catalog) -> dict:
             **catalog.run_settings}
 
 
-def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int, scheduler,
-         log=print) -> dict:
+def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int, scheduler) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -264,10 +267,10 @@ def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalo
     experiment = run_dir / "tune" / kind
     t0 = time.time()
     if tune.Tuner.can_restore(str(experiment)):
-        log(f"sweep {kind}: resuming the interrupted sweep in {experiment}")
+        log.info(f"sweep {kind}: resuming the interrupted sweep in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     else:
-        log(f"sweep {kind}: {cfg.samples} trials, up to {concurrency} at a time")
+        log.info(f"sweep {kind}: {cfg.samples} trials, up to {concurrency} at a time")
         tuner = tune.Tuner(
             trainable, param_space=space,
             # The random search's own limit (Tune ignores max_concurrent_trials for it).
@@ -290,7 +293,7 @@ def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalo
                                f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
-    return _keep_best(best, rows, settings, catalog, seconds, log)
+    return _keep_best(best, rows, settings, catalog, seconds)
 
 
 def _row(result) -> dict:
@@ -339,7 +342,7 @@ def _write_results(path: Path, rows: list[dict]) -> None:
             w.writerow([r[f] for f in RESULT_FIELDS if f != "config"] + [(r["config"] or {}).get(k) for k in keys])
 
 
-def _keep_best(best: dict, rows: list[dict], settings: dict, catalog: Catalog, seconds: float, log) -> dict:
+def _keep_best(best: dict, rows: list[dict], settings: dict, catalog: Catalog, seconds: float) -> dict:
     from fer_ray.artifacts import update_metrics
     from fer_ray.evaluation.evaluate import evaluate_splits
 
@@ -351,9 +354,9 @@ def _keep_best(best: dict, rows: list[dict], settings: dict, catalog: Catalog, s
     update_metrics(artifact, {"sweep": {"trial_id": best["trial_id"], "config": best["config"],
                                         "val_acc": best["val_acc"], "trials": len(rows)}})
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "error")}
-    log(f"sweep: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in {seconds:.1f} s; "
-        f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
-    evals = evaluate_splits(str(artifact), catalog, run_dir, log=lambda line: log(f"sweep: best {line}"))
+    log.info(f"sweep: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in {seconds:.1f} s; "
+             f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
+    evals = evaluate_splits(str(artifact), catalog, run_dir, prefix="sweep: best ")
     summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
                "evaluations": evals}
     return finish(run_dir, summary)
