@@ -8,18 +8,17 @@ laptop: about 3 minutes on 2 CPUs.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fer_ray import rundir
 from fer_ray.data.config import PrepareConfig
 from fer_ray.data.preprocess import encode_png
 from fer_ray.data.synthetic import balanced_labels, synthetic_faces
 from fer_ray.pipeline import Pipeline, PipelineConfig, headline
+from fer_ray.rundir import open_run
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +79,22 @@ def run_demo(**settings) -> dict:
     from fer_ray.runtime import init_ray
 
     cfg = DemoConfig(**settings)
-    out = rundir.claim(cfg.output, "demo", cfg.model_dump(), keys=("count", "epochs"),
-                        overwrite=cfg.overwrite, flag="--output")
-    photos = out / "photos"
-    if not photos.is_dir():  # written whole under another name first: an interrupted write is redone
-        partial = out / ".photos.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        write_demo_photos(partial)
-        partial.rename(photos)
-    init_ray(cfg.num_cpus)
-    # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01). They are
-    # drawn shapes: the Haar cascade takes them for faces, CenterFace (trained on real faces)
-    # rarely does, so the demo's photos are scored with the cascade.
-    pipeline = PipelineConfig(storage=str(out / "pipeline"), source="synthetic", count=cfg.count,
-                              models=("small_cnn", "small_cnn"), epochs=cfg.epochs, batch_size=32, lr=0.05,
-                              workers=1, svm_samples=3, svm_lambda=(0.01, 10.0), score_input=str(photos),
-                              score_detector="haar")
-    summary = Pipeline(pipeline).run()
+    with open_run(cfg.output, "demo", cfg.model_dump(), overwrite=cfg.overwrite, keys=("count", "epochs"),
+                  flag="--output") as run:
+        out = run.claim()
+        photos = out / "photos"
+        if not photos.is_dir():  # written whole under another name first: an interrupted write is redone
+            with open_run(photos, aside=True) as partial:
+                write_demo_photos(partial.claim())
+        init_ray(cfg.num_cpus)
+        # Synthetic faces want a weaker penalty than FER2013 (their best lambda is ~0.01). They are
+        # drawn shapes: the Haar cascade takes them for faces, CenterFace (trained on real faces)
+        # rarely does, so the demo's photos are scored with the cascade.
+        pipeline = PipelineConfig(storage=str(out / "pipeline"), source="synthetic", count=cfg.count,
+                                  models=("small_cnn", "small_cnn"), epochs=cfg.epochs, batch_size=32, lr=0.05,
+                                  workers=1, svm_samples=3, svm_lambda=(0.01, 10.0), score_input=str(photos),
+                                  score_detector="haar")
+        summary = Pipeline(pipeline).run()
     log.info("")
     log.info(f"demo finished in {summary['seconds']:.0f} s; outputs under {out}:")
     for name, path in {"photos": str(photos), **summary["outputs"]}.items():

@@ -139,12 +139,13 @@ class Pipeline:
 
     # ------------------------------------------------------------ stages
 
-    def stage(self, name: str, fn, done: Path | None = None) -> dict | None:
-        """Run ``fn`` unless the stage finished; upload; time it. Return the stage's result, its
-        run directory's ``result.json`` (a catalog is no run: its ``done`` file says it is built)."""
+    def stage(self, name: str, fn, done: Path | None = None, again: bool = False) -> dict | None:
+        """Run ``fn`` unless the stage finished (and is not to run ``again``); upload; time it. Return
+        the stage's result, its run directory's ``result.json`` (a catalog is no run: its ``done``
+        file says it is built)."""
         t0 = time.perf_counter()
         folder = self.work / name
-        if (done or folder / rundir.RESULT).exists():
+        if not again and (done or folder / rundir.RESULT).exists():
             log.info(f"[pipeline] {name}: already done ({done or folder / rundir.RESULT}), skipping")
         else:
             log.info(f"[pipeline] {name} ...")
@@ -223,14 +224,15 @@ class Pipeline:
         # The scores belong to one --score-input: another one (allowed on a rerun) is scored afresh.
         wanted = {"score_input": self.cfg.score_input, "artifact": artifact, "detector": self.cfg.score_detector}
         old = rundir.recorded(folder)
-        rundir.claim(folder, "scores", wanted, overwrite=old is not None and bool(rundir.changed(old, wanted)))
+        again = old is not None and bool(rundir.changed(old, wanted))
 
         def run():
-            summary = score_folder(artifact, self.cfg.score_input, str(out), faces="all", gpu=self.cfg.gpu,
-                                   detector=self.cfg.score_detector)
-            rundir.finish(folder, asdict(summary))
+            with rundir.open_run(folder, "scores", wanted, overwrite=again) as scores:
+                scores.claim()
+                scores.finish(asdict(score_folder(artifact, self.cfg.score_input, str(out), faces="all",
+                                                  gpu=self.cfg.gpu, detector=self.cfg.score_detector)))
 
-        self.stage("scores", run)
+        self.stage("scores", run, again=again)
         return str(out)
 
     # ------------------------------------------------------------ report
@@ -295,8 +297,9 @@ class Pipeline:
         old = rundir.recorded(self.work) or {}
         started = (self.work / "catalog" / MANIFEST).exists()
         keys = (STAGE_SETTINGS + (TRANSFER_SETTINGS if old.get("kdef") else ())) if started else ()
-        rundir.claim(self.work, "pipeline", self.cfg.model_dump(), keys=keys,
-                     flag="--work-dir" if is_uri(self.cfg.storage) else "--storage")
+        with rundir.open_run(self.work, "pipeline", self.cfg.model_dump(), keys=keys,
+                             flag="--work-dir" if is_uri(self.cfg.storage) else "--storage") as run:
+            run.claim()
         if self.cfg.gpu:
             init_ray()
             require_gpus(1)

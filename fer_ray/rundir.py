@@ -1,57 +1,116 @@
-"""A run directory holds one run: one stage with one set of settings.
+"""Every folder a fer-ray command fills is opened with ``open_run``, so that resuming and
+refusing mean the same thing everywhere.
 
-Every folder a fer-ray command fills goes through this module: the run directories of
-``train``, ``baseline``, ``sweep`` and ``ensemble``, ``score``'s ``OUT.parts/`` and the
-pipeline's work directory (and its ``scores/``). So resuming means the same thing everywhere:
+A run (``stage`` and ``settings`` given: ``train``, ``baseline``, ``sweep``, ``ensemble``, the
+demo, the pipeline's work directory and its ``scores/``, ``score``'s ``OUT.parts/``):
 
-- ``claim`` records the owner and its settings in ``run.json`` and refuses any other owner, or
-  the same stage with other settings (a rerun that changed one would mix two runs); the same
+- ``claim`` records the owner and its settings in ``run.json``. Any other owner, or the same
+  stage with other settings, is refused (a rerun that changed one would mix two runs); the same
   stage with the same settings passes, which is how an interrupted run resumes. ``overwrite``
   clears a folder that holds a fer-ray run, never one that holds anything else.
 - ``finish`` writes the run's summary to ``result.json``, last: its presence is what "finished"
-  means. ``finished`` answers a rerun with that summary instead of running again, and
+  means. A rerun of a finished run is answered with it (``done``) instead of running again, and
   ``result`` lets the pipeline read a stage's figures without knowing its file layout.
+
+A folder written whole each time (no ``stage``: a catalog, an ``evaluate`` report) records
+nothing; it must be new or empty, unless ``overwrite``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from fer_ray.errors import FerRayError
 
 RECORD = "run.json"
 RESULT = "result.json"
+LOCK = ".lock"
 log = logging.getLogger(__name__)
 
 
-def claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False, keys=None,
-          flag: str = "--run-dir") -> Path:
-    """Make ``run_dir`` this run's (creating it) and return its absolute path, or raise ValueError.
+@contextmanager
+def open_run(path: str | Path, stage: str | None = None, settings: dict | None = None, *, overwrite: bool = False,
+             keys=None, flag: str = "--run-dir", lock: str | None = None, aside: bool = False):
+    """``path`` as a ``Run`` for the ``with`` block: opening it refuses what the folder cannot
+    take (before a stage starts Ray: at once) and answers a finished run (``done``, logged), and
+    writes nothing until ``claim``.
 
-    ``settings`` are those that shape the results; ``keys``, when given, are the ones a rerun
-    may not change (the others are recorded anew). ``flag`` names the option that chose the
-    folder, for the error message.
+    ``settings`` shape the results; ``keys``, when given, are those a rerun may not change (the
+    others are recorded anew); ``flag`` names the option that chose the folder. ``lock`` names
+    the job (``"scoring job"``) two of which may not write the folder at once: the block holds a
+    ``flock`` on it (released by the kernel even when the process is killed). ``aside``: the
+    block writes ``run.path``, a hidden folder beside ``path`` that replaces it if the block ends
+    without an error and is deleted if not, so a failed build never loses the old folder.
     """
-    path = Path(run_dir).resolve()
-    if check_claim(path, stage, settings, overwrite, keys, flag):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    _write_json(path / RECORD, {"stage": stage, "settings": _as_stored(settings)})
-    return path
+    path = Path(path).resolve()
+    with _locked(path, lock) if lock else nullcontext():
+        run = Run(path, stage, settings, overwrite, keys, flag, aside)
+        if not aside:
+            yield run
+            return
+        try:
+            yield run
+        except BaseException:
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        if run.path.is_dir():
+            if path.exists():
+                shutil.rmtree(path)
+            run.path.rename(path)
 
 
-def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False, keys=None,
-                flag: str = "--run-dir") -> bool:
-    """Raise the ValueError ``claim`` would raise, writing nothing; True when ``claim`` would
-    clear the folder (``overwrite`` of a fer-ray run). A stage asks this before it starts Ray,
-    so that a rerun with other settings is refused at once, not after Ray's start."""
-    path = Path(run_dir).resolve()
+class Run:
+    """A stage's hold on its folder (see ``open_run``)."""
+
+    def __init__(self, path: Path, stage: str | None, settings: dict | None, overwrite: bool, keys, flag: str,
+                 aside: bool = False):
+        self.stage, self.settings = stage, settings
+        self.clear = _check(path, stage, settings, overwrite, keys, flag)  # claim empties it first
+        self.done = None if self.clear or stage is None else result(path)
+        if self.done is not None:
+            log.info(f"{stage}: already finished ({path / RESULT}; --overwrite to run it again)")
+        self.path = path
+        if aside:  # a killed build's leftovers are cleared
+            self.path, self.clear = path.with_name(f".{path.name}.partial"), True
+
+    def claim(self) -> Path:
+        """Make the folder this run's (creating it) and return it: when the stage is about to
+        write, after the checks that may still refuse it (e.g. Ray's resources), so a refused
+        run leaves no folder behind and ``overwrite`` has deleted nothing."""
+        if self.clear and self.path.is_dir():
+            for entry in self.path.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                elif entry.name != LOCK:  # held by this very run
+                    entry.unlink()
+        self.clear = False
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.stage is not None:
+            _write_json(self.path / RECORD, {"stage": self.stage, "settings": _as_stored(self.settings)})
+        return self.path
+
+    def finish(self, summary: dict) -> dict:
+        """Write the run's summary as ``result.json`` (atomically): the run is finished."""
+        _write_json(self.path / RESULT, summary)
+        return summary
+
+
+def _check(path: Path, stage: str | None, settings: dict | None, overwrite: bool, keys, flag: str) -> bool:
+    """Raise the refusal the folder calls for; True when claiming it would clear it (``overwrite``
+    of a fer-ray run)."""
     if not (path.is_dir() and any(not p.name.startswith(".") for p in path.iterdir())):
-        return False  # new, or empty but for hidden files (score's lock)
+        return False  # new, or empty but for hidden files (a lock, a killed write's temporary file)
+    if stage is None:
+        if overwrite:
+            return False
+        raise FerRayError(f"{flag} {path} exists and is not empty; use another folder, or pass --overwrite "
+                          "to write over it")
     old = _read_record(path, flag)
     if overwrite:
         return True
@@ -66,21 +125,17 @@ def check_claim(run_dir: str | Path, stage: str, settings: dict, overwrite: bool
     return False
 
 
-def finished(run_dir: str | Path, stage: str, settings: dict, overwrite: bool = False) -> dict | None:
-    """The summary of this very run if it already finished (logged as such), else None; other
-    settings or another owner are refused as ``claim`` refuses them. Asked first, before Ray."""
-    if check_claim(run_dir, stage, settings, overwrite):
-        return None  # --overwrite: it runs again
-    done = result(run_dir)
-    if done is not None:
-        log.info(f"{stage}: already finished ({Path(run_dir).resolve() / RESULT}; --overwrite to run it again)")
-    return done
-
-
-def finish(run_dir: str | Path, summary: dict) -> dict:
-    """Write the run's summary as ``result.json`` (atomically): the run is finished."""
-    _write_json(Path(run_dir) / RESULT, summary)
-    return summary
+@contextmanager
+def _locked(path: Path, job: str):
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FerRayError(f"another {job} is writing {path}") from None
+        for stale in path.glob(".*.tmp"):  # a killed job's unfinished write (write_atomic)
+            stale.unlink()
+        yield
 
 
 def result(run_dir: str | Path) -> dict | None:

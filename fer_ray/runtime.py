@@ -66,32 +66,27 @@ def stop_on_signals() -> None:
 
 
 class _Console(logging.StreamHandler):
-    """A handler writing to whatever ``sys.stdout`` or ``sys.stderr`` is when a line is logged
-    (a redirect, a test's capture), not to the stream it found when it was made."""
+    """Writes to whatever ``sys.stdout`` or ``sys.stderr`` is when a line is logged (a redirect,
+    a test's capture), not to the stream it found when it was made."""
 
     def __init__(self, name: str):
-        self.name_of_stream = name
         super().__init__()
+        self.stream_name = name
 
-    @property
-    def stream(self):
-        return getattr(sys, self.name_of_stream)
-
-    @stream.setter
-    def stream(self, _):
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self.stream_name)
+        super().emit(record)
 
 
 def log_to_console(stage: str) -> None:
-    """The command line's logging (also each Tune trial's that trains, which runs fer-ray's stage code
-    in a Ray worker whose stdout Ray forwards to the driver's console).
+    """The command line's logging, also set up in a Tune trial that trains (a Ray worker, whose
+    stdout Ray forwards to the driver's console).
 
-    fer-ray's modules log their progress and summary lines through ``logging.getLogger(__name__)``
-    (loggers under ``fer_ray``): here INFO lines go to stdout as they are, warnings and above to
-    stderr as ``fer-ray STAGE: ...``, like the command's error lines. A program that imports
-    fer-ray gets the same records through standard logging and decides itself where they go
-    (``logging.basicConfig(level=logging.INFO)`` prints them). Calling this again replaces the
-    handlers, so a process that runs several commands does not print each line twice.
+    fer-ray's modules log their progress and summary lines to ``logging.getLogger(__name__)``:
+    here INFO lines go to stdout as they are, warnings to stderr as ``fer-ray STAGE: ...`` like
+    the command's errors. A program that imports fer-ray gets the same records and sends them
+    where it likes (``logging.basicConfig(level=logging.INFO)`` prints them). A second call
+    replaces the handlers of the first, so no line is printed twice.
     """
     logger = logging.getLogger("fer_ray")
     for handler in [h for h in logger.handlers if isinstance(h, _Console)]:

@@ -19,6 +19,7 @@ from fer_ray.data.catalog import Catalog, CatalogError, audit
 from fer_ray.data.ingest import build_catalog
 from fer_ray.data.sources import Fer2013CsvSource, FolderSource, SourceError
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -160,7 +161,7 @@ def test_output_is_never_overwritten_by_accident(messy, built, tmp_path):
     root, _, _ = messy
     cat, _, _, _ = built
     before = (cat / "manifest.json").read_text()
-    with pytest.raises(SourceError, match="exists and is not empty"):
+    with pytest.raises(FerRayError, match="exists and is not empty"):
         build_catalog(FolderSource(str(root)), str(cat))
     assert (cat / "manifest.json").read_text() == before
     target = tmp_path / "cat"

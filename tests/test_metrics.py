@@ -76,3 +76,16 @@ def test_figure_titles_stay_inside_the_figure(predictions):
         box = title.get_window_extent()
         assert title.get_text().count("\n") >= 3  # wrapped
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, make.__name__
+
+
+def test_an_evaluation_never_writes_over_an_earlier_report_unasked(synthetic_catalog, small_artifact, tmp_path):
+    from fer_ray.evaluation.evaluate import run_evaluate
+
+    out = tmp_path / "report"
+    settings = {"catalog": str(synthetic_catalog), "output": str(out), "device": "cpu"}
+    assert run_evaluate(str(small_artifact), split="val", **settings)["accuracy"] > 0.6
+    with pytest.raises(ValueError, match="--output .* exists and is not empty; .*pass --overwrite"):
+        run_evaluate(str(small_artifact), split="test", **settings)
+    assert json.loads((out / "metrics.json").read_text())["protocol"].startswith("split 'val'")
+    run_evaluate(str(small_artifact), split="test", overwrite=True, **settings)
+    assert json.loads((out / "metrics.json").read_text())["protocol"].startswith("split 'test'")

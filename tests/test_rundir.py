@@ -7,7 +7,14 @@ import logging
 
 import pytest
 
-from fer_ray.rundir import RECORD, RESULT, check_claim, claim, finish, finished, recorded, result
+from fer_ray.errors import FerRayError
+from fer_ray.rundir import LOCK, RECORD, RESULT, open_run, recorded, result
+
+
+def claim(path, stage, settings, **options):
+    """Open the folder and claim it, as a stage that is about to write does."""
+    with open_run(path, stage, settings, **options) as run:
+        return run.claim()
 
 
 def test_a_rerun_with_the_same_settings_resumes_and_other_owners_are_refused(tmp_path):
@@ -23,16 +30,18 @@ def test_a_rerun_with_the_same_settings_resumes_and_other_owners_are_refused(tmp
     assert json.loads((run / RECORD).read_text())["settings"]["epochs"] == 3  # refusals change nothing
 
 
-def test_check_claim_answers_as_claim_would_and_writes_nothing(tmp_path):
-    """What a stage asks before it starts Ray: the same refusals as claim, no folder made or cleared."""
+def test_opening_refuses_at_once_and_writes_nothing_until_the_claim(tmp_path):
+    """What a stage asks before it starts Ray: the same refusals as the claim, no folder made or cleared."""
     run = tmp_path / "run"
-    assert check_claim(run, "train", {"epochs": 3}) is False and not run.exists()
+    with open_run(run, "train", {"epochs": 3}) as opened:
+        assert opened.done is None and not run.exists()
     claim(run, "train", {"epochs": 3})
     (run / "artifact").mkdir()
-    assert check_claim(run, "train", {"epochs": 3}) is False
     with pytest.raises(ValueError, match="holds a train run with different epochs"):
-        check_claim(run, "train", {"epochs": 5})
-    assert check_claim(run, "baseline", {}, overwrite=True) is True  # claim would clear it; this does not
+        with open_run(run, "train", {"epochs": 5}):
+            pytest.fail("a refused run's block ran")
+    with open_run(run, "baseline", {}, overwrite=True):
+        pass  # refused later (say, for lack of CPUs): nothing was cleared
     assert (run / "artifact").is_dir() and json.loads((run / RECORD).read_text())["settings"] == {"epochs": 3}
 
 
@@ -70,17 +79,20 @@ def test_a_damaged_run_record_is_refused_and_kept(tmp_path, text):
 
 def test_a_finished_run_answers_a_rerun_with_its_result(tmp_path, caplog):
     """result.json, written last, is what "finished" means for every stage and the pipeline."""
-    run = tmp_path / "run"
     caplog.set_level(logging.INFO, logger="fer_ray")
-    assert finished(run, "train", {"epochs": 3}) is None and not run.exists()
-    claim(run, "train", {"epochs": 3})
-    assert finished(run, "train", {"epochs": 3}) is None and result(run) is None  # resumes
-    finish(run, {"artifact": "a", "evaluations": {"val": {"accuracy": 0.5}}})
-    assert finished(run, "train", {"epochs": 3})["evaluations"]["val"]["accuracy"] == 0.5
+    run = tmp_path / "run"
+    with open_run(run, "train", {"epochs": 3}) as opened:
+        opened.claim()
+        assert opened.done is None and result(run) is None  # unfinished: it resumes
+        opened.finish({"artifact": "a", "evaluations": {"val": {"accuracy": 0.5}}})
+    with open_run(run, "train", {"epochs": 3}) as again:
+        assert again.done["evaluations"]["val"]["accuracy"] == 0.5
     assert caplog.messages == [f"train: already finished ({run.resolve() / RESULT}; --overwrite to run it again)"]
     with pytest.raises(ValueError, match="holds a train run with different epochs"):
-        finished(run, "train", {"epochs": 4})
-    assert finished(run, "train", {"epochs": 4}, overwrite=True) is None  # runs again, from scratch
+        with open_run(run, "train", {"epochs": 4}):
+            pass
+    with open_run(run, "train", {"epochs": 4}, overwrite=True) as afresh:
+        assert afresh.done is None  # runs again, from scratch
     assert not list(run.glob(".*.tmp"))  # written atomically
 
 
@@ -92,3 +104,49 @@ def test_keys_limit_what_a_rerun_may_not_change(tmp_path):
     with pytest.raises(ValueError, match="--storage .* holds a pipeline run with different epochs; .*another --storage"):
         claim(run, "pipeline", {"epochs": 4, "gpu": True}, keys=("epochs",), flag="--storage")
     assert recorded(tmp_path / "none") is None
+
+
+def test_a_folder_written_whole_must_be_new_or_empty_unless_overwrite(tmp_path):
+    """An evaluate report: nothing recorded, an earlier one not written over by accident."""
+    out = tmp_path / "report"
+    with open_run(out, flag="--output") as report:
+        report.claim()
+        (out / "report.md").write_text("first")
+    with pytest.raises(FerRayError, match="--output .* exists and is not empty; .*pass --overwrite"):
+        with open_run(out, flag="--output"):
+            pass
+    with open_run(out, overwrite=True, flag="--output") as report:
+        assert report.done is None and report.claim() == out.resolve()
+    assert (out / "report.md").read_text() == "first" and not (out / RECORD).exists()  # written over, not cleared
+
+
+def test_a_folder_built_aside_replaces_the_old_one_only_when_complete(tmp_path):
+    """A catalog: a failed build leaves the old folder as it was, and no hidden build behind."""
+    out = tmp_path / "catalog"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="the build failed"):
+        with open_run(out, overwrite=True, aside=True) as build:
+            (build.claim() / "half.txt").write_text("half")
+            raise RuntimeError("the build failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["catalog"] and (out / "old.txt").read_text() == "old"
+    with open_run(out, overwrite=True, aside=True) as build:
+        assert build.path != out.resolve()
+        (build.claim() / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_a_locked_run_refuses_a_second_writer_and_keeps_its_lock_on_overwrite(tmp_path):
+    parts = tmp_path / "out.parquet.parts"
+    with open_run(parts, "score", {"tta": "none"}, lock="scoring job") as run:
+        run.claim()
+        (parts / "part-000000.parquet").write_bytes(b"rows")
+        with pytest.raises(FerRayError, match="another scoring job is writing"):
+            with open_run(parts, "score", {"tta": "none"}, overwrite=True, lock="scoring job"):
+                pass
+    assert (parts / "part-000000.parquet").read_bytes() == b"rows"
+    (parts / ".part-000001.parquet.tmp").write_bytes(b"a killed job's half-written part")
+    with open_run(parts, "score", {"tta": "flip"}, overwrite=True, lock="scoring job") as run:
+        assert not (parts / ".part-000001.parquet.tmp").exists()
+        run.claim()
+        assert sorted(p.name for p in parts.iterdir()) == [LOCK, RECORD]

@@ -18,11 +18,13 @@ import pytest
 
 from datagen import encode, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
+from fer_ray.errors import FerRayError
 from fer_ray.data.files import display_path
 from fer_ray.inference.batch import (FileAssembler, PartStore, ScoreError, input_blocks,
                                      list_images, parts_folder, plan_resources, score_folder, write_table)
 from fer_ray.inference.crops import LANDMARK_COLUMNS, NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
 from fer_ray.inference.predict import predict
+from fer_ray.rundir import open_run
 from photos import SYNTHETIC, background, fer_photo, one_face_photo, two_face_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,11 +128,12 @@ def test_assembler_holds_a_file_until_all_its_faces_arrive():
 def test_parts_consolidate_to_csv_and_refuse_duplicates(tmp_path):
     store = PartStore(tmp_path / "out.csv.parts")
     ok = pa.concat_tables([scored("b.jpg", [0], 1), scored("a.jpg", [0], 1, error=NO_FACE)]).drop_columns(["n_faces"])
-    with store.locked():
+    with open_run(store.folder, "score", {}, lock="scoring job") as run:
+        run.claim()
         store.write(ok)
         store.consolidate(tmp_path / "out.csv", {"a.jpg", "b.jpg"})
-        with pytest.raises(ScoreError, match="another scoring job"):
-            with PartStore(store.folder).locked():
+        with pytest.raises(FerRayError, match="another scoring job"):
+            with open_run(store.folder, "score", {}, lock="scoring job"):
                 pass
     csv = pd.read_csv(tmp_path / "out.csv")
     assert list(csv.columns) == SCHEMA.names
@@ -282,12 +285,12 @@ def test_overwrite_waits_its_turn_behind_a_running_job(tmp_path, small_artifact)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(encode(background(64, 48, seed=1), "PNG"))
     out = tmp_path / "scores.parquet"
-    running = PartStore(parts_folder(out))
-    with running.locked():
-        (running.folder / "part-000000.parquet").write_bytes(b"a running job's part")
-        with pytest.raises(ScoreError, match="another scoring job"):
+    parts = parts_folder(out)
+    with open_run(parts, "score", {}, lock="scoring job"):
+        (parts / "part-000000.parquet").write_bytes(b"a running job's part")
+        with pytest.raises(FerRayError, match="another scoring job"):
             score_folder(str(small_artifact), str(tmp_path / "in"), str(out), overwrite=True)
-        assert (running.folder / "part-000000.parquet").read_bytes() == b"a running job's part"
+        assert (parts / "part-000000.parquet").read_bytes() == b"a running job's part"
 
 
 def test_bad_output_name_is_a_user_error(tmp_path, capsys):

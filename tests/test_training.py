@@ -99,7 +99,7 @@ def test_a_rerun_with_another_recipe_is_refused_before_ray_starts(tmp_path, monk
 
     import fer_ray.runtime
     from fer_ray.data.catalog import FORMAT, MANIFEST
-    from fer_ray.rundir import claim
+    from fer_ray.rundir import open_run
     from fer_ray.training.config import TRAJECTORY
 
     catalog = tmp_path / "catalog"
@@ -108,7 +108,9 @@ def test_a_rerun_with_another_recipe_is_refused_before_ray_starts(tmp_path, monk
                                                 "pixel_mean": 0.5, "pixel_std": 0.25, "catalog_sha256": "0" * 64}))
     first = TrainConfig(catalog=str(catalog), run_dir=str(tmp_path / "run"), recipe=Recipe(epochs=3, **FAST))
     stored = first.model_dump()
-    claim(first.run_dir, "train", {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": "0" * 64})
+    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": "0" * 64}
+    with open_run(first.run_dir, "train", settings) as run:
+        run.claim()
     monkeypatch.setattr(fer_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
     changed = TrainConfig(**{**first.__dict__, "recipe": Recipe(epochs=5, **FAST)})
     with pytest.raises(ValueError, match="holds a train run with different recipe;"):

@@ -40,7 +40,7 @@ from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import NUM_CLASSES
 from fer_ray.errors import FerRayError
 from fer_ray.evaluation.evaluate import evaluate_splits
-from fer_ray.rundir import claim, finish, finished
+from fer_ray.rundir import open_run
 
 log = logging.getLogger(__name__)
 # A pixel's scale is at least this fraction of the global pixel deviation (see the module doc).
@@ -140,16 +140,16 @@ def run_baseline(catalog: Catalog | str, run_dir: str, **settings) -> dict:
     # A wrong --catalog fails before the run directory is claimed.
     catalog = Catalog.open(catalog).require("train")
     config = {**catalog.run_settings, "lambda": lam, "solver": solver, "loss": loss, "max_iter": max_iter}
-    done = finished(run_dir, "baseline", config, cfg.overwrite)
-    if done is not None:
-        return done
-    out = claim(run_dir, "baseline", config, cfg.overwrite)  # run.json records these settings
-    t0 = time.perf_counter()
-    artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
-    scale = ", ".join(f"{k} {info[k]:.3g}" for k in ("C", "alpha") if k in info)
-    log.info(f"baseline: {solver} {loss} lambda {lam:g} ({scale}) "
-             f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"
-             + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
-    evals = evaluate_splits(str(artifact), catalog, out, prefix="baseline: ")
-    return finish(out, {"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
-                        "evaluations": evals})
+    with open_run(run_dir, "baseline", config, overwrite=cfg.overwrite) as run:
+        if run.done:
+            return run.done
+        out = run.claim()  # run.json records these settings
+        t0 = time.perf_counter()
+        artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
+        scale = ", ".join(f"{k} {info[k]:.3g}" for k in ("C", "alpha") if k in info)
+        log.info(f"baseline: {solver} {loss} lambda {lam:g} ({scale}) "
+                 f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"
+                 + ("" if info["converged"] else f" (stopped at max_iter {max_iter} before converging)"))
+        evals = evaluate_splits(str(artifact), catalog, out, prefix="baseline: ")
+        return run.finish({"artifact": str(artifact), "fit": info, "seconds": round(time.perf_counter() - t0, 2),
+                           "evaluations": evals})

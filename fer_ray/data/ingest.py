@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 from fer_ray.data import splits as splitting
 from fer_ray.data.catalog import MANIFEST, build_manifest
 from fer_ray.data.sources import SPLIT_NAMES, SourceError
+from fer_ray.rundir import open_run
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +59,20 @@ def build_catalog(source, output: str, split_mode: str | None = None, seed: int 
     """Read ``source`` with Ray Data and write a catalog to ``output``; return its manifest.
 
     The input is checked (``source.plan()``) before Ray starts, so a wrong path fails fast.
-    The catalog is built in a sibling folder and moved into place only once it is complete,
-    so a failed build (or a wrong ``--input`` with ``--overwrite``) leaves the old one intact.
+    The catalog is built in a hidden folder beside ``output`` and moved into place only once it
+    is complete (``open_run``'s ``aside``), so a failed build (or a wrong ``--input`` with
+    ``--overwrite``) leaves the old one intact.
     """
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise SourceError(f"output {out} is a file; the catalog is a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SourceError(f"output {out} exists and is not empty (pass --overwrite to replace it)")
-    t0 = time.time()
-    items = source.plan()
-    _check_apart(getattr(source, "input", None), out)
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by a build that was killed
-    try:
-        manifest = _build(source, items, partial, split_mode, seed, num_cpus)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    manifest["prepare_seconds"] = round(time.time() - t0, 2)
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    with open_run(out, overwrite=overwrite, flag="--output", aside=True) as run:
+        t0 = time.time()
+        items = source.plan()
+        _check_apart(getattr(source, "input", None), out)
+        manifest = _build(source, items, run.claim(), split_mode, seed, num_cpus)
+        manifest["prepare_seconds"] = round(time.time() - t0, 2)
+        (run.path / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -130,7 +121,6 @@ def _build(source, items: list[dict], out: Path, split_mode: str | None, seed: i
                              ok["subject"].to_numpy(), seed=seed)
     ok["split"] = final
     split_of = ray.put(dict(zip(ok["id"], final)))
-    out.mkdir(parents=True, exist_ok=True)
     shards = {}
     for split in SPLIT_NAMES:
         if (final == split).any():

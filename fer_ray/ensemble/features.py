@@ -24,7 +24,7 @@ from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.ensemble.stack import (MemberFeatures, choose_head, member_record, read_features, save_ensemble,
                                     soft_vote)
 from fer_ray.errors import FerRayError
-from fer_ray.rundir import claim, finish, finished
+from fer_ray.rundir import open_run
 
 log = logging.getLogger(__name__)
 
@@ -103,47 +103,48 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, **set
         twice = sorted({p for p in member_paths if member_paths.count(p) > 1})
         raise FerRayError(f"--members names the same artifact more than once: {', '.join(twice)}")
     settings = {"members": member_paths, **catalog.run_settings, "grid": list(cfg.grid)}
-    done = finished(run_dir, "ensemble", settings, cfg.overwrite)
-    if done is not None:
-        return done
-    out = claim(run_dir, "ensemble", settings, cfg.overwrite)
-    t0 = time.perf_counter()
-    paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=cfg.batch_size,
-                      actors=cfg.actors, gpu=cfg.gpu)
-    feats = {s: read_features(str(p)) for s, p in paths.items()}
-    counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
-    log.info(f"ensemble: featurized {counts} in "
-             f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
-    head, choice = choose_head(feats["train"], feats["val"], cfg.grid)
-    widths = [r["feature_dim"] for r in records]
-    artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, catalog)
-    log.info(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
+    with open_run(run_dir, "ensemble", settings, overwrite=cfg.overwrite) as run:
+        if run.done:
+            return run.done
+        out = run.claim()
+        t0 = time.perf_counter()
+        paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=cfg.batch_size,
+                          actors=cfg.actors, gpu=cfg.gpu)
+        feats = {s: read_features(str(p)) for s, p in paths.items()}
+        counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
+        log.info(f"ensemble: featurized {counts} in "
+                 f"{time.perf_counter() - t0:.1f} s ({feats['train']['features'].shape[1]} features)")
+        head, choice = choose_head(feats["train"], feats["val"], cfg.grid)
+        widths = [r["feature_dim"] for r in records]
+        artifact = save_ensemble(str(out / "artifact"), head, records, widths, choice, catalog)
+        log.info(f"ensemble: C={choice['C']:g} chosen on val; artifact {artifact}")
 
-    names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
-             for i, r in enumerate(records)]
-    # "evaluations": the stacked ensemble end to end; "soft_vote": its baseline, for reports.
-    sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}, "evaluations": {},
-                             "soft_vote": {}}
-    for split in ("val", "test"):
-        if split not in feats:
-            continue
-        f = feats[split]
-        rows = [(n, classification_metrics(f["label"], f["probs"][:, i].argmax(axis=1))) for i, n in enumerate(names)]
-        summary["soft_vote"][split] = classification_metrics(f["label"], soft_vote(f["probs"]).argmax(axis=1))
-        rows.append(("soft voting (mean of member probabilities)", summary["soft_vote"][split]))
-        rows.append(("stacked ensemble (one-vs-rest logistic on concatenated features)",
-                     classification_metrics(f["label"], head.scores(f["features"]).argmax(axis=1))))
-        end_to_end = evaluate_artifact(str(artifact), catalog, split, str(out / f"eval-{split}"))
-        note = " (C was chosen on this split)" if split == "val" else ""
-        sections += [f"## {split}{note}", "", comparison_table(rows, catalog.protocol(split, "none")), "",
-                     f"End to end through the Predictor on raw images, the stacked ensemble scores "
-                     f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
-        summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
-        summary["evaluations"][split] = end_to_end
-        log.info(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
-    lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
-             f"Members: {len(records)}; features: {' + '.join(map(str, widths))} = {sum(widths)}; "
-             f"head: 7 one-vs-rest logistic regressions, C = {choice['C']:g} "
-             f"(val accuracy by C: {choice['val_accuracy_by_C']}).", ""] + sections
-    (out / "report.md").write_text("\n".join(lines))
-    return finish(out, summary)
+        names = [f"member {i + 1}: {r['architecture']} ({Path(r['path']).parent.name}/{Path(r['path']).name})"
+                 for i, r in enumerate(records)]
+        # "evaluations": the stacked ensemble end to end; "soft_vote": its baseline, for reports.
+        sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}, "evaluations": {},
+                                 "soft_vote": {}}
+        for split in ("val", "test"):
+            if split not in feats:
+                continue
+            f = feats[split]
+            rows = [(n, classification_metrics(f["label"], f["probs"][:, i].argmax(axis=1)))
+                    for i, n in enumerate(names)]
+            summary["soft_vote"][split] = classification_metrics(f["label"], soft_vote(f["probs"]).argmax(axis=1))
+            rows.append(("soft voting (mean of member probabilities)", summary["soft_vote"][split]))
+            rows.append(("stacked ensemble (one-vs-rest logistic on concatenated features)",
+                         classification_metrics(f["label"], head.scores(f["features"]).argmax(axis=1))))
+            end_to_end = evaluate_artifact(str(artifact), catalog, split, str(out / f"eval-{split}"))
+            note = " (C was chosen on this split)" if split == "val" else ""
+            sections += [f"## {split}{note}", "", comparison_table(rows, catalog.protocol(split, "none")), "",
+                         f"End to end through the Predictor on raw images, the stacked ensemble scores "
+                         f"{end_to_end['accuracy']:.4f} (report in eval-{split}/).", ""]
+            summary["splits"][split] = {name: headline_figures(m) for name, m in rows}
+            summary["evaluations"][split] = end_to_end
+            log.info(f"ensemble: {split} " + "; ".join(f"{n.split(' (')[0]} {m['accuracy']:.4f}" for n, m in rows))
+        lines = ["# Ensemble: members, soft voting and the stacked ensemble", "",
+                 f"Members: {len(records)}; features: {' + '.join(map(str, widths))} = {sum(widths)}; "
+                 f"head: 7 one-vs-rest logistic regressions, C = {choice['C']:g} "
+                 f"(val accuracy by C: {choice['val_accuracy_by_C']}).", ""] + sections
+        (out / "report.md").write_text("\n".join(lines))
+        return run.finish(summary)

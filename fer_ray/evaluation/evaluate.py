@@ -8,11 +8,22 @@ from pathlib import Path
 from fer_ray.artifacts import update_metrics
 from fer_ray.data.catalog import Catalog
 from fer_ray.emotions import ranked_emotions
+from fer_ray.evaluation.config import EvaluateConfig
 from fer_ray.evaluation.metrics import classification_metrics, headline_figures
 from fer_ray.evaluation.report import write_report
 from fer_ray.inference.predictor import Predictor
+from fer_ray.rundir import open_run
 
 log = logging.getLogger(__name__)
+
+
+def run_evaluate(artifact: str, **settings) -> dict:
+    """``fer-ray evaluate``: ``evaluate_artifact`` into ``output``, which must be new or empty unless
+    ``overwrite`` (so an earlier report is not written over by accident). ``settings`` are
+    ``EvaluateConfig``'s fields."""
+    cfg = EvaluateConfig(**settings)
+    with open_run(cfg.output, overwrite=cfg.overwrite, flag="--output"):
+        return evaluate_artifact(artifact, cfg.catalog, cfg.split, cfg.output, tta=cfg.tta, device=cfg.device)
 
 
 def evaluate_artifact(artifact: str, catalog: Catalog | str, split: str, output: str, tta: str = "none",

@@ -24,8 +24,6 @@ file each get exactly one row, with null face/box/probabilities and the reason i
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import os
@@ -43,7 +41,7 @@ from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import NO_FACE, SCHEMA, DetectConfig, FaceScorer, detect_batch, pin_threads
-from fer_ray.rundir import RECORD, claim, write_atomic
+from fer_ray.rundir import RECORD, open_run, write_atomic
 
 OUTPUT_FORMATS = (".parquet", ".csv")
 log = logging.getLogger(__name__)
@@ -140,38 +138,11 @@ def write_table(table: pa.Table, path: Path) -> None:
 
 
 class PartStore:
-    """The ``OUT.parts/`` folder: ``run.json`` (the settings) and ``part-NNNNNN.parquet`` files.
-
-    A lock (``flock``, released by the kernel even when the process is killed) keeps two
-    jobs from writing the same parts at once; ``--overwrite`` clears the folder under it.
-    """
+    """The ``OUT.parts/`` folder: a run directory (``fer_ray.rundir``, locked while a job writes
+    it) of ``part-NNNNNN.parquet`` files."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-
-    @contextlib.contextmanager
-    def locked(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ScoreError(f"another scoring job is writing {self.folder}") from None
-            for stale in self.folder.glob(".part-*.tmp"):  # a killed job's unfinished write
-                stale.unlink()
-            yield self
-
-    def clear(self) -> None:
-        """Remove every result (called with the lock held; the lock file itself stays)."""
-        for entry in self.folder.iterdir():
-            if entry.name != ".lock":
-                entry.unlink()
-
-    def claim(self, job: dict) -> None:
-        """Record the job's settings, or refuse to mix results made with other settings (the
-        model is its weights' checksum, not its path: a moved artifact resumes, a retrained one
-        does not)."""
-        claim(self.folder, "score", job, flag="--output")
 
     def parts(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
@@ -342,13 +313,14 @@ def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSum
     shown = {f: display_path(f) for f in files}
     store = PartStore(parts_folder(out))
     summary = ScoreSummary(output=str(out), skipped_non_images=others)
+    # The model is its weights' checksum, not its path: a moved artifact resumes, a retrained one does not.
     job = {"weights_sha256": meta.get("weights_sha256"), "tta": cfg.tta,
            **{k: v for k, v in asdict(config).items() if k != "image_size"}}
-    with store.locked():
-        if cfg.overwrite:  # under the lock: a running job's parts are never pulled from under it
-            store.clear()
+    # Under the lock, --overwrite never pulls a running job's parts from under it.
+    with open_run(store.folder, "score", job, overwrite=cfg.overwrite, flag="--output", lock="scoring job") as run:
+        run.claim()
+        if cfg.overwrite:
             out.unlink(missing_ok=True)
-        store.claim(job)
         done = store.scored_paths()
         todo = [f for f in files if shown[f] not in done]
         summary.already_scored = len(files) - len(todo)

@@ -27,7 +27,7 @@ from fer_ray.emotions import NUM_CLASSES
 from fer_ray.errors import FerRayError
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
-from fer_ray.rundir import claim, finish, finished
+from fer_ray.rundir import Run, open_run
 from fer_ray.training.local import artifact_meta
 from fer_ray.training.config import TRAJECTORY, Recipe, TrainConfig
 from fer_ray.training.loop import Run, TrainingDiverged, epoch_line, to_device
@@ -90,11 +90,6 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
     ``callbacks`` go to the run's ``RunConfig`` (a Tune sweep passes ``TuneReportCallback`` so
     each epoch's report reaches its scheduler).
     """
-    import ray.data
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from fer_ray.runtime import default_cpus_per_worker, init_ray, require_cpus, require_gpus, train_logging
-
     # trained on, validated on each epoch: checked before anything is written
     catalog = Catalog.open(cfg.catalog).require("train", "val")
     resolved = _resolve(cfg, catalog)
@@ -106,9 +101,19 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
     stored = cfg.model_dump()
     # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
     settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": catalog.sha256}
-    done = finished(cfg.run_dir, "train", settings, cfg.overwrite)
-    if done is not None:
-        return done
+    with open_run(cfg.run_dir, "train", settings, overwrite=cfg.overwrite) as run:
+        if run.done:
+            return run.done
+        return _fit(cfg, run, catalog, resolved, callbacks)
+
+
+def _fit(cfg: TrainConfig, run: Run, catalog: Catalog, resolved: dict, callbacks: tuple) -> dict:
+    """``train``'s work, in its open and unfinished run directory."""
+    import ray.data
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from fer_ray.runtime import default_cpus_per_worker, init_ray, require_cpus, require_gpus, train_logging
+
     init_ray()
     cfg = cfg.model_copy(update={"cpus_per_worker": cfg.cpus_per_worker or default_cpus_per_worker(cfg.workers)})
     # before anything is written: a refused run leaves no run directory behind
@@ -116,7 +121,7 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
                                                     f"{cfg.cpus_per_worker:g}")
     if cfg.gpu:
         require_gpus(cfg.workers)
-    run_dir = claim(cfg.run_dir, "train", settings, cfg.overwrite)
+    run_dir = run.claim()
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump() | {"resolved": resolved}, indent=2))
 
     datasets = {split: ray.data.read_parquet(str(catalog.split_dir(split)))
@@ -164,8 +169,8 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
     from fer_ray.evaluation.evaluate import evaluate_splits
 
     evals = evaluate_splits(str(artifact), catalog, run_dir, tta=cfg.eval_tta, prefix="train: ")
-    return finish(run_dir, {"artifact": str(artifact), "history": history, "evaluations": evals,
-                            "parameters": state["parameters"], "run_dir": str(run_dir)})
+    return run.finish({"artifact": str(artifact), "history": history, "evaluations": evals,
+                       "parameters": state["parameters"], "run_dir": str(run_dir)})
 
 
 def _shard_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:

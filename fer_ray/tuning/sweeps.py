@@ -51,7 +51,7 @@ from ray.tune.schedulers import ASHAScheduler
 from fer_ray.baseline.svm import fit_svm, save_svm
 from fer_ray.data.catalog import Catalog
 from fer_ray.errors import FerRayError
-from fer_ray.rundir import claim, finish, finished
+from fer_ray.rundir import Run, open_run
 from fer_ray.runtime import Interrupted, environ, kept_signal_handlers
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
@@ -174,16 +174,16 @@ def sweep_svm(cfg: SvmSweep) -> dict:
 
     catalog = Catalog.open(cfg.catalog).require("train", "val")  # fitted on, chosen on: checked before Ray starts
     settings = _settings(cfg, catalog)
-    done = finished(cfg.run_dir, "sweep svm", settings, cfg.overwrite)
-    if done is not None:
-        return done
-    init_ray()
-    concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
-    trainable = tune.with_resources(
-        tune.with_parameters(svm_trial, settings=settings, catalog=catalog, train=catalog.load("train"),
-                             val=catalog.load("val")), {"CPU": 1})
-    space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
-    return _run(trainable, space, "svm", settings, cfg, catalog, concurrency, scheduler=None)
+    with open_run(cfg.run_dir, "sweep svm", settings, overwrite=cfg.overwrite) as run:
+        if run.done:
+            return run.done
+        init_ray()
+        concurrency = cfg.concurrency or max(1, int(cluster_capacity().get("CPU", 1)))
+        trainable = tune.with_resources(
+            tune.with_parameters(svm_trial, settings=settings, catalog=catalog, train=catalog.load("train"),
+                                 val=catalog.load("val")), {"CPU": 1})
+        space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
+        return _run(run, trainable, space, "svm", settings, cfg, catalog, concurrency, scheduler=None)
 
 
 def sweep_cnn(cfg: CnnSweep) -> dict:
@@ -200,35 +200,37 @@ def sweep_cnn(cfg: CnnSweep) -> dict:
     Recipe.model_validate({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     catalog = Catalog.open(cfg.catalog).require("train", "val")  # every trial would fail without them
     settings = _settings(cfg, catalog)
-    done = finished(cfg.run_dir, "sweep cnn", settings, cfg.overwrite)
-    if done is not None:
-        return done
-    init_ray()
-    resources = cluster_capacity()
-    if cfg.gpu:
-        fits = int(resources.get("GPU", 0))
-        if fits < 1:
-            raise FerRayError("--gpu given but the Ray cluster has no GPU")
-    else:
-        require_cpus(cfg.cpus_per_worker, f"--cpus-per-worker {cfg.cpus_per_worker:g}: a trial's Train worker would")
-        fits = int(resources.get("CPU", 1) // cfg.cpus_per_worker)
-    concurrency = cfg.concurrency or max(1, fits)
-    space = {"lr": tune.loguniform(cfg.lr_min, cfg.lr_max), "weight_decay": tune.loguniform(cfg.wd_min, cfg.wd_max)}
-    if cfg.batch_sizes:
-        space["batch_size"] = tune.choice(list(cfg.batch_sizes))
-    if cfg.label_smoothing:
-        space["label_smoothing"] = tune.uniform(*cfg.label_smoothing)
-    # The driver function only waits on its Train run, so it holds no CPU: the Train worker and
-    # the run's Ray Data reads get them. Tune refuses an all-zero request, hence a little memory.
-    trainable = tune.with_resources(tune.with_parameters(cnn_trial, settings=settings),
-                                    {"CPU": 0, "memory": DRIVER_MEMORY})
-    board = _stop_board(settings["run_dir"])
-    scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
-                                grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=cfg.reduction_factor)
-    try:
-        return _run(trainable, space, "cnn", settings, cfg, catalog, concurrency, scheduler)
-    finally:
-        ray.kill(board)  # a rerun (or a resume) starts from a clean board
+    with open_run(cfg.run_dir, "sweep cnn", settings, overwrite=cfg.overwrite) as run:
+        if run.done:
+            return run.done
+        init_ray()
+        resources = cluster_capacity()
+        if cfg.gpu:
+            fits = int(resources.get("GPU", 0))
+            if fits < 1:
+                raise FerRayError("--gpu given but the Ray cluster has no GPU")
+        else:
+            require_cpus(cfg.cpus_per_worker,
+                         f"--cpus-per-worker {cfg.cpus_per_worker:g}: a trial's Train worker would")
+            fits = int(resources.get("CPU", 1) // cfg.cpus_per_worker)
+        concurrency = cfg.concurrency or max(1, fits)
+        space = {"lr": tune.loguniform(cfg.lr_min, cfg.lr_max), "weight_decay": tune.loguniform(cfg.wd_min, cfg.wd_max)}
+        if cfg.batch_sizes:
+            space["batch_size"] = tune.choice(list(cfg.batch_sizes))
+        if cfg.label_smoothing:
+            space["label_smoothing"] = tune.uniform(*cfg.label_smoothing)
+        # The driver function only waits on its Train run, so it holds no CPU: the Train worker and
+        # the run's Ray Data reads get them. Tune refuses an all-zero request, hence a little memory.
+        trainable = tune.with_resources(tune.with_parameters(cnn_trial, settings=settings),
+                                        {"CPU": 0, "memory": DRIVER_MEMORY})
+        board = _stop_board(settings["run_dir"])
+        scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
+                                    grace_period=min(cfg.grace_period, cfg.epochs),
+                                    reduction_factor=cfg.reduction_factor)
+        try:
+            return _run(run, trainable, space, "cnn", settings, cfg, catalog, concurrency, scheduler)
+        finally:
+            ray.kill(board)  # a rerun (or a resume) starts from a clean board
 
 
 class CooperativeASHA(ASHAScheduler):
@@ -257,13 +259,14 @@ def _settings(cfg, catalog: Catalog) -> dict:
             **catalog.run_settings}
 
 
-def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int, scheduler) -> dict:
+def _run(run: Run, trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int,
+         scheduler) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    # Tune would silently keep a resumed sweep's old settings: other ones are refused.
-    run_dir = claim(settings["run_dir"], f"sweep {kind}", settings, cfg.overwrite)
+    # Tune would silently keep a resumed sweep's old settings: other ones were refused (open_run).
+    run_dir = run.claim()
     experiment = run_dir / "tune" / kind
     t0 = time.time()
     if tune.Tuner.can_restore(str(experiment)):
@@ -293,7 +296,7 @@ def _run(trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalo
                                f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
-    return _keep_best(best, rows, settings, catalog, seconds)
+    return _keep_best(run, best, rows, catalog, seconds)
 
 
 def _row(result) -> dict:
@@ -342,11 +345,11 @@ def _write_results(path: Path, rows: list[dict]) -> None:
             w.writerow([r[f] for f in RESULT_FIELDS if f != "config"] + [(r["config"] or {}).get(k) for k in keys])
 
 
-def _keep_best(best: dict, rows: list[dict], settings: dict, catalog: Catalog, seconds: float) -> dict:
+def _keep_best(run: Run, best: dict, rows: list[dict], catalog: Catalog, seconds: float) -> dict:
     from fer_ray.artifacts import update_metrics
     from fer_ray.evaluation.evaluate import evaluate_splits
 
-    run_dir = Path(settings["run_dir"])
+    run_dir = run.path
     artifact = run_dir / "artifact"
     if artifact.exists():
         shutil.rmtree(artifact)
@@ -359,7 +362,7 @@ def _keep_best(best: dict, rows: list[dict], settings: dict, catalog: Catalog, s
     evals = evaluate_splits(str(artifact), catalog, run_dir, prefix="sweep: best ")
     summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
                "evaluations": evals}
-    return finish(run_dir, summary)
+    return run.finish(summary)
 
 
 def _fmt(config: dict) -> str:
