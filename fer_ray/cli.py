@@ -111,14 +111,10 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from fer_ray.evaluation.evaluate import evaluate_artifact
+    from fer_ray.evaluation.evaluate import run_evaluate
 
     cfg = EvaluateConfig(**_values(args, EvaluateConfig))
-    out = Path(cfg.output)
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise FerRayError(f"--output {out} is not empty (an earlier report?); use another folder, "
-                          "or pass --overwrite to write over it")
-    metrics = evaluate_artifact(_artifact(args), cfg.catalog, cfg.split, cfg.output, tta=cfg.tta, device=cfg.device)
+    metrics = run_evaluate(_artifact(args), **cfg.model_dump())
     print(f"{cfg.split}: accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro']['f1']:.4f}  "
           f"({metrics['count']} images, TTA {cfg.tta}); report in {cfg.output}/report.md")
 
