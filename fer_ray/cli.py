@@ -140,6 +140,12 @@ def _artifact(args) -> str:
     return artifact_or_default(args.artifact)
 
 
+def _models(args) -> None:
+    from fer_ray.pretrained import model_table
+
+    print(model_table())
+
+
 def _predict(args) -> None:
     import json
 
@@ -194,7 +200,8 @@ def _commands(name: str, help: str, *commands: type[BaseModel]) -> type[BaseMode
 
 VERBOSE = _switch("also Ray's own logs and progress bars (default: fer-ray's progress lines and Ray's errors only)")
 CONFIG = Optional[str], Field(None, description="YAML file whose keys are any of these flags (dashes or underscores)")
-ARTIFACT = Optional[str], Field(None, description="artifact folder (default: the model that ships with fer-ray)")
+ARTIFACT = Optional[str], Field(None, description="artifact folder, or a shipped model's name (fer-ray models lists "
+                                                   "them; default: the default model)")
 NO_AUGMENT_FLAG = _switch("turn every augmentation off")
 SERVE_ONLY = ("artifact", "batch_wait_timeout_s", "max_ongoing_requests", "num_gpus", "device", "body_timeout_s",
               "access_log")  # set by serve run / a RayService, or by the flags below
@@ -222,6 +229,7 @@ STAGES = [
     flags("predict", "emotions of the faces in a few images, no Ray (table, or --json)", _predict,
           _fields(PredictConfig), images=(CliPositionalArg[tuple[str, ...]], Field(description="image files")),
           artifact=ARTIFACT, as_json=(bool, Field(False, alias="json", description="JSON records instead of a table"))),
+    flags("models", "the models that ship with fer-ray: size, PublicTest accuracy, speed on this machine", _models),
     flags("baseline", "the paper's linear SVM (hinge loss, L2 lambda) on standardised pixels", _baseline,
           _fields(BaselineConfig)),
     _commands("sweep", "Ray Tune sweeps: svm (lambda) or cnn (lr, weight decay; ASHA); resumable",

@@ -226,3 +226,34 @@ def test_import_and_predict_leave_other_libraries_settings_alone():
     assert seen["faces"] == 2  # predict really ran: detection and the model
     assert seen["import"] == seen["before"]
     assert seen["predict"] == seen["before"]
+
+
+def test_a_shipped_model_is_named_by_its_name_unless_a_folder_has_that_path(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from fer_ray.cli import main
+    from fer_ray.pretrained import artifact_or_default, shipped_models
+
+    assert shipped_models() == {DEFAULT_MODEL: default_artifact()}
+    monkeypatch.chdir(tmp_path)
+    assert artifact_or_default(DEFAULT_MODEL) == str(default_artifact())
+    crop = np.full((48, 48), 128, np.uint8)
+    by_name = predict([crop], artifact=DEFAULT_MODEL, faces="none", tta="none")
+    assert by_name[0]["probabilities"] == predict([crop], faces="none", tta="none")[0]["probabilities"]
+    (tmp_path / DEFAULT_MODEL).mkdir()  # one's own folder of that name is what the name means now
+    assert artifact_or_default(DEFAULT_MODEL) == DEFAULT_MODEL
+    Image.fromarray(crop).save(tmp_path / "x.png")
+    assert main(["predict", "x.png", "--artifact", "no-such-model"]) == 2
+    assert f"artifact no-such-model not found: neither a folder nor the name of a model that ships with fer-ray " \
+           f"({DEFAULT_MODEL};" in capsys.readouterr().err
+
+
+def test_models_lists_each_shipped_model_with_its_recorded_accuracy_and_a_measured_speed(capsys):
+    from fer_ray.cli import main
+
+    assert main(["models"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[:5] == ["model", "architecture", "parameters", "weights", "PublicTest"]
+    test = read_meta(default_artifact())["metrics"]["test"]["accuracy"]
+    assert row.startswith(f"{DEFAULT_MODEL} (default)") and f"{test:.1%}" in row
+    assert float(row.split()[-1].replace(",", "")) > 0  # crops/s, measured now

@@ -49,8 +49,8 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
     ``settings`` are ``PredictConfig``'s: ``faces`` (``all`` detects every face, the default;
     ``largest`` keeps one per image; ``none`` takes each image as an already cropped face),
     ``detector`` (``centerface``, the default, or ``haar``), ``small_faces``, ``margin``, ``tta``
-    (test-time augmentation, ``flip`` by default) and ``top``. Without ``artifact`` (or
-    ``predictor``) the shipped default model is used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
+    (test-time augmentation, ``flip`` by default) and ``top``. ``artifact`` is a folder or a
+    shipped model's name; without it (or ``predictor``) the shipped default model is used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
     first), ``box`` (x, y, w, h in the image's pixels), ``detector_score`` and ``landmarks``
     (five named (x, y) points; both None for haar), ``emotion``, ``probabilities`` (all seven)
     and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
@@ -58,11 +58,11 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
     nothing passed in is left out.
     """
     from fer_ray.inference.predictor import Predictor
-    from fer_ray.pretrained import default_artifact
+    from fer_ray.pretrained import default_artifact, shipped_or_path
 
     cfg = PredictConfig(**settings)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
-    predictor = predictor or Predictor(artifact or default_artifact())
+    predictor = predictor or Predictor(shipped_or_path(artifact) if artifact else default_artifact())
     config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin,
                           detector=cfg.detector, small_faces=cfg.small_faces)
     detector = config.make_detector()
