@@ -81,11 +81,11 @@ def model_table(crops: int = 512) -> str:
         predictor.predict_proba(faces[:64])
         start = time.perf_counter()
         predictor.predict_proba(faces)
+        speed = crops / (time.perf_counter() - start)
+        accuracy = [f"{metrics[key]['accuracy']:.1%}" if key in metrics else "-" for key in ("test", "test+tta-flip")]
         rows.append((name + (" (default)" if name == DEFAULT_MODEL else ""), meta.get("architecture", meta["kind"]),
                      f"{meta['parameters']['total'] / 1e6:.2f} M" if "parameters" in meta else "-",
-                     f"{(folder / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB",
-                     *(f"{metrics[key]['accuracy']:.1%}" if key in metrics else "-" for key in ("test", "test+tta-flip")),
-                     f"{crops / (time.perf_counter() - start):,.0f}"))
+                     f"{(folder / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB", *accuracy, f"{speed:,.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines + ["", "Pick one with --artifact NAME (score, serve, evaluate, predict); "
