@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -26,14 +27,8 @@ from fer_ray.errors import FerRayError
 # Ray's own logs on the console too (``--verbose``): set by the command line before any stage runs.
 VERBOSE = False
 # A line of Ray's C++ core log ("[2026-12-03 16:56:08,274 E 2792 2849] core_worker.cc:2465: ..."),
-# which Ray's worker processes write to stderr and Ray forwards to the driver's console. Such lines
-# stay in the session's log files: Ray Train's controller writes one in every run, an error about
-# the restart policy of Ray Train's own PreemptionWatcher actor. RAY_DEDUP_LOGS_SKIP_REGEX is Ray's
-# setting for "log messages to skip printing"; Ray reads it once, when it is imported, so it is set
-# here, in the module the command line imports before any of Ray's (with --verbose too: VERBOSE is
-# not known yet). A setting of the user's own wins.
-CORE_LOG_LINE = r"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:"
-os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", CORE_LOG_LINE)
+# which Ray's own processes write to stderr and Ray forwards to the driver's console.
+CORE_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:")
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,18 +132,14 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    # The driver's "ray" logger at ERROR keeps back Ray's warnings (the local Ray's "Token
-    # authentication is enabled for this Ray cluster" in every run); Ray runs the hook in each of
-    # its worker processes as they start, on every node.
-    quiet = {"logging_level": logging.WARNING} if VERBOSE else {
-        "logging_level": logging.ERROR,
-        "runtime_env": {"worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}}
+    # Ray runs the hook in each of its worker processes as they start, on every node.
+    quiet = {} if VERBOSE else {"runtime_env": {"worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
         try:
             with kept_signal_handlers(signal.SIGTERM):
-                ray.init(address=address, include_dashboard=False, **quiet)
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **quiet)
         except ConnectionError as exc:  # e.g. RAY_ADDRESS=auto with no cluster on this machine
             raise ClusterUnreachable(f"RAY_ADDRESS={address}: {str(exc).strip().splitlines()[0]}") from None
         _quiet_ray_driver()
@@ -160,9 +151,11 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # running, it finds this Ray instead of failing with a traceback in every training run, or
     # finding another Ray on the same machine.
     port = free_port()
+    if not VERBOSE:  # "Token authentication is enabled for this Ray cluster": the local Ray's default
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"), \
             kept_signal_handlers(signal.SIGTERM):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **quiet)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING, **quiet)
     _quiet_ray_driver()
 
 
@@ -187,6 +180,24 @@ def _quiet_ray_driver() -> None:
     # up when it is imported, which the serve stage has done by now; other stages never import it.
     if "ray.serve" in sys.modules:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # Ray's core log lines stay in the session's log files. Ray Train's controller writes one in
+    # every run, an error about the restart policy of Ray Train's own PreemptionWatcher actor.
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    forward = dict(dispatcher.handlers).get("ray_print_logs")  # absent with log_to_driver=False
+    if forward is not None:
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", without_core_log_lines(forward))
+
+
+def without_core_log_lines(forward):
+    """A handler of the worker lines Ray forwards to the console that passes on all but Ray's
+    C++ core log lines."""
+    def handler(batch: dict) -> None:
+        lines = [line for line in batch["lines"] if not CORE_LOG_LINE.match(line)]
+        if lines:
+            forward({**batch, "lines": lines})
+    return handler
 
 
 def quiet_ray_worker() -> None:
@@ -267,10 +278,8 @@ def cluster_capacity() -> dict[str, float]:
     can scale up to, whichever is more.
 
     Sizing from the live nodes alone would refuse ``--gpu`` while a GPU worker group is scaled
-    to zero, and run a sweep one trial at a time on a head that takes no work. Ray 2.60 has no
-    public call for this: the one asked for (``ray.max_cluster_resources()``, ray-project/ray#49501)
-    became the autoscaler's config in the GCS (#49568), read only through ``ray._private.state``,
-    as Ray Train (checking its worker groups against the same figure) and Ray Data read it too.
+    to zero, and run a sweep one trial at a time on a head that takes no work. Ray has no public
+    call for this yet; Ray Train checks its worker groups against the same figure.
     """
     import ray
     from ray._private.state import state
