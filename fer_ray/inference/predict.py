@@ -50,8 +50,8 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
     ``largest`` keeps one per image; ``none`` takes each image as an already cropped face),
     ``detector`` (``centerface``, the default, or ``haar``), ``small_faces``, ``margin``, ``tta``
     (test-time augmentation, ``flip`` by default) and ``top``. ``artifact`` is a folder or a
-    shipped model's name; without it (or ``predictor``) the shipped default model is used. Each record: ``image`` (the path, or "array N"), ``face`` (index, largest
-    first), ``box`` (x, y, w, h in the image's pixels), ``detector_score`` and ``landmarks``
+    shipped model's name; without it (or ``predictor``) the shipped default model is used.
+    Each record: ``image`` (the path, or "array N"), ``face`` (index, largest first), ``box`` (x, y, w, h in the image's pixels), ``detector_score`` and ``landmarks``
     (five named (x, y) points; both None for haar), ``emotion``, ``probabilities`` (all seven)
     and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
     one that cannot be read, gives one record with ``face`` None and the reason in ``error``:

@@ -69,14 +69,15 @@ def model_table(crops: int = 512) -> str:
     import numpy as np
     import torch
 
-    from fer_ray.artifacts import WEIGHTS_FILE, read_meta
+    from fer_ray.artifacts import WEIGHTS_FILE
     from fer_ray.inference.predictor import Predictor
 
     rows = [("model", "architecture", "parameters", "weights", "PublicTest", "with flip",
              f"crops/s here ({torch.get_num_threads()} threads)")]
     faces = np.random.default_rng(0).integers(0, 256, (crops, 48, 48), dtype=np.uint8)
     for name, folder in shipped_models().items():
-        meta, predictor = read_meta(folder), Predictor(folder, device="cpu")
+        predictor = Predictor(folder, device="cpu")
+        meta = predictor.meta
         metrics = meta.get("metrics") or {}
         predictor.predict_proba(faces[:64])
         start = time.perf_counter()
