@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import av
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -126,6 +127,21 @@ def test_frames_are_grey_as_ffmpeg_makes_them_and_upright(folder):
     assert grey.shape == (160, 120) and grey.flags.c_contiguous
     assert grey[-25:, :25].mean() == pytest.approx(200, abs=4)  # turned a quarter counterclockwise
     assert grey[:100, 40:].mean() == pytest.approx(60, abs=4)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p"])
+def test_grey_is_ffmpegs_own(folder, pix_fmt):
+    """fer-ray greys 8-bit YUV by table (fast); FFmpeg's swscale gives the same pixels, for video-range
+    and full-range luma alike, on a width whose rows are padded in memory."""
+    gradient = np.tile(np.linspace(0, 255, 150).astype(np.uint8), (100, 1))
+    path = write_video(folder / f"gradient-{pix_fmt}.mp4", [gradient, gradient[::-1]], [0, 0.1], pix_fmt=pix_fmt)
+    with av.open(str(path)) as container:
+        assert {f.color_range for f in container.decode(video=0)} == {2 if pix_fmt == "yuvj420p" else 0}
+        container.seek(0)
+        swscale = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    ours = [f.grey for f in sample_frames(path, 0)]
+    assert len(ours) == 2 and all(np.array_equal(a, b) for a, b in zip(ours, swscale))
+    assert ours[0][:, -5:].mean() > 240 and ours[0][:, :5].mean() < 15  # the range is stretched back
 
 
 def test_faces_switch_at_the_scheduled_times_and_the_detector_finds_them(folder):

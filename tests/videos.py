@@ -21,14 +21,16 @@ KEYINT = 10
 _VP9_FAST = {"deadline": "realtime", "cpu-used": "8"}
 
 
-def write_video(path: Path, pictures: Sequence[np.ndarray], times: Sequence[float], rotation: int = 0) -> Path:
+def write_video(path: Path, pictures: Sequence[np.ndarray], times: Sequence[float], rotation: int = 0,
+                pix_fmt: str = "yuv420p") -> Path:
     """Encode grey pictures shown at ``times`` (seconds; uneven times make a variable frame rate),
     with the codec ``CODECS`` gives the file's extension. ``rotation``: the display matrix's
-    counterclockwise degrees (a phone held upright stores its picture turned and says so there)."""
+    counterclockwise degrees (a phone held upright stores its picture turned and says so there).
+    ``pix_fmt`` "yuvj420p": luma on the full 0..255 range (a JPEG's, some cameras'), not 16..235."""
     height, width = pictures[0].shape
     with av.open(str(path), "w") as container:
         stream = container.add_stream(CODECS[path.suffix], rate=_rate(times))
-        stream.width, stream.height, stream.pix_fmt, stream.gop_size = width, height, "yuv420p", KEYINT
+        stream.width, stream.height, stream.pix_fmt, stream.gop_size = width, height, pix_fmt, KEYINT
         if path.suffix == ".webm":
             stream.options = _VP9_FAST
         stream.codec_context.time_base = time_base = Fraction(1, 1000) if path.suffix == ".mkv" else 1 / _rate(times)

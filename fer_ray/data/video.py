@@ -4,7 +4,7 @@ PyAV (FFmpeg's libraries, as a wheel) decodes: on one thread it decoded and grey
 than OpenCV's FFmpeg backend, and its seeks by time land where asked, which segments rely on
 (benchmarks/bench_decode.py). A long video is read as time segments (``segments``), each one
 on its own (``sample_frames(path, fps, start, end)``); a segment seeks to a keyframe before its
-start and decodes forward, so memory holds one decoded frame whatever the video's length.
+start and decodes forward one frame at a time, so memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ def has_video_extension(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def _opened(source: str | os.PathLike | bytes, max_pixels: int) -> Iterator[tuple[av.container.InputContainer,
-                                                                                  av.video.stream.VideoStream]]:
+def _opened(source: str | os.PathLike | bytes, max_pixels: int) -> Iterator[tuple]:
     """The container of ``source`` (a path, or a whole file's bytes) and its first video stream,
     closed on exit. Every FFmpeg error, on opening or while decoding, becomes a VideoError."""
     try:
@@ -110,8 +109,8 @@ def probe(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
         elif container.duration:
             duration = Fraction(container.duration, av.time_base)
         else:
-            ends = [p.pts + p.duration for p in container.demux(stream) if p.pts is not None]
-            duration = (max(ends) - _origin(stream)) * stream.time_base if ends else Fraction(0)
+            end = max((p.pts + p.duration for p in container.demux(stream) if p.pts is not None), default=None)
+            duration = (end - _origin(stream)) * stream.time_base if end is not None else Fraction(0)
         width, height = stream.codec_context.width, stream.codec_context.height
         return VideoInfo(float(duration), float(_rate(stream)), width, height)
 
