@@ -10,7 +10,6 @@ start and decodes forward one frame at a time, so memory does not grow with the 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from fer_ray.data.files import not_a_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError
 from fer_ray.errors import FerRayError
 
@@ -55,16 +55,25 @@ def has_video_extension(name: str) -> bool:
 
 @contextlib.contextmanager
 def _opened(source: str | os.PathLike | bytes, max_pixels: int) -> Iterator[tuple]:
-    """The container of ``source`` (a path, or a whole file's bytes) and its first video stream,
-    closed on exit. Every FFmpeg error, on opening or while decoding, becomes a VideoError."""
+    """The container of the file at ``source`` (a path; as bytes, a name in any encoding, as
+    score lists them) and its first video stream, closed on exit. Every FFmpeg error, on opening
+    or while decoding, becomes a VideoError."""
     try:
-        if (len(source) if isinstance(source, bytes) else os.path.getsize(source)) == 0:
+        problem = not_a_file(source)  # checked first: opening a FIFO would wait for a writer for ever
+        if problem:
+            raise VideoError(problem)
+        if os.path.getsize(source) == 0:
             raise VideoError("empty file (0 bytes)")
-        container = av.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source),
-                            options={"format_whitelist": _DEMUXERS})
+        # Opened here, not by FFmpeg: it takes names as UTF-8 text, which a file's name need not be.
+        file = open(source, "rb")
+        try:
+            container = av.open(file, options={"format_whitelist": _DEMUXERS})
+        except BaseException:
+            file.close()
+            raise
     except (OSError, av.FFmpegError) as exc:
         raise VideoError(f"cannot decode video ({exc.strerror or exc})") from None
-    with container:
+    with file, container:
         if not container.streams.video:
             raise VideoError("no video stream in the file")
         stream = container.streams.video[0]
