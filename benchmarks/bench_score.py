@@ -119,8 +119,9 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
     """Milliseconds per image of each step, run one after another in this process, 1 thread."""
     from fer_ray.data.files import read_image_file
     from fer_ray.data.preprocess import decode_grey
-    from fer_ray.inference.batch import list_images, write_table
-    from fer_ray.inference.crops import DetectConfig, crop_faces, scored_table
+    from fer_ray.inference.blocks import list_inputs
+    from fer_ray.inference.crops import LANDMARK_COLUMNS, DetectConfig, crop_faces, scored_table
+    from fer_ray.inference.tables import write_table
 
     set_threads(1)
     config = DetectConfig(mode=mode, image_size=predictor.image_size)
@@ -133,7 +134,7 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
         ms[name] = (time.perf_counter() - t0) * 1000 / n
         return out
 
-    timed("listing", lambda: list_images(input))
+    timed("listing", lambda: sum(1 for _ in list_inputs(input)))
     raw = timed("read", lambda: [read_image_file(p, config.max_pixels) for p in paths])
     greys = timed("decode", lambda: [decode_grey(b) for b in raw])
     crops = timed("detect + crop" if mode != "none" else "crop", lambda: [
@@ -142,8 +143,9 @@ def breakdown(predictor, input: str, paths: list[str], mode: str) -> dict[str, f
                                                    for i in range(0, len(crops), 256)]) if crops else None)
     k = len(crops)
     rows = {"path": np.array([paths[min(i, n - 1)] for i in range(k)], object), "face": np.arange(k),
-            "n_faces": np.ones(k), "x": np.zeros(k), "y": np.zeros(k), "w": np.full(k, 48), "h": np.full(k, 48),
-            "error": np.array([""] * k, object)}
+            "frame": np.full(k, -1), "time": np.full(k, np.nan),
+            "x": np.zeros(k), "y": np.zeros(k), "w": np.full(k, 48), "h": np.full(k, 48),
+            "error": np.array([""] * k, object), "points": np.full((k, 1 + len(LANDMARK_COLUMNS)), np.nan)}
     table = timed("row assembly", lambda: scored_table(rows, probs if probs is not None else np.zeros((0, 7))))
     with tempfile.TemporaryDirectory() as tmp:
         timed("part write", lambda: write_table(table, Path(tmp) / "part.parquet"))
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    from fer_ray.inference.batch import list_images
+    from fer_ray.data.files import files_under
     from fer_ray.inference.predictor import Predictor
     from fer_ray.pretrained import default_artifact
 
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = []
     if not args.skip_fer:
         fer = Path(work / "fer")
-        paths = list_images(args.fer)[0][: args.limit]
+        paths = [str(e.path) for e in files_under(args.fer)][: args.limit]
         fer.mkdir()
         for i, p in enumerate(paths):  # one flat folder of links: the command scores exactly these files
             os.symlink(p, fer / f"{i:05d}{Path(p).suffix}")

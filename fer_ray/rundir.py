@@ -165,8 +165,18 @@ def write_atomic(path: Path, write) -> None:
     """``write(tmp)`` to a hidden name beside ``path``, flushed to disk, then renamed to ``path``:
     a reader, a resumed job or a process killed part-way sees the old file or the whole new one,
     never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary(path)
     write(tmp)
+    replace_synced(tmp, path)
+
+
+def temporary(path: Path) -> Path:
+    """The hidden name beside ``path`` that ``write_atomic`` writes first."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def replace_synced(tmp: Path, path: Path) -> None:
+    """``tmp``, flushed to disk, renamed to ``path``."""
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

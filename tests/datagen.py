@@ -217,3 +217,12 @@ def pickled_weights_artifact(path: Path) -> Path:
     meta["weights_sha256"] = file_sha256(path / "model.safetensors")
     (path / "model.json").write_text(json.dumps(meta))
     return path
+
+
+def listed(input) -> tuple[list[str], int]:
+    """What ``fer-ray score`` lists for ``input``: its images' and videos' absolute paths in
+    listing order, and how many other files it skips."""
+    from fer_ray.inference.blocks import classified
+
+    found = list(classified(str(input)))
+    return [name for kind, name in found if kind], sum(kind is None for kind, _ in found)

@@ -14,12 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from datagen import by_id, face_pixels, run_source, write_image
+from datagen import by_id, face_pixels, listed, run_source, write_image
 from fer_ray.data.files import Entry, files_under, not_a_file
 from fer_ray.data.sources import FolderSource, KdefSource, SourceError, make_source
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError
-from fer_ray.inference.batch import list_images
 from fer_ray.inference.crops import DetectConfig, detect_batch
 from fer_ray.inference.predict import check_inputs
 
@@ -80,12 +79,12 @@ def test_a_folder_that_cannot_be_listed_is_an_entry_and_an_error_row(tmp_path):
     kdef = by_id(run_source(KdefSource(str(root))))
     assert kdef[unlisted.path.relative_to(root).as_posix()]["error"] == unlisted.problem
 
-    listed = [str(unlisted.path.resolve()), str((root / "happy" / "ok.png").resolve())]
-    assert list_images(str(root)) == (listed, 0)  # score: listed whatever its name ...
-    assert list_images(f"{root}/**/*.png") == (listed, 0)  # ... where the glob might match in it
-    assert list_images(f"{root}/*/*.png") == (listed[1:], 0)  # and not where it cannot
-    rows = detect_batch({"path": np.array(listed, dtype=object)}, DetectConfig(mode="none"))
-    assert list(rows["error"]) == ["cannot be read (File name too long)", ""]  # ... and an error row
+    paths = [str((root / "happy" / "ok.png").resolve()), str(unlisted.path.resolve())]  # files, then folders
+    assert listed(root) == (paths, 0)  # score: listed whatever its name ...
+    assert listed(f"{root}/**/*.png") == (sorted(paths), 0)  # ... where the glob might match in it
+    assert listed(f"{root}/*/*.png") == (paths[:1], 0)  # and not where it cannot
+    rows = detect_batch({"path": np.array(paths, dtype=object)}, DetectConfig(mode="none"))
+    assert list(rows["error"]) == ["", "cannot be read (File name too long)"]  # ... and an error row
     shutil.rmtree(tmp_path / "in")  # pytest's own clean-up cannot reach that deep
 
 
@@ -130,7 +129,7 @@ def test_a_folder_without_permission_is_a_rejected_row_and_an_error_row():
 
         def listings():
             items = FolderSource(str(root)).plan()
-            return {"prepare": {it["id"]: it["error"] for it in items}, "score": list_images(str(root))}
+            return {"prepare": {it["id"]: it["error"] for it in items}, "score": listed(root)}
 
         found = as_nobody(listings)
     finally:
@@ -159,7 +158,7 @@ def test_an_empty_input_is_refused_not_taken_for_the_current_folder(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     write_image(tmp_path / "happy" / "here.png", face_pixels(1)[0])
     with pytest.raises(FerRayError, match="--input is empty"):
-        list_images("")
+        listed("")
     with pytest.raises(SourceError, match="needs --input"):
         make_source("folders", "")
     with pytest.raises(FerRayError, match="an image path is empty"):

@@ -1,8 +1,9 @@
-"""The paper pipeline submitted with `ray job submit` to a real two-node local cluster.
+"""The paper pipeline and a scoring job submitted with `ray job submit` to a real two-node
+local cluster.
 
-cluster/local.sh starts a head and a worker node (separate raylets, token auth); the job
+cluster/local.sh starts a head and a worker node (separate raylets, token auth); one job
 runs jobs/pipeline.py on a small synthetic catalog and must end SUCCEEDED with artifacts,
-metrics and the report in its storage path. Everything goes through the same commands a
+metrics and the report in its storage path, another scores a folder of photos and a video. Everything goes through the same commands a
 user types, so this is the CI check that the cluster path works end to end.
 """
 
@@ -25,7 +26,7 @@ RAY = Path(sys.executable).parent / "ray"
 pytestmark = [pytest.mark.ray, pytest.mark.multinode]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # one cluster for the module's jobs: starting one takes a minute
 def local_cluster():
     state = tempfile.mkdtemp(prefix="frl-", dir="/tmp")  # Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -84,3 +85,36 @@ def test_pipeline_job_succeeds_on_two_nodes(local_cluster, tmp_path):
     for row, stage in zip(report["table"], ("svm", "cnn-1-small_cnn", "cnn-2-small_cnn")):
         assert row["accuracy"] == json.loads((storage / stage / "eval-test" / "metrics.json").read_text())["accuracy"]
     assert "The paper's table" in (storage / "report.md").read_text()
+
+
+@pytest.mark.timeout(900)
+def test_score_job_scores_videos_and_photos_on_two_nodes(local_cluster, tmp_path):
+    """jobs/score.py over a folder with a video (cut into segments) and photos: the actors on
+    both nodes write their parts, the driver assembles the output and each video's tracks."""
+    import pandas as pd
+
+    from datagen import encode
+    from photos import SYNTHETIC, detectable_faces, photo
+    from videos import scheduled_video
+
+    env = local_cluster
+    media = tmp_path / "media"
+    media.mkdir()
+    faces, spots = list(detectable_faces(2)), [(40, 60), (400, 220)]
+    scheduled_video(media / "talk.mp4", [(0.0, photo(faces, spots))], 3.0, fps=10)
+    for i in range(3):
+        (media / f"still{i}.png").write_bytes(encode(photo(faces[:1], spots[:1], seed=i), "PNG"))
+    out = tmp_path / "scores.parquet"
+    job = subprocess.run(
+        [str(RAY), "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--",
+         "python", "jobs/score.py", "--input", str(media), "--output", str(out), "--detector", SYNTHETIC,
+         "--fps", "2", "--segment-seconds", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=800)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    assert "score: 3 files and 1 videos (6 frames), 15 faces" in job.stdout, job.stdout[-4000:]
+    df = pd.read_parquet(out)
+    talk = df[df["path"] == str(media / "talk.mp4")]
+    assert sorted(talk["time"].unique()) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5] and talk["error"].isna().all()
+    assert sorted(talk.groupby("track").size()) == [6, 6]  # each face one track across the three segments
+    assert len(list(Path(f"{out}.parts").glob("part-*.parquet"))) == 1 + 3
+    assert pd.read_parquet(tmp_path / "scores.tracks.parquet")["frames"].tolist() == [6, 6]

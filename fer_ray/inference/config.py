@@ -28,7 +28,7 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     artifact: str
-    input: str = Field(description="folder (searched recursively), image file or glob")
+    input: str = Field(description="folder (searched recursively), image or video file, or glob")
     output: str = Field(description="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
     faces: Literal[FACE_MODES] = Field("all", description="all/largest: detect faces in photos; none: images "
                                                           "are already face crops")
@@ -51,14 +51,19 @@ class ScoreConfig(BaseModel):
     tta: Literal[TTA_MODES] = Field("none", description="test-time augmentation: none, flip (the face and its "
                                     "mirror image, 2x the model's time) or tencrop (CNN artifacts, 10x)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images above this are error rows")
-    part_files: int = Field(1000, ge=1, description="write a resumable part once this many files are complete "
-                                                    "(the most an interruption can lose)")
+    fps: float = Field(2.0, ge=0, le=1000, **FINITE, description="video frames sampled per second (0: every frame)")
+    segment_seconds: float = Field(60.0, gt=0, **FINITE, description="videos are cut into segments this long, "
+                                   "scored in parallel (each a resumable part)")
+    plots: bool = Field(False, description="an emotion-over-time PNG per video in OUT.plots/")
+    part_files: int = Field(1000, ge=1, description="at most this many files in a part, the unit of work that "
+                                                    "an interruption can lose (parts hold up to 32 photos or "
+                                                    "2,048 crops, fewer on average)")
     num_cpus: Optional[int] = Field(None, ge=1, description="local Ray only: CPUs to use")
     overwrite: bool = Field(False, description="discard earlier results for this output")
 
 
 class PredictConfig(BaseModel):
-    """A few images scored in this process (``fer_ray.inference.predict.predict``)."""
+    """A few images or videos scored in this process (``fer_ray.inference.predict.predict``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +72,7 @@ class PredictConfig(BaseModel):
     small_faces: bool = ScoreConfig.model_fields["small_faces"]
     margin: Optional[float] = ScoreConfig.model_fields["margin"]
     tta: Literal[TTA_MODES] = Field("flip", description=ScoreConfig.model_fields["tta"].description)
+    fps: float = ScoreConfig.model_fields["fps"]
     top: int = Field(3, ge=1, description="likeliest emotions listed per face")
 
 

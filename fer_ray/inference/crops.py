@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -26,11 +27,14 @@ NO_FACE = "no face detected"
 # The landmark columns of ``fer-ray score``'s output: right_eye_x, right_eye_y, ... (flat, so
 # that CSV output holds them too).
 LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARKS for axis in "xy")
-# What ``fer-ray score`` writes: one row per face, or one per file without a usable face (its
-# face, box, emotion and probabilities null, ``error`` saying why). ``detector_score`` and the
-# landmarks are null where the detector gives none (Haar, or faces "none").
+# What ``fer-ray score`` writes: one row per face, or one per file (or video frame) without a
+# usable face (its face, box, emotion and probabilities null, ``error`` saying why). ``frame``
+# (the frame's index in its video), ``time`` (seconds) and ``track`` (a face followed across a
+# video's frames, assigned when the output is assembled) are null for photos. ``detector_score``
+# and the landmarks are null where the detector gives none (Haar, or faces "none").
 SCHEMA = pa.schema(
-    [("path", pa.string()), ("face", pa.int32()), ("x", pa.int32()), ("y", pa.int32()),
+    [("path", pa.string()), ("frame", pa.int32()), ("time", pa.float64()), ("face", pa.int32()),
+     ("track", pa.int32()), ("x", pa.int32()), ("y", pa.int32()),
      ("w", pa.int32()), ("h", pa.int32()), ("detector_score", pa.float32())]
     + [(name, pa.float32()) for name in LANDMARK_COLUMNS]
     + [("emotion", pa.string())]
@@ -114,54 +118,96 @@ def detection_fields(face) -> dict:
     return {"detector_score": None if face.score is None else round(face.score, 4), "landmarks": named}
 
 
+class Rows:
+    """The rows of ``detect_batch`` and ``detect_video`` as they are found: one per face (with
+    its crop), or one per file or frame without a usable face (``error`` saying why)."""
+
+    KEYS = ("path", "frame", "face", "x", "y", "w", "h", "error")
+
+    def __init__(self, image_size: int):
+        self.size = image_size
+        self.cols: dict[str, list] = {k: [] for k in self.KEYS}
+        self.times: list[float] = []
+        self.points: list[list[float]] = []  # detector score and 10 landmark coordinates; NaN where none
+        self.images: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def add(self, path: str, face_index: int, face, crop, error: str, frame: int = -1, time: float = np.nan):
+        for key, value in zip(("path", "frame", "face", "error"), (path, frame, face_index, error)):
+            self.cols[key].append(value)
+        for key in ("x", "y", "w", "h"):
+            self.cols[key].append(getattr(face.box, key) if face is not None else 0)
+        self.times.append(time)
+        self.points.append(face_points(face))
+        self.images.append(crop if crop is not None else np.zeros((self.size, self.size), np.uint8))
+
+    def add_faces(self, path: str, pairs: list, frame: int = -1, time: float = np.nan) -> None:
+        if not pairs:
+            self.add(path, 0, None, None, NO_FACE, frame, time)
+        for i, (face, crop) in enumerate(pairs):
+            self.add(path, i, face, crop, "", frame, time)
+
+    def take(self) -> dict[str, np.ndarray]:
+        """The rows so far as columns (and a fresh start)."""
+        out = {k: np.array(v, dtype=object if k in ("path", "error") else np.int32) for k, v in self.cols.items()}
+        out["time"] = np.array(self.times, np.float64)
+        out["points"] = np.array(self.points, np.float32).reshape(-1, 1 + len(LANDMARK_COLUMNS))
+        out["image"] = np.stack(self.images) if self.images else np.zeros((0, self.size, self.size), np.uint8)
+        self.__init__(self.size)
+        return out
+
+
+def _problem(exc: Exception) -> str:
+    """An error row's reason for what went wrong with one image or video: one odd file must not
+    fail the task (and every rerun with it)."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, cv2.error):
+        return f"face detection failed ({str(exc).strip()[:200]})"
+    return f"could not process the file ({type(exc).__name__}: {exc})"[:300]
+
+
 def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str, np.ndarray]:
-    """Paths -> one row per face (crop resized to the artifact's image size), or one row
-    per file that has no face or cannot be used. ``n_faces`` is the file's row count.
+    """Image paths -> one row per face (crop resized to the artifact's image size), or one row
+    per file that has no face or cannot be used (see ``Rows``).
 
     ``error`` is the reason on the rows of a file without a usable face, and empty on a face's
-    row (a string either way: with ``--gpu`` these rows cross Ray Data, where a column of only
-    None would lose its type). Those rows' face, box and image are zeros that ``scored_table``
-    turns into nulls.
-
+    row. Those rows' face, box and image are zeros that ``scored_table`` turns into nulls.
     ``path`` is what the rows carry; an optional ``file`` column (the name's raw bytes) is
     what is opened, for names that ``path`` shows escaped (see ``display_path``).
     """
-    size = config.image_size
     detector = config.make_detector()
-    cols = {k: [] for k in ("path", "face", "n_faces", "x", "y", "w", "h", "error")}
-    points = []  # (detector score, 10 landmark coordinates) per row; NaN where there are none
-    images = []
-
-    def add(path, index, n, face, crop, error):
-        for key, value in zip(("path", "face", "n_faces", "error"), (path, index, n, error)):
-            cols[key].append(value)
-        for key in ("x", "y", "w", "h"):
-            cols[key].append(getattr(face.box, key) if face is not None else 0)
-        points.append(face_points(face))
-        images.append(crop if crop is not None else np.zeros((size, size), np.uint8))
-
+    rows = Rows(config.image_size)
     for path, file in zip(batch["path"], batch.get("file", batch["path"])):
-        path = str(path)
         try:
             grey = read_image(file if isinstance(file, bytes) else str(file), config.max_pixels)
-            faces = crop_faces(grey, config, detector)
-        except ImageError as exc:
-            add(path, 0, 1, None, None, str(exc))
-            continue
-        except cv2.error as exc:  # one odd image must not fail the task (and every rerun with it)
-            add(path, 0, 1, None, None, f"face detection failed ({str(exc).strip()[:200]})")
-            continue
-        except Exception as exc:  # noqa: BLE001 - likewise for anything else: an error row
-            add(path, 0, 1, None, None, f"could not process the image ({type(exc).__name__}: {exc})"[:300])
-            continue
-        if not faces:
-            add(path, 0, 1, None, None, NO_FACE)
-        for i, (face, crop) in enumerate(faces):
-            add(path, i, len(faces), face, crop, "")
-    out = {k: np.array(v, dtype=object if k in ("path", "error") else np.int32) for k, v in cols.items()}
-    out["points"] = np.array(points, np.float32).reshape(-1, 1 + len(LANDMARK_COLUMNS))
-    out["image"] = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return out
+            rows.add_faces(str(path), crop_faces(grey, config, detector))
+        except Exception as exc:  # noqa: BLE001 - an error row, see _problem
+            rows.add(str(path), 0, None, None, _problem(exc))
+    return rows.take()
+
+
+def detect_video(path: str, file: str | bytes, config: DetectConfig, fps: float, start: float = 0.0,
+                 end: float = float("inf"), chunk: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """The sampled frames of one video's [start, end) segment -> ``detect_batch``'s rows, with
+    each frame's index and time: one per face, or one per frame without a face; chunks of at
+    most ``chunk`` rows, so that a segment's crops never pile up. A video that cannot be decoded
+    (from the start or part-way) gets one more row saying so, without a frame."""
+    from fer_ray.data.video import sample_frames
+
+    detector = config.make_detector()
+    rows = Rows(config.image_size)
+    try:
+        for frame in sample_frames(file, fps, start, end, config.max_pixels):
+            rows.add_faces(path, crop_faces(frame.grey, config, detector), frame.index, frame.time)
+            if len(rows) >= chunk:
+                yield rows.take()
+    except Exception as exc:  # noqa: BLE001 - an error row, see _problem
+        rows.add(path, 0, None, None, _problem(exc))
+    if len(rows):
+        yield rows.take()
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,11 +215,16 @@ def detect_batch(batch: dict[str, np.ndarray], config: DetectConfig) -> dict[str
 # ---------------------------------------------------------------------------------------
 
 def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
-    """``detect_batch``'s rows and their probabilities -> the output's ``SCHEMA`` (plus
-    ``n_faces``): on a row with an ``error`` the face, box, emotion and probabilities are null."""
+    """``detect_batch``'s rows and their probabilities -> the output's ``SCHEMA``: on a row with
+    an ``error`` the face, box, emotion and probabilities are null."""
     void = np.array([bool(e) for e in rows["error"]], dtype=bool)
     cols = {"path": pa.array(rows["path"], pa.string())}
-    for key in ("face", "x", "y", "w", "h"):
+    frame = np.asarray(rows["frame"], np.int32)
+    cols["frame"] = pa.array(frame, pa.int32(), mask=frame < 0)
+    cols["time"] = pa.array(np.asarray(rows["time"], np.float64), pa.float64(), from_pandas=True)  # NaN: null
+    cols["face"] = pa.array(np.asarray(rows["face"], np.int32), pa.int32(), mask=void)
+    cols["track"] = pa.nulls(len(void), pa.int32())
+    for key in ("x", "y", "w", "h"):
         cols[key] = pa.array(np.asarray(rows[key], np.int32), pa.int32(), mask=void)
     points = np.asarray(rows["points"], np.float32).reshape(len(void), 1 + len(LANDMARK_COLUMNS))
     for j, key in enumerate(("detector_score", *LANDMARK_COLUMNS)):
@@ -183,8 +234,7 @@ def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
     for j, name in enumerate(EMOTIONS):
         cols[name] = pa.array(probs[:, j], pa.float32(), mask=void)
     cols["error"] = pa.array(rows["error"], pa.string(), mask=~void)
-    cols["n_faces"] = pa.array(np.asarray(rows["n_faces"], np.int32), pa.int32())
-    return pa.table(cols)
+    return pa.table(cols, schema=SCHEMA)
 
 
 class FaceScorer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -43,18 +44,39 @@ def _grey(item) -> np.ndarray:
     return arr
 
 
+def _pictures(item, index: int, fps: float) -> Iterator[tuple[str, int | None, float | None, np.ndarray | None, str]]:
+    """(name, frame, time, grey pixels or None, error) per picture of one item: one for a photo or
+    an array, one per sampled frame for a video (``fps`` a second, 0 every frame)."""
+    from fer_ray.data.video import has_video_extension, sample_frames
+
+    name = _name(item, index)
+    try:
+        if isinstance(item, PATH_TYPES) and has_video_extension(os.fsdecode(item)):
+            for frame in sample_frames(os.fsencode(item), fps, max_pixels=DEFAULT_MAX_PIXELS):
+                yield name, frame.index, frame.time, frame.grey, ""
+        else:
+            yield name, None, None, _grey(item), ""
+    except ImageError as exc:  # VideoError too: the frames before it keep their records
+        yield name, None, None, None, str(exc)
+
+
 def predict(images, artifact: str | None = None, predictor=None, **settings) -> list[dict]:
-    """Emotion records for every face in ``images``: a path, an image array, or a list of them.
+    """Emotion records for every face in ``images``: a path (a photo or a video), an image array,
+    or a list of them.
 
     ``settings`` are ``PredictConfig``'s: ``faces`` (``all`` detects every face, the default;
     ``largest`` keeps one per image; ``none`` takes each image as an already cropped face),
     ``detector`` (``centerface``, the default, or ``haar``), ``small_faces``, ``margin``, ``tta``
-    (test-time augmentation, ``flip`` by default) and ``top``. ``artifact`` is a folder or a
-    shipped model's name; without it (or ``predictor``) the shipped default model is used.
-    Each record: ``image`` (the path, or "array N"), ``face`` (index, largest first), ``box`` (x, y, w, h in the image's pixels), ``detector_score`` and ``landmarks``
-    (five named (x, y) points; both None for haar), ``emotion``, ``probabilities`` (all seven)
-    and ``top`` (the ``top`` likeliest, as ``{"emotion", "probability"}``, likeliest first). An image without a face, or
-    one that cannot be read, gives one record with ``face`` None and the reason in ``error``:
+    (test-time augmentation, ``flip`` by default), ``fps`` (a video's frames sampled a second) and
+    ``top``. ``artifact`` is a folder or a shipped model's name; without it (or ``predictor``) the
+    shipped default model is used.
+    Each record: ``image`` (the path, or "array N"), ``frame`` and ``time`` (a video's frame index
+    and its time in seconds; None for a photo), ``face`` (index, largest first), ``track`` (a face
+    followed across a video's frames, see ``assign_tracks``), ``box`` (x, y, w, h in the image's
+    pixels), ``detector_score`` and ``landmarks`` (five named (x, y) points; both None for haar),
+    ``emotion``, ``probabilities`` (all seven) and ``top`` (the ``top`` likeliest, as
+    ``{"emotion", "probability"}``, likeliest first). A photo or video frame without a face, or a
+    file that cannot be read, gives one record with ``face`` None and the reason in ``error``:
     nothing passed in is left out.
     """
     from fer_ray.inference.predictor import Predictor
@@ -66,49 +88,69 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
     config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin,
                           detector=cfg.detector, small_faces=cfg.small_faces)
     detector = config.make_detector()
-    found, crops = [], []  # (image name, face index, Face, error) per record; crops of the faces
+    found, crops = [], []  # a record's fields before the model's, per record; crops of the faces
     for i, item in enumerate(items):
-        name = _name(item, i)
-        try:
-            pairs = crop_faces(_grey(item), config, detector)
-        except ImageError as exc:
-            found.append((name, None, None, str(exc)))
-            continue
-        if not pairs:
-            found.append((name, None, None, NO_FACE))
-        for j, (face, crop) in enumerate(pairs):
-            found.append((name, j, face, None))
-            crops.append(crop)
+        for name, frame, time, grey, error in _pictures(item, i, cfg.fps):
+            where = {"image": name, "frame": frame, "time": None if time is None else round(time, 3)}
+            pairs = [] if error else crop_faces(grey, config, detector)
+            if error or not pairs:
+                found.append((where, None, None, error or NO_FACE))
+            for j, (face, crop) in enumerate(pairs):
+                found.append((where, j, face, None))
+                crops.append(crop)
     probs = iter(predictor.predict_proba(np.stack(crops), tta=cfg.tta) if crops else [])
     records = []
-    for name, index, face, error in found:
+    for where, index, face, error in found:
         if error is not None:
-            records.append({"image": name, "face": None, "box": None, "detector_score": None, "landmarks": None,
-                            "emotion": None, "probabilities": None, "top": None, "error": error})
+            records.append({**where, "face": None, "track": None, "box": None, "detector_score": None,
+                            "landmarks": None, "emotion": None, "probabilities": None, "top": None, "error": error})
             continue
         p = next(probs)
         order = ranked_emotions(p)
         box = face.box
-        records.append({"image": name, "face": index, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
+        records.append({**where, "face": index, "track": None, "box": {"x": box.x, "y": box.y, "w": box.w, "h": box.h},
                         **detection_fields(face), "emotion": predictor.labels[order[0]],
                         "probabilities": {label: float(v) for label, v in zip(predictor.labels, p)},
                         "top": [{"emotion": predictor.labels[k], "probability": float(p[k])} for k in order[:cfg.top]],
                         "error": None})
+    _track(records)
     return records
 
 
+def _track(records: list[dict]) -> None:
+    """Each video's face records get their ``track`` (``assign_tracks`` over the video's frames)."""
+    videos: dict[str, list[dict]] = {}
+    for record in records:
+        if record["frame"] is not None:
+            videos.setdefault(record["image"], []).append(record)
+    if videos:
+        from fer_ray.data.tracks import assign_tracks
+    for rows in videos.values():
+        samples = {frame: k for k, frame in enumerate(sorted({r["frame"] for r in rows}))}
+        faces = [r for r in rows if r["face"] is not None]
+        tracks = assign_tracks([samples[r["frame"]] for r in faces], [tuple(r["box"].values()) for r in faces])
+        for record, track in zip(faces, tracks):
+            record["track"] = int(track)
+
+
 def format_table(records: list[dict]) -> str:
-    """The records as an aligned text table, one line per face (or per image without one)."""
-    rows = [("image", "face", "box x,y,w,h", "emotion", "top probabilities")]
+    """The records as an aligned text table, one line per face (or per image or video frame
+    without one); a video's lines show the frame's time and the face's track."""
+    video = any(r["frame"] is not None for r in records)
+    rows = [("image", "time s", "face", "track", "box x,y,w,h", "emotion", "top probabilities")]
     for r in records:
+        when = "-" if r["time"] is None else f"{r['time']:.2f}"
         if r["error"] is not None:
-            rows.append((r["image"], "-", "-", "-", r["error"]))
+            rows.append((r["image"], when, "-", "-", "-", "-", r["error"]))
             continue
         b = r["box"]
-        rows.append((r["image"], str(r["face"]), f"{b['x']},{b['y']},{b['w']},{b['h']}", r["emotion"],
+        rows.append((r["image"], when, str(r["face"]), "-" if r["track"] is None else str(r["track"]),
+                     f"{b['x']},{b['y']},{b['w']},{b['h']}", r["emotion"],
                      "  ".join(f"{t['emotion']} {t['probability']:.2f}" for t in r["top"])))
-    widths = [max(len(row[k]) for row in rows) for k in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+    keep = [0, 1, 2, 3, 4, 5, 6] if video else [0, 2, 4, 5, 6]
+    rows = [[row[k] for k in keep] for row in rows]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(keep) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)
 
 
 def check_inputs(paths: list[str]) -> None:
@@ -120,7 +162,7 @@ def check_inputs(paths: list[str]) -> None:
             raise FerRayError("an image path is empty; name image files")
         shown = display_path(p)
         if Path(p).is_dir():
-            raise FerRayError(f"{shown} is a folder; `fer-ray predict` takes image files (score a folder with "
+            raise FerRayError(f"{shown} is a folder; `fer-ray predict` takes image or video files (score a folder with "
                               "`fer-ray score`)")
         if not os.path.lexists(p):
             raise InputNotFound(f"image not found: {shown}")

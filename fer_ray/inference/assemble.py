@@ -1,0 +1,111 @@
+"""A scoring job's output, assembled from its parts part by part, so that neither the actors'
+rows nor the output pass through memory at once.
+
+OUT is rebuilt from the listing and the parts at the end of every run: the input's rows in
+listing order, each video's faces given track ids (``assign_tracks``: the tracker needs a
+video's frames in order, which its segments, scored apart, do not have), and beside OUT a
+summary of each video's tracks (and with ``--plots``, a timeline PNG per video).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fer_ray.inference.blocks import VIDEO, PartStore, read_blocks
+from fer_ray.inference.crops import NO_FACE, SCHEMA
+from fer_ray.inference.tables import table_writer, write_table
+
+
+@dataclass
+class Counts:
+    """What the assembled output holds."""
+
+    files: int = 0        # photos (and other image files) with rows
+    videos: int = 0
+    frames: int = 0       # sampled video frames
+    faces: int = 0        # scored faces
+    no_face: int = 0      # photos or frames without a face
+    errors: int = 0       # files (or videos, part-way) that could not be used
+    error_examples: list = field(default_factory=list)
+
+    def add(self, table: pa.Table) -> None:
+        errors = table.column("error")
+        self.faces += errors.null_count
+        self.no_face += pc.sum(pc.equal(errors, NO_FACE)).as_py() or 0
+        bad = table.filter(pc.and_(pc.is_valid(errors), pc.not_equal(errors, NO_FACE)))
+        self.errors += bad.num_rows
+        for path, error in zip(bad["path"].to_pylist()[:5], bad["error"].to_pylist()):
+            if len(self.error_examples) < 5:
+                self.error_examples.append(f"{path}: {error}")
+
+
+def assemble(listing: Path, store: PartStore, output: Path, plots: Path | None = None) -> Counts:
+    """The listing's parts -> OUT (streamed), and, where there are videos, their track summary
+    beside OUT (``tracks_path``) and with ``plots`` a timeline PNG per video in that folder."""
+    counts, summaries = Counts(), []
+    with table_writer(output, SCHEMA) as write:
+        video, segments = None, []  # the video being read, and its segments' tables so far
+
+        def finish_video() -> None:
+            if video is None:
+                return
+            from fer_ray.inference.timeline import plot_timeline, track_summary  # matplotlib: only with videos
+
+            table = tracked(video, pa.concat_tables(segments))
+            write(table)
+            counts.add(table)
+            counts.videos += 1
+            counts.frames += pc.count_distinct(table["frame"]).as_py()
+            summaries.append(track_summary(table))
+            if plots is not None:
+                plots.mkdir(exist_ok=True)
+                plot_timeline(table, plots / plot_name(video))
+            segments.clear()
+
+        for block in read_blocks(listing):
+            table = store.read(block["key"])
+            path = block["paths"][0]
+            if block["kind"] != VIDEO or path != video:
+                finish_video()
+                video = path if block["kind"] == VIDEO else None
+            if video is None:
+                write(table)
+                counts.add(table)
+                counts.files += pc.count_distinct(table["path"]).as_py()
+            else:
+                segments.append(table)
+        finish_video()
+    if summaries:
+        write_table(pa.concat_tables(summaries), tracks_path(output))
+    return counts
+
+
+def tracked(path: str, table: pa.Table) -> pa.Table:
+    """One video's rows with track ids on its faces. Never empty: a video without a frame has its
+    first segment's error row (``sample_frames``)."""
+    from fer_ray.data.tracks import assign_tracks
+
+    frames = table["frame"].fill_null(-1).to_numpy()
+    faces = table["error"].is_null().to_numpy(zero_copy_only=False)
+    # The tracker counts gaps in sampled frames (faces or not), whatever the video's frame rate.
+    sample = np.unique(frames, return_inverse=True)[1]
+    boxes = [tuple(b) for b in np.stack([table[k].fill_null(0).to_numpy() for k in "xywh"], 1)[faces].tolist()]
+    tracks = np.full(len(frames), -1, np.int32)
+    tracks[faces] = assign_tracks(sample[faces].tolist(), boxes)
+    return table.set_column(SCHEMA.get_field_index("track"), "track", pa.array(tracks, pa.int32(), mask=~faces))
+
+
+def tracks_path(output: Path) -> Path:
+    """Where a job's track summary goes: OUT's name with ``.tracks`` before its suffix."""
+    return output.with_name(f"{output.stem}.tracks{output.suffix}")
+
+
+def plot_name(path: str) -> str:
+    """A timeline's file name: the video's name, and a hash of its path for videos of one name."""
+    return f"{Path(path).stem}-{hashlib.sha256(path.encode('utf-8')).hexdigest()[:8]}.png"
