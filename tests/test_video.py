@@ -16,7 +16,8 @@ from PIL import Image
 from fer_ray.data.faces import HaarDetector
 from fer_ray.data.preprocess import ImageError
 from fer_ray.data.tracks import assign_tracks
-from fer_ray.data.video import VideoError, has_video_extension, probe, sample_frames, segments
+from fer_ray.data.preprocess import has_video_extension
+from fer_ray.data.video import VideoError, probe, sample_frames, segments
 from fer_ray.emotions import EMOTIONS
 from fer_ray.inference.timeline import track_summary, plot_timeline
 from photos import detectable_faces, photo

@@ -29,13 +29,18 @@ SPOTS = [(40, 60), (400, 220)]
 @functools.lru_cache(maxsize=2)
 def faces_that_differ(artifact: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Three detectable synthetic faces: the left face before and after the switch, the pair the
-    model tells apart most (so the timeline must change there), and the right face."""
-    faces = detectable_faces(8)
-    probs = np.array([[r["probabilities"][e] for e in EMOTIONS]
-                      for r in predict(list(faces), artifact=artifact, faces="none", tta="none")])
-    later = int(np.abs(probs - probs[0]).sum(axis=1).argmax())
-    right = next(i for i in range(1, len(faces)) if i != later)
-    return faces[0], faces[later], faces[right]
+    model tells apart most where they stand in the video (so the timeline must change there), and
+    the right face."""
+    faces = detectable_faces(14)
+    right = faces[-1]
+    def left(face):
+        records = predict(photo([face, right], SPOTS), artifact=artifact, detector=SYNTHETIC, tta="none")
+        return min(records, key=lambda r: r["box"]["x"])["probabilities"]
+
+    probs = np.array([[left(face)[e] for e in EMOTIONS] for face in faces[:-1]])
+    gaps = np.abs(probs[:, None] - probs[None]).sum(axis=2)
+    before, after = np.unravel_index(gaps.argmax(), gaps.shape)
+    return faces[before], faces[after], right
 
 
 def two_face_video(path: Path, artifact: str | None) -> Path:

@@ -16,6 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from fer_ray.errors import FerRayError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Read by fer_ray.data.video; named here beside the images', so that telling them apart needs no
+# video decoder loaded (predict on photos never imports one).
+VIDEO_EXTENSIONS = (".avi", ".m4v", ".mkv", ".mov", ".mp4", ".webm")
 ACCEPTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 40 MP photo; bigger is a decompression bomb here
 
@@ -43,6 +46,10 @@ class TooManyPixels(ImageError):
 
 def has_image_extension(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def has_video_extension(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def decode_grey(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

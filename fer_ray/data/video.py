@@ -25,9 +25,8 @@ from fer_ray.data.files import not_a_file
 from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError
 from fer_ray.errors import FerRayError
 
-VIDEO_EXTENSIONS = (".avi", ".m4v", ".mkv", ".mov", ".mp4", ".webm")
-# The demuxers of those containers (FFmpeg's names): a file is read only by one of them, whatever
-# its name says, so an untrusted file cannot make FFmpeg follow a playlist or another protocol.
+# The demuxers of the containers of preprocess.VIDEO_EXTENSIONS (FFmpeg's names): a file is read
+# only by one of them, whatever its name says, so an untrusted file cannot make FFmpeg follow a playlist or another protocol.
 _DEMUXERS = "mov,matroska,avi"
 
 
@@ -47,10 +46,6 @@ class Frame(NamedTuple):
     index: int  # the frame's number in the stream (see sample_frames)
     time: float  # presentation time, seconds after the stream's first frame
     grey: np.ndarray  # uint8 (H, W), upright
-
-
-def has_video_extension(name: str) -> bool:
-    return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
 @contextlib.contextmanager

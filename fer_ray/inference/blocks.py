@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fer_ray.data.files import Entry, display_path, glob_files, iter_files
-from fer_ray.data.preprocess import IMAGE_EXTENSIONS, has_image_extension
-from fer_ray.data.video import VIDEO_EXTENSIONS, VideoError, has_video_extension, probe, segments
+from fer_ray.data.preprocess import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, has_image_extension, has_video_extension
+from fer_ray.data.video import VideoError, probe, segments
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.crops import SCHEMA, DetectConfig, detect_batch, detect_video, pin_threads, scored_table

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from fer_ray.data.files import display_path
-from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, rgb_to_grey
+from fer_ray.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, has_video_extension, rgb_to_grey
 from fer_ray.emotions import ranked_emotions
 from fer_ray.errors import FerRayError, InputNotFound
 from fer_ray.inference.config import PredictConfig
@@ -47,11 +47,11 @@ def _grey(item) -> np.ndarray:
 def _pictures(item, index: int, fps: float) -> Iterator[tuple[str, int | None, float | None, np.ndarray | None, str]]:
     """(name, frame, time, grey pixels or None, error) per picture of one item: one for a photo or
     an array, one per sampled frame for a video (``fps`` a second, 0 every frame)."""
-    from fer_ray.data.video import has_video_extension, sample_frames
-
     name = _name(item, index)
     try:
         if isinstance(item, PATH_TYPES) and has_video_extension(os.fsdecode(item)):
+            from fer_ray.data.video import sample_frames  # PyAV: loaded only for a video
+
             for frame in sample_frames(os.fsencode(item), fps, max_pixels=DEFAULT_MAX_PIXELS):
                 yield name, frame.index, frame.time, frame.grey, ""
         else:

@@ -71,9 +71,10 @@ def model_card(name: str, meta: dict, val: dict, test: dict, history: list[dict]
         f"- Crops are resized to {meta['image_size']}x{meta['image_size']} and normalised with the "
         f"training pixels' mean {meta['normalization']['mean']:.4f} and std {meta['normalization']['std']:.4f} "
         "(0..1 scale); `Predictor` does this for every caller.",
-        "- In photos, faces are found with OpenCV's frontal-face Haar cascade and cropped square with a "
-        "20% margin (`fer-ray predict`, `score`, `serve`): profile, tilted, small (< 8% of the "
-        "photo's shorter side) or occluded faces are often missed.", "",
+        "- In photos and videos (`fer-ray predict`, `score`, `serve`), faces are found by CenterFace, "
+        "levelled from their eyes and cropped as FER2013's faces are framed "
+        "([docs/score.md](../../../docs/score.md#faces-in-photos)): profile, small (under ~48 px "
+        "without `--small-faces`) or occluded faces are often missed.", "",
         "## Known limits", "",
         "- FER2013's labels are noisy (human accuracy on it is estimated at ~65%) and the data holds "
         "duplicates, some across Training and PublicTest, a few with conflicting labels, and a dozen "
@@ -89,7 +90,8 @@ def model_card(name: str, meta: dict, val: dict, test: dict, history: list[dict]
         f"schedule to lr {recipe['lr']}, weight decay {recipe['weight_decay']}, batch {recipe['batch_size']}, "
         f"label smoothing {recipe['label_smoothing']}, {recipe['epochs']} epochs; augmentation: flip "
         f"{aug['flip']}, rotation ±{aug['rotate_deg']}°, scale ±{aug['scale']:.0%}, shift ±{aug['translate_px']} px, "
-        f"random erasing p={aug['erase_p']}; bf16 autocast and channels_last on the CPU.", "",
+        f"random erasing p={aug['erase_p']}, photo degradation (blur, lighting, JPEG noise) "
+        f"p={aug.get('photo_p', 0.0)}; bf16 autocast and channels_last on the CPU.", "",
         "```bash", "fer-ray prepare --source folders --input ../shared/data/fer2013 --output catalogs/fer2013",
         command, "```", "",
         "Reproduce the PublicTest figure: `fer-ray evaluate --catalog catalogs/fer2013 --split test "
