@@ -242,6 +242,18 @@ def test_an_output_that_is_a_folder_or_not_ours_is_refused_before_any_work(tmp_p
         score_folder(str(tmp_path), str(tmp_path), str(tmp_path / ".csv"))
 
 
+def test_an_input_without_images_or_videos_is_refused_and_leaves_nothing(tmp_path):
+    from datagen import untrained_artifact
+
+    artifact = untrained_artifact(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no image")
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(FileNotFoundError, match="no image files .* or videos .* in"):
+        score_folder(str(artifact), str(tmp_path / "in"), str(out))
+    assert not out.exists() and not parts_folder(out).exists()
+
+
 def test_a_broken_artifact_is_one_error_line_before_ray_starts(tmp_path, monkeypatch, capsys):
     """Weights that are no safetensors file were found only by the model actors, after Ray's
     start: ~60 s and hundreds of log lines for one error."""

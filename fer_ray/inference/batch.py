@@ -34,7 +34,8 @@ from pathlib import Path
 
 from fer_ray.errors import FerRayError
 from fer_ray.inference.assemble import Counts, assemble, tracks_path
-from fer_ray.inference.blocks import BlockScorer, Listing, PartStore, block_sizes, detect_in_task, write_listing
+from fer_ray.inference.blocks import (BlockScorer, Listing, PartStore, block_sizes, check_input, detect_in_task,
+                                     write_listing)
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import DetectConfig
 from fer_ray.rundir import RECORD, open_run
@@ -158,6 +159,7 @@ def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSum
     predictor.check_tta(cfg.tta)
     config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin,
                           max_pixels=cfg.max_pixels, detector=cfg.detector, small_faces=cfg.small_faces)
+    check_input(input)
     store = PartStore(parts_folder(out))
     summary = ScoreSummary(output=str(out))
     sizes = block_sizes(cfg.faces, cfg.part_files)

@@ -175,10 +175,15 @@ def write_listing(input: str, folder: Path, sizes: tuple[int, int], segment_seco
         every.flush()
         todo.flush()
     listing.todo_groups = todo.sizes
-    if not listing.files:
+    return listing
+
+
+def check_input(input: str) -> None:
+    """Refuse an input without a single image or video, walking only until the first one: before
+    a scoring job makes its parts folder, so a wrong --input leaves nothing behind."""
+    if not any(kind for kind, _ in classified(input)):
         raise InputNotFound(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) or videos "
                             f"({', '.join(VIDEO_EXTENSIONS)}) in {input}")
-    return listing
 
 
 def video_segments(file: bytes, seconds: float) -> list[tuple[float, float]]:
