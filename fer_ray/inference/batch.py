@@ -173,16 +173,17 @@ def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSum
         run.claim()
         if cfg.overwrite:
             out.unlink(missing_ok=True)
-        t0 = time.time()
+        listed = time.time()
         listing = write_listing(input, store.folder, sizes, cfg.segment_seconds, store.done())
         summary.skipped_non_images = listing.others
         summary.already_scored = listing.blocks - listing.todo_blocks
         videos = f" and {listing.videos} videos" if listing.videos else ""
         log.info(f"score: {listing.images} image files{videos} ({listing.others} other files ignored) in "
                  f"{listing.blocks} parts, {summary.already_scored} already scored, {listing.todo_blocks} to score "
-                 f"(listed in {time.time() - t0:.1f} s)")
+                 f"(listed in {time.time() - listed:.1f} s)")
+        t0 = time.time()
         if listing.todo_blocks:
-            _run_pipeline(listing, cfg, config, store, summary, time.time())
+            _run_pipeline(listing, cfg, config, store, summary, t0)
         summary.seconds = time.time() - t0
         if summary.steady_files:
             summary.images_per_s = summary.steady_files / max(summary.steady_seconds, 1e-9)
