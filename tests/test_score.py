@@ -98,21 +98,25 @@ def scored(path, faces, error="", frame=-1, boxes=None):
 
 
 def test_the_scorer_predicts_with_the_job_s_test_time_augmentation(tmp_path):
-    """``--tta`` reaches the model actors: FaceScorer's probabilities are the Predictor's with
-    that mode, and flip's differ from none's."""
+    """``--tta`` reaches the model actors: the probabilities a BlockScorer writes in its part are
+    the Predictor's with that mode, and flip's differ from none's."""
     from datagen import untrained_artifact
 
-    from fer_ray.inference.crops import FaceScorer
+    from fer_ray.inference.blocks import BlockScorer
     from fer_ray.inference.predictor import Predictor
 
     artifact = str(untrained_artifact(tmp_path / "model"))
     crops = np.random.default_rng(3).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
     for i, crop in enumerate(crops):
-        (tmp_path / f"c{i}.png").write_bytes(encode(crop, "PNG"))
-    batch = {"path": np.array([str(tmp_path / f"c{i}.png") for i in range(4)], dtype=object)}
+        (tmp_path / "in" / f"c{i}.png").write_bytes(encode(crop, "PNG"))
+    listing = write_listing(str(tmp_path / "in"), tmp_path, (16, 32), 60.0, set())
+    refs = {k: np.array([ref[k] for ref in listing.todo_refs()]) for k in ("group", "row")}
     predictor, seen = Predictor(artifact), {}
     for tta in ("none", "flip", "tencrop"):
-        table = FaceScorer(artifact, detect=DetectConfig(mode="none"), tta=tta)(batch)
+        scorer = BlockScorer(artifact, str(tmp_path), str(listing.todo), detect=DetectConfig(mode="none"), tta=tta)
+        (key,) = scorer(refs)["key"]
+        table = PartStore(tmp_path).read(key)
         seen[tta] = np.stack([table[name].to_numpy() for name in EMOTIONS], axis=1)
         np.testing.assert_allclose(seen[tta], predictor.predict_proba(crops, tta=tta), atol=1e-5)
     assert not np.allclose(seen["none"], seen["flip"])

@@ -64,3 +64,17 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
              * np.clip(np.minimum(ay + ah, by + bh) - np.maximum(ay, by), 0, None))
     union = aw * ah + bw * bh - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def video_tracks(frames: Sequence[int | None], boxes: Sequence[Sequence[float] | None]) -> list[int | None]:
+    """``assign_tracks`` over all the rows of one video in time order, as scoring and predict
+    keep them: ``frames[i]`` row i's frame index (None on a row of the whole video, such as its
+    error), ``boxes[i]`` its face's box, or None on a row without a face. Gaps are counted in
+    sampled frames (those with a row, faces or not), whatever the video's frame rate. Returns a
+    track id per row, None where there is no face."""
+    samples = {frame: k for k, frame in enumerate(sorted({f for f in frames if f is not None}))}
+    faces = [i for i, box in enumerate(boxes) if box is not None]
+    tracks: list[int | None] = [None] * len(frames)
+    for i, track in zip(faces, assign_tracks([samples[frames[i]] for i in faces], [boxes[i] for i in faces])):
+        tracks[i] = track
+    return tracks

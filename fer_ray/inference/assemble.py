@@ -13,7 +13,6 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,9 +39,8 @@ class Counts:
         self.no_face += pc.sum(pc.equal(errors, NO_FACE)).as_py() or 0
         bad = table.filter(pc.and_(pc.is_valid(errors), pc.not_equal(errors, NO_FACE)))
         self.errors += bad.num_rows
-        for path, error in zip(bad["path"].to_pylist()[:5], bad["error"].to_pylist()):
-            if len(self.error_examples) < 5:
-                self.error_examples.append(f"{path}: {error}")
+        shown = bad.slice(0, 5 - len(self.error_examples))
+        self.error_examples += [f"{p}: {e}" for p, e in zip(shown["path"].to_pylist(), shown["error"].to_pylist())]
 
 
 def assemble(listing: Path, store: PartStore, output: Path, plots: Path | None = None) -> Counts:
@@ -57,7 +55,7 @@ def assemble(listing: Path, store: PartStore, output: Path, plots: Path | None =
                 return
             from fer_ray.inference.timeline import plot_timeline, track_summary  # matplotlib: only with videos
 
-            table = tracked(video, pa.concat_tables(segments))
+            table = tracked(pa.concat_tables(segments))
             write(table)
             counts.add(table)
             counts.videos += 1
@@ -86,19 +84,14 @@ def assemble(listing: Path, store: PartStore, output: Path, plots: Path | None =
     return counts
 
 
-def tracked(path: str, table: pa.Table) -> pa.Table:
-    """One video's rows with track ids on its faces. Never empty: a video without a frame has its
-    first segment's error row (``sample_frames``)."""
-    from fer_ray.data.tracks import assign_tracks
+def tracked(table: pa.Table) -> pa.Table:
+    """One video's rows with track ids on its faces (``video_tracks``)."""
+    from fer_ray.data.tracks import video_tracks
 
-    frames = table["frame"].fill_null(-1).to_numpy()
-    faces = table["error"].is_null().to_numpy(zero_copy_only=False)
-    # The tracker counts gaps in sampled frames (faces or not), whatever the video's frame rate.
-    sample = np.unique(frames, return_inverse=True)[1]
-    boxes = [tuple(b) for b in np.stack([table[k].fill_null(0).to_numpy() for k in "xywh"], 1)[faces].tolist()]
-    tracks = np.full(len(frames), -1, np.int32)
-    tracks[faces] = assign_tracks(sample[faces].tolist(), boxes)
-    return table.set_column(SCHEMA.get_field_index("track"), "track", pa.array(tracks, pa.int32(), mask=~faces))
+    faces = table["error"].is_null().to_pylist()
+    boxes = [box if face else None for box, face in zip(zip(*(table[k].to_pylist() for k in "xywh")), faces)]
+    tracks = video_tracks(table["frame"].to_pylist(), boxes)
+    return table.set_column(SCHEMA.get_field_index("track"), "track", pa.array(tracks, pa.int32()))
 
 
 def tracks_path(output: Path) -> Path:

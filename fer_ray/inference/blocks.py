@@ -29,9 +29,8 @@ import pyarrow.parquet as pq
 from fer_ray.data.files import Entry, display_path, glob_files, iter_files
 from fer_ray.data.preprocess import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, has_image_extension, has_video_extension
 from fer_ray.data.video import VideoError, probe, segments
-from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError, InputNotFound
-from fer_ray.inference.crops import SCHEMA, DetectConfig, detect_batch, detect_video, pin_threads, scored_table
+from fer_ray.inference.crops import SCHEMA, DetectConfig, FaceScorer, detect_batch, detect_video, pin_threads
 from fer_ray.inference.tables import table_writer, write_table
 
 
@@ -199,7 +198,7 @@ def read_blocks(listing: Path) -> Iterator[dict]:
     """The listing's rows, a row group at a time."""
     source = pq.ParquetFile(listing)
     for group in range(source.num_row_groups):
-        yield from source.read_row_group(group, columns=["key", "kind", "paths", "start"]).to_pylist()
+        yield from source.read_row_group(group, columns=["key", "kind", "paths"]).to_pylist()
 
 
 class PartStore:
@@ -230,7 +229,6 @@ class PartStore:
         if not part.is_file():
             raise RuntimeError(f"block {key} of {self.folder} has no part; rerun to score it")
         return pq.read_table(part, schema=SCHEMA)
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,21 +275,10 @@ class BlockScorer:
 
     def __init__(self, artifact: str, parts: str, todo: str, device: str = "auto", batch_size: int = 256,
                  threads: int | None = None, detect: DetectConfig | None = None, tta: str = "none", fps: float = 2.0):
-        from fer_ray.inference.predictor import Predictor
-
-        if threads:
-            pin_threads(threads)
-        self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
+        self.score = FaceScorer(artifact, device, batch_size, threads, tta)
         self.store = PartStore(Path(parts))
         self.todo = pq.ParquetFile(todo) if detect is not None else None
-        self.detect, self.tta, self.fps, self.batch_size = detect, tta, fps, batch_size
-
-    def score(self, rows: dict[str, np.ndarray]) -> pa.Table:
-        ok = np.array([not e for e in rows["error"]], dtype=bool)
-        probs = np.zeros((len(ok), len(EMOTIONS)), dtype=np.float32)
-        if ok.any():
-            probs[ok] = self.predictor.predict_proba(np.asarray(rows["image"])[ok], tta=self.tta)
-        return scored_table(rows, probs)
+        self.detect, self.fps, self.batch_size = detect, fps, batch_size
 
     def blocks(self, batch: dict) -> Iterator[tuple[str, Iterator[dict]]]:
         """(key, detected row chunks) per block of the batch: ``todo_refs`` to read and detect, or

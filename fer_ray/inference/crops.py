@@ -1,6 +1,7 @@
 """Photos -> face crops -> emotion probabilities: the plain per-file work of score, serve and predict.
 
-``fer-ray score`` runs ``detect_batch`` and ``FaceScorer`` on Ray Data (``batch``), ``serve``
+``fer-ray score`` runs ``detect_batch`` (or ``detect_video``) and ``FaceScorer`` in its actors
+(``blocks.BlockScorer``), ``serve``
 calls ``crop_faces`` per request, ``predict`` for a few files; all three share these
 functions, so a photo gives the same faces, the same pixels and the same probabilities
 whichever way it arrives.
@@ -238,29 +239,25 @@ def scored_table(rows: dict[str, np.ndarray], probs: np.ndarray) -> pa.Table:
 
 
 class FaceScorer:
-    """Probabilities for the face rows of a batch through ``Predictor``, as ``scored_table``.
+    """Probabilities for the face rows of ``detect_batch``'s (or ``detect_video``'s) rows through
+    ``Predictor``, as ``scored_table``: the model stage of every ``BlockScorer``.
 
-    With ``detect`` it takes paths and runs ``detect_batch`` first, so that one process reads,
-    decodes, detects and predicts: what each CPU does when scoring on CPUs (see ``plan_resources``).
     ``threads``, given in a Ray actor, pins its threads to the CPUs it was given (``pin_threads``).
     ``tta`` is the test-time augmentation of every prediction.
     """
 
     def __init__(self, artifact: str, device: str = "auto", batch_size: int = 256, threads: int | None = None,
-                 detect: DetectConfig | None = None, tta: str = "none"):
+                 tta: str = "none"):
         from fer_ray.inference.predictor import Predictor
 
         if threads:
             pin_threads(threads)
         self.predictor = Predictor(artifact, device=device, batch_size=batch_size)
-        self.detect = detect
         self.tta = tta
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        if self.detect is not None:
-            batch = detect_batch(batch, self.detect)
-        ok = np.array([not e for e in batch["error"]], dtype=bool)
+    def __call__(self, rows: dict[str, np.ndarray]) -> pa.Table:
+        ok = np.array([not e for e in rows["error"]], dtype=bool)
         probs = np.zeros((len(ok), len(EMOTIONS)), dtype=np.float32)
         if ok.any():
-            probs[ok] = self.predictor.predict_proba(np.asarray(batch["image"])[ok], tta=self.tta)
-        return scored_table(batch, probs)
+            probs[ok] = self.predictor.predict_proba(np.asarray(rows["image"])[ok], tta=self.tta)
+        return scored_table(rows, probs)

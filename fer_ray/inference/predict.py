@@ -118,19 +118,17 @@ def predict(images, artifact: str | None = None, predictor=None, **settings) -> 
 
 
 def _track(records: list[dict]) -> None:
-    """Each video's face records get their ``track`` (``assign_tracks`` over the video's frames)."""
+    """Each video's face records get their ``track`` (``video_tracks`` over the video's records)."""
     videos: dict[str, list[dict]] = {}
     for record in records:
         if record["frame"] is not None:
             videos.setdefault(record["image"], []).append(record)
     if videos:
-        from fer_ray.data.tracks import assign_tracks
+        from fer_ray.data.tracks import video_tracks
     for rows in videos.values():
-        samples = {frame: k for k, frame in enumerate(sorted({r["frame"] for r in rows}))}
-        faces = [r for r in rows if r["face"] is not None]
-        tracks = assign_tracks([samples[r["frame"]] for r in faces], [tuple(r["box"].values()) for r in faces])
-        for record, track in zip(faces, tracks):
-            record["track"] = int(track)
+        boxes = [None if r["face"] is None else tuple(r["box"].values()) for r in rows]
+        for record, track in zip(rows, video_tracks([r["frame"] for r in rows], boxes)):
+            record["track"] = track
 
 
 def format_table(records: list[dict]) -> str:
