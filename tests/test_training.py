@@ -172,6 +172,11 @@ def test_bad_starting_points_are_refused_on_the_driver(small_artifact, synthetic
     (edited / "model.json").write_text(json.dumps({**meta, "architecture": "vgg16"}))
     with pytest.raises(ValueError, match="weights do not fit the vgg16 described in model.json"):  # was a traceback
         train(config(init_from=str(edited)))
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(small_artifact, relabelled)
+    (relabelled / "model.json").write_text(json.dumps({**meta, "labels": ["pos", "neg", "a", "b", "c", "d", "e"]}))
+    with pytest.raises(ValueError, match="relabelled/model.json: labels: must be the seven emotions in order"):
+        train(config(model="small_cnn", teacher=(str(relabelled),)))
     assert not (tmp_path / "run" / "ray").exists()  # no Ray Train run was started
     assert config(weights="w.pt").weights == str(Path.cwd() / "w.pt")
 
@@ -308,3 +313,52 @@ def test_a_diverged_ray_train_run_is_one_error_line_and_no_artifact(synthetic_ca
     assert err.startswith("fer-ray train: error: training diverged in epoch 1: the train loss is nan")
     assert err.endswith("start afresh (--overwrite or another --run-dir)")
     assert not (run_dir / "artifact").exists()
+
+
+def test_distillation_teaches_what_the_teacher_says_and_nothing_without_weight():
+    """With all of the loss on the teacher, the student learns the teacher's answer even where the
+    labels say otherwise; with none of it, the run is the plain run, step for step."""
+    rng = np.random.default_rng(2)
+    data = to_device(rng.integers(0, 256, (96, 48, 48), dtype=np.uint8), rng.integers(0, 7, 96), torch.device("cpu"))
+    teacher = torch.full((96, 7), 0.02)
+    teacher[:, 3] = 0.88  # "surprise"... whatever the labels are
+
+    def run(weight, teach):
+        torch.manual_seed(0)
+        recipe = Recipe(epochs=4, batch_size=32, lr=0.05, distill_weight=weight)
+        r = Run(build_model("small_cnn"), recipe, 48, Normalization(0.5, 0.25), data, data, teacher=teach)
+        while not r.done:
+            r.epoch()
+        return r.model
+
+    student = run(1.0, teacher).eval()
+    with torch.no_grad():
+        answers = student((data[0].float()[:, None] / 255 - 0.5) / 0.25).argmax(1)
+    assert (answers == 3).float().mean() > 0.9
+    plain, unweighted = run(0.0, None), run(0.0, teacher)
+    for (name, a), b in zip(plain.state_dict().items(), unweighted.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_tempered_targets_soften_with_temperature():
+    from fer_ray.training.loop import tempered
+
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0, 0, 0, 0]])
+    assert torch.allclose(tempered(probs, 1.0)[0, :3], probs[0, :3], atol=1e-6)
+    hot = tempered(probs, 4.0)
+    assert torch.allclose(hot.sum(1), torch.ones(1)) and hot[0, 0] < 0.7 and hot[0, 1] > 0.2
+
+
+@pytest.mark.timeout(300)
+def test_cli_train_with_a_teacher_records_it(small_artifact, synthetic_catalog, tmp_path, ray_session, capsys):
+    run_dir = tmp_path / "student"
+    assert main(["train", "--catalog", str(synthetic_catalog), "--model", "small_cnn", "--epochs", "2",
+                 "--batch-size", "32", "--teacher", str(small_artifact), str(small_artifact), "--distill-weight", "0.7",
+                 "--run-dir", str(run_dir)]) == 0
+    meta = read_meta(run_dir / "artifact")
+    assert meta["teacher"] == [str(small_artifact)] * 2 and meta["recipe"]["distill_weight"] == 0.7
+    assert meta["epochs_trained"] == 2 and "val" in meta["metrics"]
+    assert main(["train", "--catalog", str(synthetic_catalog), "--teacher", "no-such-model",
+                 "--run-dir", str(tmp_path / "other")]) == 2
+    assert "no-such-model not found: neither a folder nor the name of a model that ships" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -26,7 +26,6 @@ def write_report(metrics: dict, output: str, title: str, protocol: str) -> Path:
     (out / "metrics.json").write_text(json.dumps(metrics | {"protocol": protocol}, indent=2))
     plot_confusion(metrics, out / "confusion_matrix.png", f"{title}\n{protocol}")
     plot_per_class(metrics, out / "per_class.png", f"{title}\n{protocol}")
-    labels = metrics["labels"]
     lines = [
         f"# {title}", "", f"**Protocol:** {protocol}", "",
         f"Examples: {metrics['count']}", "",

@@ -66,6 +66,10 @@ class Recipe(BaseModel):
     schedule: Literal[SCHEDULES] = "onecycle"
     warmup_epochs: float = Field(0.0, ge=0, description="cosine schedule only (one-cycle has its own warm-up)")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    distill_weight: float = Field(0.5, ge=0, le=1, description="with --teacher: the share of the loss spent matching "
+                                                              "the teacher's probabilities (the rest: the labels)")
+    distill_temperature: float = Field(2.0, gt=0, **FINITE, description="with --teacher: softmax temperature of that "
+                                                                       "matching (higher weighs the second choices more)")
     augment: Augment = Field(default_factory=Augment)
     amp: bool = Field(True, description="bf16 autocast (on by default on CUDA and on CPUs with native bf16)")
     channels_last: bool = Field(True, description="NHWC memory layout: faster convolutions on GPUs and CPUs")
@@ -103,6 +107,10 @@ class TrainConfig(BaseModel):
         None, description="artifact to fine-tune (transfer learning); sets model, input size, normalisation")
     freeze: int = Field(0, description="with --init-from: freeze the first N stages, or all but the last K with -K")
     weights: Optional[str] = Field(None, description="local weights file to start from (safetensors or a state dict)")
+    teacher: tuple[str, ...] = Field(
+        (), description="artifacts (CNNs or ensembles; folders or shipped models' names) whose probabilities on "
+                        "each training face, flip-averaged and averaged across them, the model learns beside the "
+                        "labels: distillation")
     eval_tta: Literal[TTA_MODES] = Field("none", description="test-time augmentation for the final evaluation",
                                          alias="tta")
     overwrite: bool = Field(False, description="delete what --run-dir holds (another run, or this one with other "
@@ -125,5 +133,5 @@ class TrainConfig(BaseModel):
 
 
 # Settings that shape the training trajectory: a rerun that resumes must keep them.
-TRAJECTORY = ("catalog", "model", "input_size", "recipe", "workers", "init_from", "freeze", "weights")
-PATH_KEYS = ("catalog", "init_from", "weights")
+TRAJECTORY = ("catalog", "model", "input_size", "recipe", "workers", "init_from", "freeze", "weights", "teacher")
+PATH_KEYS = ("catalog", "init_from", "weights")  # the teacher may be a shipped model's name: see train()

@@ -64,10 +64,13 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 opt: torch.optim.Optimizer, scheduler, recipe: Recipe, input_size: int,
                 norm: Normalization, generator: torch.Generator, steps: int,
-                frozen: tuple[torch.nn.Module, ...] = ()) -> dict:
+                frozen: tuple[torch.nn.Module, ...] = (), targets: torch.Tensor | None = None) -> dict:
     """One pass of ``steps`` shuffled batches over (images uint8 (N,H,W), labels) on their device.
 
     ``frozen`` modules stay in eval mode so their batch-norm statistics do not move either.
+    ``targets`` (N, 7), a teacher's probabilities already tempered (``tempered``), add the
+    distillation term: the loss is ``(1 - w) * CE(labels) + w * T^2 * KL(targets || softmax(z / T))``
+    (Hinton et al.; T^2 keeps the term's gradients on the scale of the labels' at any T).
     Returns the mean loss, accuracy on the augmented batches, image count and seconds.
     """
     device = images.device
@@ -93,6 +96,10 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         with autocast(device, recipe.amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+        if targets is not None:
+            t, w = recipe.distill_temperature, recipe.distill_weight
+            match = F.kl_div(F.log_softmax(logits.float() / t, 1), targets[idx], reduction="batchmean")
+            loss = (1 - w) * loss + w * t * t * match
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -105,6 +112,11 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     n = steps * bs
     return {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n,
             "train_images": n, "train_seconds": seconds}
+
+
+def tempered(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T) from probabilities: the softened targets distillation matches."""
+    return torch.softmax(torch.log(probs.float().clamp_min(1e-8)) / temperature, 1)
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe,
@@ -141,14 +153,17 @@ class Run:
     Used as is for single-process training (``fit_local``, the GPU recipe, benchmarks) and
     by each Ray Train worker, where ``net`` is the DDP-wrapped model and sums are reduced
     across workers. ``state_dict``/``load_state_dict`` make a checkpoint resume exactly.
+    ``teacher`` holds a teacher's probabilities for each training face (same order): distillation.
     """
 
     def __init__(self, model: torch.nn.Module, recipe: Recipe, input_size: int, norm: Normalization,
                  train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 frozen: tuple[torch.nn.Module, ...] = (), net: torch.nn.Module | None = None, rank: int = 0):
+                 frozen: tuple[torch.nn.Module, ...] = (), net: torch.nn.Module | None = None, rank: int = 0,
+                 teacher: torch.Tensor | None = None):
         self.model, self.net = model, net if net is not None else model
         self.recipe, self.input_size, self.norm = recipe, input_size, norm
         self.train, self.val, self.frozen = train, val, frozen
+        self.targets = None if teacher is None else tempered(teacher.to(train[0].device), recipe.distill_temperature)
         self.device = train[0].device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
@@ -166,7 +181,7 @@ class Run:
     def epoch(self) -> dict:
         """Train one epoch, validate, reduce across processes; append and return the row."""
         stats = train_epoch(self.net, *self.train, self.opt, self.scheduler, self.recipe, self.input_size,
-                            self.norm, self.generator, self.steps, self.frozen)
+                            self.norm, self.generator, self.steps, self.frozen, self.targets)
         sync_buffers(self.model)
         val = evaluate(self.model, *self.val, self.recipe, self.input_size, self.norm)
         loss_sum, n_img, v_loss, v_correct, v_count = all_reduce(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -27,8 +28,9 @@ from fer_ray.emotions import NUM_CLASSES
 from fer_ray.errors import FerRayError
 from fer_ray.models import build_model, parameter_counts
 from fer_ray.models.inputs import Normalization
-from fer_ray.rundir import Run, open_run
-from fer_ray.training.local import artifact_meta
+from fer_ray.pretrained import shipped_or_path
+from fer_ray.rundir import Run as RunFolder, open_run
+from fer_ray.training.local import artifact_meta, load_teacher, teacher_probs
 from fer_ray.training.config import TRAJECTORY, Recipe, TrainConfig
 from fer_ray.training.loop import Run, TrainingDiverged, epoch_line, to_device
 from fer_ray.training.transfer import freeze_stages, resolve_freeze
@@ -55,9 +57,11 @@ def _resolve(cfg: TrainConfig, catalog: Catalog) -> dict:
 
 
 def _check_start(cfg: TrainConfig, resolved: dict) -> None:
-    """Build the starting model on the driver, as each worker will: a wrong architecture,
-    weights file, artifact or ``--freeze`` is one clear error here, not a failure in every
-    worker (retried by FailureConfig) before Ray gives up."""
+    """Build the starting model (and load the teachers) on the driver, as each worker will: a
+    wrong architecture, weights file, artifact, ``--freeze`` or ``--teacher`` is one clear error
+    here, not a failure in every worker (retried by FailureConfig) before Ray gives up."""
+    for teacher in cfg.teacher:
+        load_teacher(teacher)
     if cfg.init_from:  # load_cnn: weights that do not fit model.json's architecture are an ArtifactError
         model, _ = load_cnn(cfg.init_from)
         resolve_freeze(model, cfg.freeze)
@@ -92,6 +96,8 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
     """
     # trained on, validated on each epoch: checked before anything is written
     catalog = Catalog.open(cfg.catalog).require("train", "val")
+    if cfg.teacher:  # a folder or a shipped model's name; a path Ray Train's workers resolve alike
+        cfg = cfg.model_copy(update={"teacher": tuple(os.path.abspath(shipped_or_path(t)) for t in cfg.teacher)})
     resolved = _resolve(cfg, catalog)
     _check_start(cfg, resolved)
     # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
@@ -107,7 +113,7 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
         return _fit(cfg, run, catalog, resolved, callbacks)
 
 
-def _fit(cfg: TrainConfig, run: Run, catalog: Catalog, resolved: dict, callbacks: tuple) -> dict:
+def _fit(cfg: TrainConfig, run: RunFolder, catalog: Catalog, resolved: dict, callbacks: tuple) -> dict:
     """``train``'s work, in its open and unfinished run directory."""
     import ray.data
     import ray.train
@@ -161,6 +167,7 @@ def _fit(cfg: TrainConfig, run: Run, catalog: Catalog, resolved: dict, callbacks
     meta = artifact_meta(
         resolved["architecture"], resolved["input_size"], catalog, resolved["normalization"],
         cfg.recipe, state["parameters"], workers=cfg.workers, gpu=cfg.gpu, epochs_trained=len(history),
+        **({"teacher": list(cfg.teacher)} if cfg.teacher else {}),
         transfer={"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
         if cfg.init_from else None)
     artifact = save_cnn(str(run_dir / "artifact"), model, meta)
@@ -206,9 +213,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = ray.train.torch.prepare_model(model)  # moves to device; DDP when there are 2+ workers
+    train_images, train_labels = _shard_arrays("train")
     run = Run(model, recipe, cfg["input_size"], Normalization(**cfg["normalization"]),
-              to_device(*_shard_arrays("train"), device), to_device(*_shard_arrays("val"), device),
-              frozen=frozen, net=net, rank=rank)
+              to_device(train_images, train_labels, device), to_device(*_shard_arrays("val"), device),
+              frozen=frozen, net=net, rank=rank,
+              teacher=teacher_probs(cfg["teacher"], train_images, device) if cfg.get("teacher") else None)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
