@@ -20,7 +20,7 @@ from datagen import encode, listed, pickled_weights_artifact, truncated_jpeg
 from fer_ray.emotions import EMOTIONS
 from fer_ray.errors import FerRayError
 from fer_ray.data.files import display_path
-from fer_ray.inference.batch import ScoreError, parts_folder, plan_resources, score_folder
+from fer_ray.inference.batch import Destination, ScoreError, parts_folder, plan_resources, score_folder
 from fer_ray.inference.blocks import PartStore, read_blocks, write_listing
 from fer_ray.inference.crops import LANDMARK_COLUMNS, NO_FACE, SCHEMA, DetectConfig, detect_batch, scored_table
 from fer_ray.inference.assemble import assemble
@@ -156,10 +156,10 @@ def test_parts_assemble_in_listing_order_to_csv_and_a_missing_part_is_an_error(t
         (block,) = read_blocks(listing.path)
         assert block["paths"] == [str(tmp_path / "in" / "a.jpg"), str(tmp_path / "in" / "b.jpg")]
         with pytest.raises(RuntimeError, match="has no part; rerun to score it"):
-            assemble(listing.path, store, tmp_path / "out.csv")
+            assemble(listing.path, store, tmp_path / "out.csv", tmp_path / "out.tracks.csv")
         store.write(block["key"], pa.concat_tables([scored(block["paths"][0], [0], error=NO_FACE),
                                                     scored(block["paths"][1], [0, 1])]))
-        counts = assemble(listing.path, store, tmp_path / "out.csv")
+        counts = assemble(listing.path, store, tmp_path / "out.csv", tmp_path / "out.tracks.csv")
         with pytest.raises(FerRayError, match="another scoring job"):
             with open_run(store.folder, "score", {}, lock="scoring job"):
                 pass
@@ -232,18 +232,34 @@ def test_display_paths_never_collide():
     assert len({display_path(n) for n in names}) == len(names)
 
 
-def test_an_output_that_is_a_folder_or_not_ours_is_refused_before_any_work(tmp_path):
-    spark_style = tmp_path / "scores.parquet"
-    spark_style.mkdir()
-    with pytest.raises(ScoreError, match="is a folder; name a file inside it"):
-        score_folder(str(tmp_path), str(tmp_path), str(spark_style))
+def test_an_output_that_is_not_ours_is_refused_before_any_work(tmp_path):
+    someone_elses = tmp_path / "scores.parquet"
+    someone_elses.mkdir()
+    (someone_elses / "part-0.parquet").write_bytes(b"another tool's part")
+    with pytest.raises(ScoreError, match="holds files that fer-ray score did not write .*choose a new or empty"):
+        score_folder(str(tmp_path), str(tmp_path), str(someone_elses))
     mine = tmp_path / "mine.csv"
     mine.write_text("user data\n")
     with pytest.raises(ScoreError, match="exists and is no earlier result of fer-ray score"):
         score_folder(str(tmp_path), str(tmp_path), str(mine))
+    with pytest.raises(ScoreError, match="names a folder of parts, but .*mine.csv is a file"):
+        score_folder(str(tmp_path), str(tmp_path), f"{mine}/")
     assert mine.read_text() == "user data\n" and not parts_folder(mine).exists()
     with pytest.raises(ScoreError, match="name the file too, e.g. scores.csv"):
         score_folder(str(tmp_path), str(tmp_path), str(tmp_path / ".csv"))
+
+
+def test_where_a_job_writes_a_file_or_a_folder_of_parts(tmp_path):
+    one = Destination.of(str(tmp_path / "s.csv"))
+    assert (one.folder, one.parts, one.job) == (False, tmp_path / "s.csv.parts", tmp_path / "s.csv.parts")
+    assert (one.tracks, one.plots) == (tmp_path / "s.tracks.csv", tmp_path / "s.plots")
+    parts = Destination.of(f"{tmp_path / 'scores'}/")
+    assert (parts.folder, parts.parts, parts.job) == (True, tmp_path / "scores", tmp_path / "scores" / "_job")
+    assert parts.tracks == tmp_path / "scores" / "_tracks.parquet"   # "_": skipped by the folder's readers
+    (tmp_path / "empty").mkdir()
+    assert Destination.of(str(tmp_path / "empty")).folder  # an existing folder, without the slash
+    with pytest.raises(ScoreError, match=r"must end in .parquet or .csv \(one file\) or / \(a folder of Parquet"):
+        Destination.of(str(tmp_path / "scores"))
 
 
 def test_an_input_without_images_or_videos_is_refused_and_leaves_nothing(tmp_path):
@@ -379,6 +395,17 @@ def test_score_folder_gives_exactly_the_expected_rows(tmp_path, ray_session, sma
     assert set(pq.read_table(out).column("path").to_pylist()) == {str(root / "landscape.png")}
     with pytest.raises(ValueError, match="holds a score run with different mode"):
         score_folder(str(small_artifact), str(root), str(out), faces="largest", detector=SYNTHETIC)
+
+    # A folder of parts: the parts are the output, read as one table; another cut of the blocks
+    # leaves no part of the old cut behind (it would be read as duplicate rows)
+    folder, expect = tmp_path / "scores", expect | {"caf\\xe9.png": NO_FACE}
+    parts = score_folder(str(small_artifact), str(root), f"{folder}/", **job)
+    assert parts.output == f"{folder}/" and (parts.files, parts.faces) == (7, 3)
+    _check_exact(folder, root, expect)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("part-")) == ["_job"]
+    recut = score_folder(str(small_artifact), str(root), f"{folder}/", **(job | {"part_files": 3}))
+    assert recut.scored_now == 7
+    _check_exact(folder, root, expect)
 
 
 @pytest.mark.ray

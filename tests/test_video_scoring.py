@@ -114,3 +114,12 @@ def test_score_cuts_a_video_into_segments_and_its_tracks_run_across_them(tmp_pat
     again = score_folder(str(small_artifact), str(root), str(out), **settings)
     assert again.scored_now == 0 and again.already_scored == 6
     pd.testing.assert_frame_equal(pd.read_csv(out), df)
+
+    # As a folder of parts: each segment's part gets its video's track ids, as in the file
+    folder = tmp_path / "scores"
+    score_folder(str(small_artifact), str(root), f"{folder}/", **settings)
+    by_row = ["path", "frame", "face"]
+    parts = pq.read_table(folder).to_pandas().sort_values(by_row, ignore_index=True)
+    pd.testing.assert_frame_equal(parts, df.sort_values(by_row, ignore_index=True), check_dtype=False)
+    assert sorted(pd.read_parquet(folder / "_tracks.parquet")["frames"]) == [8, 8]
+    assert len(list((folder / "_plots").iterdir())) == 2

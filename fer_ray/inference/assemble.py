@@ -10,6 +10,8 @@ summary of each video's tracks (and with ``--plots``, a timeline PNG per video).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,45 +45,54 @@ class Counts:
         self.error_examples += [f"{p}: {e}" for p, e in zip(shown["path"].to_pylist(), shown["error"].to_pylist())]
 
 
-def assemble(listing: Path, store: PartStore, output: Path, plots: Path | None = None) -> Counts:
-    """The listing's parts -> OUT (streamed), and, where there are videos, their track summary
-    beside OUT (``tracks_path``) and with ``plots`` a timeline PNG per video in that folder."""
+def assemble(listing: Path, store: PartStore, output: Path | None, tracks: Path, plots: Path | None = None) -> Counts:
+    """The listing's parts -> OUT (streamed), or, with ``output`` None, the parts as the output
+    (each video's parts rewritten with its track ids); where there are videos, their track
+    summary to ``tracks`` and with ``plots`` a timeline PNG per video in that folder."""
     counts, summaries = Counts(), []
-    with table_writer(output, SCHEMA) as write:
-        video, segments = None, []  # the video being read, and its segments' tables so far
-
-        def finish_video() -> None:
+    with table_writer(output, SCHEMA) if output else nullcontext(None) as write:
+        for video, keys, table in _files(listing, store):
             if video is None:
-                return
-            from fer_ray.inference.timeline import plot_timeline, track_summary  # matplotlib: only with videos
-
-            table = tracked(pa.concat_tables(segments))
-            write(table)
-            counts.add(table)
-            counts.videos += 1
-            counts.frames += pc.count_distinct(table["frame"]).as_py()
-            summaries.append(track_summary(table))
-            if plots is not None:
-                plots.mkdir(exist_ok=True)
-                plot_timeline(table, plots / plot_name(video))
-            segments.clear()
-
-        for block in read_blocks(listing):
-            table = store.read(block["key"])
-            path = block["paths"][0]
-            if block["kind"] != VIDEO or path != video:
-                finish_video()
-                video = path if block["kind"] == VIDEO else None
-            if video is None:
-                write(table)
-                counts.add(table)
                 counts.files += pc.count_distinct(table["path"]).as_py()
             else:
-                segments.append(table)
-        finish_video()
+                from fer_ray.inference.timeline import plot_timeline, track_summary  # matplotlib: only with videos
+
+                counts.videos += 1
+                counts.frames += pc.count_distinct(table["frame"]).as_py()
+                summaries.append(track_summary(table))
+                if plots is not None:
+                    plots.mkdir(exist_ok=True)
+                    plot_timeline(table, plots / plot_name(video))
+            counts.add(table)
+            if write:
+                write(table)
+            elif video is not None:
+                store.rewrite(keys, table)
     if summaries:
-        write_table(pa.concat_tables(summaries), tracks_path(output))
+        write_table(pa.concat_tables(summaries), tracks)
     return counts
+
+
+def _files(listing: Path, store: PartStore) -> Iterator[tuple[str | None, list[str], pa.Table]]:
+    """(None, [key], rows) per block of photos; (path, its segments' keys, rows with track ids)
+    per video, whose segments follow one another in the listing."""
+    video, keys = None, []
+
+    def tracked_video():
+        return video, list(keys), tracked(pa.concat_tables([store.read(key) for key in keys]))
+
+    for block in read_blocks(listing):
+        path = block["paths"][0]
+        if video is not None and (block["kind"] != VIDEO or path != video):
+            yield tracked_video()
+            video, keys = None, []
+        if block["kind"] == VIDEO:
+            video = path
+            keys.append(block["key"])
+        else:
+            yield None, [block["key"]], store.read(block["key"])
+    if video is not None:
+        yield tracked_video()
 
 
 def tracked(table: pa.Table) -> pa.Table:

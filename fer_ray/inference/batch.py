@@ -3,14 +3,15 @@
 The pipeline (plain functions inside, Ray only as the wiring)::
 
     driver: write_listing    walks the input as a stream into blocks (photos, or a video's time
-                             segments) in OUT.parts/listing.parquet: the path list is never in memory
+                             segments) in a listing (``Destination.job``): the path list is never in memory
     Ray Data: from_items(where each block still to score is in the listing: two ints a block)
       on CPUs:   -> map_batches(BlockScorer)   actor pool, one per CPU: reads, decodes, detects,
                                               crops, predicts a block and writes its part
       with --gpu -> map_batches(detect_in_task) CPU tasks: read, decode, detect, crop, resize
                  -> map_batches(BlockScorer)   actor pool, one Predictor per GPU, writes the parts
     driver: counts finished blocks (one small row each); at the end ``assemble`` streams the
-            parts into OUT, giving each video's faces their track ids
+            parts into OUT, giving each video's faces their track ids (or, when OUT is a folder
+            of parts, gives the video parts their track ids in place)
 
 The actors write the parts, so no scored row passes through the driver: its memory and its
 one core do not grow with the job (benchmarks/RESULTS.md, "Scoring with the driver out of the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ from pathlib import Path
 from fer_ray.errors import FerRayError
 from fer_ray.inference.assemble import Counts, assemble, tracks_path
 from fer_ray.inference.blocks import (BlockScorer, Listing, PartStore, block_sizes, check_input, detect_in_task,
-                                     write_listing)
+                                     listed_keys, write_listing)
 from fer_ray.inference.config import ScoreConfig
 from fer_ray.inference.crops import DetectConfig
 from fer_ray.rundir import RECORD, open_run
@@ -92,6 +94,55 @@ def parts_folder(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
+JOB_FOLDER = "_job"  # a folder of parts' own records: readers of the folder skip names starting with "_"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a job writes: OUT, one .parquet or .csv file assembled from the parts kept in
+    ``OUT.parts/`` (beside the job's listing and records); or, asked with a trailing ``/``, the
+    folder OUT/ of the parts themselves, a Parquet dataset that Ray Data, Spark, DuckDB, pandas
+    or pyarrow read as one table, with nothing assembled and the job's records in ``OUT/_job/``.
+    """
+
+    path: Path
+    folder: bool
+
+    @classmethod
+    def of(cls, output: str) -> Destination:
+        """``--output`` checked: one line saying what to change (before anything is written)."""
+        out = Path(output)
+        if output.endswith(("/", os.sep)) or out.is_dir():
+            if out.is_file():
+                raise ScoreError(f"--output {output} names a folder of parts, but {out} is a file")
+            if out.is_dir() and any(out.iterdir()) and not (out / JOB_FOLDER / RECORD).is_file():
+                raise ScoreError(f"--output {out}/ holds files that fer-ray score did not write (no {JOB_FOLDER}/"
+                                 f"{RECORD}); choose a new or empty folder")
+            return cls(out, True)
+        if out.suffix.lower() not in OUTPUT_FORMATS:
+            unnamed = "; name the file too, e.g. scores" + out.name if out.name.lower() in OUTPUT_FORMATS else ""
+            raise ScoreError(f"--output must end in {' or '.join(OUTPUT_FORMATS)} (one file) or / (a folder of "
+                             f"Parquet parts), got {out.name}{unnamed}")
+        return cls(out, False)
+
+    @property
+    def parts(self) -> Path:
+        return self.path if self.folder else parts_folder(self.path)
+
+    @property
+    def job(self) -> Path:
+        """The job's run directory (``rundir``): its listing, settings, lock and result."""
+        return self.path / JOB_FOLDER if self.folder else self.parts
+
+    @property
+    def tracks(self) -> Path:
+        return self.path / "_tracks.parquet" if self.folder else tracks_path(self.path)
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "_plots" if self.folder else self.path.with_name(f"{self.path.stem}.plots")
+
+
 @dataclass(frozen=True)
 class ResourcePlan:
     actors: int
@@ -137,20 +188,16 @@ def plan_resources(cpus: int, gpus: int, gpu: bool = False, actors: int | None =
 
 
 def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSummary:
-    """Score every image and video under ``input`` into ``output`` (.parquet or .csv); see the
-    module doc. ``settings`` are ``ScoreConfig``'s other fields (faces, fps, part_files, ...)."""
+    """Score every image and video under ``input`` into ``output`` (.parquet or .csv, or a folder
+    of parts: see ``Destination``); see the module doc. ``settings`` are ``ScoreConfig``'s other fields (faces, fps, part_files, ...)."""
     from fer_ray.inference.predictor import Predictor
 
     cfg = ScoreConfig(artifact=artifact, input=input, output=output, **settings)
-    out = Path(output)
-    if out.suffix.lower() not in OUTPUT_FORMATS:
-        unnamed = "; name the file too, e.g. scores" + out.name if out.name.lower() in OUTPUT_FORMATS else ""
-        raise ScoreError(f"--output must end in {' or '.join(OUTPUT_FORMATS)}, got {out.name}{unnamed}")
-    if out.is_dir():
-        raise ScoreError(f"--output {out} is a folder; name a file inside it, e.g. {out / ('scores' + out.suffix)}")
-    if out.exists() and not cfg.overwrite and not (parts_folder(out) / RECORD).is_file():
+    dest = Destination.of(output)
+    out = dest.path
+    if not dest.folder and out.exists() and not cfg.overwrite and not (dest.job / RECORD).is_file():
         # Only a file this command wrote (its parts and run.json beside it) is rewritten unasked.
-        raise ScoreError(f"{out} exists and is no earlier result of fer-ray score (no {parts_folder(out).name}/"
+        raise ScoreError(f"{out} exists and is no earlier result of fer-ray score (no {dest.job.name}/"
                          f"{RECORD} beside it); pass --overwrite to replace it, or choose another --output")
     # Loaded whole here, as each model actor will load it: a broken artifact (weights that do
     # not fit, a pickle for weights) or a --tta it does not take is one error line now, not
@@ -160,8 +207,8 @@ def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSum
     config = DetectConfig(mode=cfg.faces, image_size=predictor.image_size, margin=cfg.margin,
                           max_pixels=cfg.max_pixels, detector=cfg.detector, small_faces=cfg.small_faces)
     check_input(input)
-    store = PartStore(parts_folder(out))
-    summary = ScoreSummary(output=str(out))
+    store = PartStore(dest.parts)
+    summary = ScoreSummary(output=f"{out}/" if dest.folder else str(out))
     sizes = block_sizes(cfg.faces, cfg.part_files)
     # The model is its weights' checksum, not its path: a moved artifact resumes, a retrained one
     # does not. Blocks are named by what they hold: another --part-files cuts other blocks, which
@@ -169,12 +216,14 @@ def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSum
     job = {"weights_sha256": predictor.meta.get("weights_sha256"), "tta": cfg.tta, "fps": cfg.fps,
            "segment_seconds": cfg.segment_seconds, **{k: v for k, v in asdict(config).items() if k != "image_size"}}
     # Under the lock, --overwrite never pulls a running job's parts from under it.
-    with open_run(store.folder, "score", job, overwrite=cfg.overwrite, flag="--output", lock="scoring job") as run:
+    with open_run(dest.job, "score", job, overwrite=cfg.overwrite, flag="--output", lock="scoring job") as run:
         run.claim()
-        if cfg.overwrite:
+        if cfg.overwrite and dest.folder:
+            store.keep_only(set())
+        elif cfg.overwrite:
             out.unlink(missing_ok=True)
         listed = time.time()
-        listing = write_listing(input, store.folder, sizes, cfg.segment_seconds, store.done())
+        listing = write_listing(input, dest.job, sizes, cfg.segment_seconds, store.done())
         summary.skipped_non_images = listing.others
         summary.already_scored = listing.blocks - listing.todo_blocks
         videos = f" and {listing.videos} videos" if listing.videos else ""
@@ -189,14 +238,16 @@ def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSum
             summary.images_per_s = summary.steady_files / max(summary.steady_seconds, 1e-9)
         elif summary.scored_now:
             summary.images_per_s = summary.scored_now / max(summary.seconds - summary.ray_seconds, 1e-9)
-        plots = out.with_name(f"{out.stem}.plots") if cfg.plots else None
-        counts = assemble(listing.path, store, out, plots)
+        plots = dest.plots if cfg.plots else None
+        counts = assemble(listing.path, store, None if dest.folder else out, dest.tracks, plots)
+        if dest.folder:  # the parts are what readers read: none of another input or another cut
+            store.keep_only(listed_keys(listing.path))
     _take_counts(summary, counts)
     log.info(summary.line())
     for example in summary.error_examples:
         log.info(f"  error: {example}")
     if counts.videos:
-        log.info(f"score: each video's tracks -> {tracks_path(out)}" + (f"; timelines -> {plots}/" if plots else ""))
+        log.info(f"score: each video's tracks -> {dest.tracks}" + (f"; timelines -> {plots}/" if plots else ""))
     return summary
 
 

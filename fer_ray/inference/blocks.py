@@ -194,6 +194,10 @@ def video_segments(file: bytes, seconds: float) -> list[tuple[float, float]]:
         return [(0.0, math.inf)]
 
 
+def listed_keys(listing: Path) -> set[str]:
+    return set(pq.read_table(listing, columns=["key"])["key"].to_pylist())
+
+
 def read_blocks(listing: Path) -> Iterator[dict]:
     """The listing's rows, a row group at a time."""
     source = pq.ParquetFile(listing)
@@ -202,9 +206,9 @@ def read_blocks(listing: Path) -> Iterator[dict]:
 
 
 class PartStore:
-    """The ``OUT.parts/`` folder: a run directory (``fer_ray.rundir``, locked while a job writes
-    it) of ``part-KEY.parquet`` files, one per finished block, each written whole (or not at all)
-    by the actor that scored the block.
+    """A folder of ``part-KEY.parquet`` files, one per finished block, each written whole (or not
+    at all) by the actor that scored the block: ``OUT.parts/`` beside an assembled OUT, or the
+    folder OUT/ itself when the user asks for a folder of parts (``batch.Destination``).
 
     Why parts: an interrupted job (killed, pre-empted, out of memory) keeps every part written so
     far, and a part's name is its block's key, so a rerun scores exactly the blocks without one.
@@ -223,6 +227,23 @@ class PartStore:
 
     def write(self, key: str, table: pa.Table) -> None:
         write_table(table, self.part(key))
+
+    def rewrite(self, keys: list[str], table: pa.Table) -> None:
+        """Replace the parts ``keys`` by ``table``'s rows in order, each part keeping its row count
+        (a video's segments, given their track ids once all are scored)."""
+        start = 0
+        for key in keys:
+            rows = pq.read_metadata(self.part(key)).num_rows
+            self.write(key, table.slice(start, rows))
+            start += rows
+
+    def keep_only(self, keys: set[str]) -> None:
+        """Delete the parts of blocks not in ``keys``: blocks cut by another ``--part-files``, or
+        holding files removed since, would be read twice, or as if still there."""
+        for key in self.done() - keys:
+            self.part(key).unlink()
+        for stale in self.folder.glob(".part-*.tmp"):  # a killed actor's unfinished part
+            stale.unlink()
 
     def read(self, key: str) -> pa.Table:
         part = self.part(key)

@@ -29,7 +29,8 @@ class ScoreConfig(BaseModel):
 
     artifact: str
     input: str = Field(description="folder (searched recursively), image or video file, or glob")
-    output: str = Field(description="OUT.parquet or OUT.csv; finished parts are kept in OUT.parts/")
+    output: str = Field(description="OUT.parquet or OUT.csv (finished parts are kept in OUT.parts/), or OUT/ "
+                                    "with the slash: a folder of Parquet parts, nothing assembled")
     faces: Literal[FACE_MODES] = Field("all", description="all/largest: detect faces in photos; none: images "
                                                           "are already face crops")
     batch_size: int = Field(256, ge=1, description="faces per model call")
