@@ -1,7 +1,7 @@
 """Does ``fer-ray score`` scale with its input? Driver memory and the steady rate, 10k to 1M crops.
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 10000 100000 1000000] [--num-cpus 2]
-        [--work /tmp/bench_scale] [--address ADDR]
+        [--work /tmp/bench_scale] [--address ADDR] [--parts]
 
 For each size, a folder of that many 48x48 PNG face crops (100 folders, a few distinct images
 copied over and over: only the count matters here) is scored with ``--faces none`` by
@@ -9,7 +9,8 @@ copied over and over: only the count matters here) is scored with ``--faces none
 (``ru_maxrss``): the driver's, since the actors are other processes. The steady rate is the
 one the summary line gives (after every actor's first results). With ``--address`` the job
 runs on that cluster instead of a local Ray of ``--num-cpus`` CPUs (the scale-out figure:
-cluster/local.sh's two nodes against ``--num-cpus 1``).
+cluster/local.sh's two nodes against ``--num-cpus 1``). ``--parts`` writes a folder of parts
+(``--output DIR/``) instead of one assembled Parquet file.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def make_crops(folder: Path, count: int) -> None:
     done.touch()
 
 
-def run(input: Path, output: Path, num_cpus: int, address: str | None) -> dict:
+def run(input: Path, output: str, num_cpus: int, address: str | None) -> dict:
     extra = {} if address else {"num_cpus": num_cpus}
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))
     if address:
         env["RAY_ADDRESS"] = address
     else:
         env.pop("RAY_ADDRESS", None)
-    code = RUN.format(root=str(ROOT), input=str(input), output=str(output), extra=extra)
+    code = RUN.format(root=str(ROOT), input=str(input), output=output, extra=extra)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--work", default="/tmp/bench_scale")
     parser.add_argument("--address", help="a running cluster's address (RAY_ADDRESS), e.g. cluster/local.sh's")
+    parser.add_argument("--parts", action="store_true", help="output a folder of parts, nothing assembled")
     args = parser.parse_args(argv)
     work = Path(args.work)
     print(f"load average at start: {os.getloadavg()}")
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         make_crops(folder, size)
         print(f"{size} crops ready in {time.time() - t0:.0f} s", flush=True)
-        result = run(folder, work / f"scores-{size}.parquet", args.num_cpus, args.address)
+        output = f"{work / f'scores-{size}'}/" if args.parts else str(work / f"scores-{size}.parquet")
+        result = run(folder, output, args.num_cpus, args.address)
         cpus = "cluster" if args.address else f"{args.num_cpus} CPU"
         print(f"{size:>9} crops ({cpus}): driver peak RSS {result['rss_mb']:.0f} MB, steady "
               f"{result['steady_per_s']:.0f} crops/s, start-up {result['startup_s']:.1f} s, "

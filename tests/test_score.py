@@ -159,7 +159,9 @@ def test_parts_assemble_in_listing_order_to_csv_and_a_missing_part_is_an_error(t
             assemble(listing.path, store, tmp_path / "out.csv", tmp_path / "out.tracks.csv")
         store.write(block["key"], pa.concat_tables([scored(block["paths"][0], [0], error=NO_FACE),
                                                     scored(block["paths"][1], [0, 1])]))
+        (tmp_path / "out.tracks.csv").write_text("an earlier run's videos\n")
         counts = assemble(listing.path, store, tmp_path / "out.csv", tmp_path / "out.tracks.csv")
+        assert not (tmp_path / "out.tracks.csv").exists()  # no videos now: no summary of old ones
         with pytest.raises(FerRayError, match="another scoring job"):
             with open_run(store.folder, "score", {}, lock="scoring job"):
                 pass

@@ -70,6 +70,8 @@ def assemble(listing: Path, store: PartStore, output: Path | None, tracks: Path,
                 store.rewrite(keys, table)
     if summaries:
         write_table(pa.concat_tables(summaries), tracks)
+    else:  # an earlier run's, of videos no longer in the output
+        tracks.unlink(missing_ok=True)
     return counts
 
 
