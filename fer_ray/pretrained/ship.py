@@ -91,13 +91,24 @@ def model_card(name: str, meta: dict, val: dict, test: dict, history: list[dict]
         f"label smoothing {recipe['label_smoothing']}, {recipe['epochs']} epochs; augmentation: flip "
         f"{aug['flip']}, rotation ±{aug['rotate_deg']}°, scale ±{aug['scale']:.0%}, shift ±{aug['translate_px']} px, "
         f"random erasing p={aug['erase_p']}, photo degradation (blur, lighting, JPEG noise) "
-        f"p={aug.get('photo_p', 0.0)}; bf16 autocast and channels_last on the CPU.", "",
+        f"p={aug.get('photo_p', 0.0)}; bf16 autocast and channels_last on the CPU.", *_distillation(meta), "",
         "```bash", "fer-ray prepare --source folders --input ../shared/data/fer2013 --output catalogs/fer2013",
         command, "```", "",
         "Reproduce the PublicTest figure: `fer-ray evaluate --catalog catalogs/fer2013 --split test "
         "--output eval-default` (no `--artifact`: the default model).", "",
     ]
     return "\n".join(lines)
+
+
+def _distillation(meta: dict) -> list[str]:
+    """The card's line on the teachers a distilled model learned from (``fer-ray train --teacher``)."""
+    if not meta.get("teacher"):
+        return []
+    recipe = meta["recipe"]
+    return ["", f"Distilled (`--teacher`, see [docs/train.md](../../../docs/train.md#distillation)) from the "
+                f"averaged probabilities of {len(meta['teacher'])} fer-ray model(s), weight "
+                f"{recipe['distill_weight']}, temperature {recipe['distill_temperature']}; their weights' SHA-256: "
+                f"{', '.join(t[:12] for t in meta['teacher'])}."]
 
 
 def ship(run_dir: str, command: str, name: str = DEFAULT_MODEL) -> Path:
@@ -114,6 +125,8 @@ def ship(run_dir: str, command: str, name: str = DEFAULT_MODEL) -> Path:
     shutil.copyfile(run / "artifact" / WEIGHTS_FILE, out / WEIGHTS_FILE)
     # where it was trained is this machine's business; the catalog's checksum says what it was trained on
     meta["catalog"] = {"sha256": meta["catalog"]["sha256"], "name": "FER2013 (folders; Training + 10% val, PublicTest)"}
+    if meta.get("teacher"):  # likewise the teachers: by their weights' checksums, not this machine's paths
+        meta["teacher"] = [read_meta(t)["weights_sha256"] for t in meta["teacher"]]
     meta["shipped"] = True  # part of the installed package: evaluating it records nothing here
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     (out / "MODEL_CARD.md").write_text(model_card(name, meta, val, test, history, command))
