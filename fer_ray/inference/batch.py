@@ -189,7 +189,8 @@ def plan_resources(cpus: int, gpus: int, gpu: bool = False, actors: int | None =
 
 def score_folder(artifact: str, input: str, output: str, **settings) -> ScoreSummary:
     """Score every image and video under ``input`` into ``output`` (.parquet or .csv, or a folder
-    of parts: see ``Destination``); see the module doc. ``settings`` are ``ScoreConfig``'s other fields (faces, fps, part_files, ...)."""
+    of parts: see ``Destination``); see the module doc. ``settings`` are ``ScoreConfig``'s other
+    fields (faces, fps, part_files, ...)."""
     from fer_ray.inference.predictor import Predictor
 
     cfg = ScoreConfig(artifact=artifact, input=input, output=output, **settings)
