@@ -66,10 +66,12 @@ class Recipe(BaseModel):
     schedule: Literal[SCHEDULES] = "onecycle"
     warmup_epochs: float = Field(0.0, ge=0, description="cosine schedule only (one-cycle has its own warm-up)")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    distill_weight: float = Field(0.5, ge=0, le=1, description="with --teacher: the share of the loss spent matching "
-                                                              "the teacher's probabilities (the rest: the labels)")
-    distill_temperature: float = Field(2.0, gt=0, **FINITE, description="with --teacher: softmax temperature of that "
-                                                                       "matching (higher weighs the second choices more)")
+    distill_weight: float = Field(
+        0.5, ge=0, le=1, description="with --teacher: the share of the loss spent matching the teachers' "
+                                     "probabilities (the rest: the labels)")
+    distill_temperature: float = Field(
+        2.0, gt=0, **FINITE, description="with --teacher: softmax temperature of that matching (higher weighs the "
+                                         "second choices more)")
     augment: Augment = Field(default_factory=Augment)
     amp: bool = Field(True, description="bf16 autocast (on by default on CUDA and on CPUs with native bf16)")
     channels_last: bool = Field(True, description="NHWC memory layout: faster convolutions on GPUs and CPUs")
