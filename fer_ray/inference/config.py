@@ -5,8 +5,8 @@ predict``'s and ``fer_ray.predict``'s fill ``PredictConfig``; ``fer-ray serve``'
 ``serve run ... key=value`` and a RayService's ``args`` fill ``ServeConfig`` (the deployment)
 and ``ServerOptions`` (where the command listens).
 Each default is written once, here. Test-time augmentation defaults to ``flip`` where a person
-or a client waits on a few faces (predict, serve: +1.3 points on PublicTest for ~1.5 ms a face,
-small beside detection) and to ``none`` for bulk scoring, where the model's time per face is the
+or a client waits on a few faces (predict, serve: +0.4 to +1.3 points on PublicTest for ~1.5 ms a
+face, small beside detection) and to ``none`` for bulk scoring, where the model's time per face is the
 throughput (benchmarks/RESULTS.md, "Test-time augmentation where users score"). Nothing here imports Ray, torch or FastAPI, so the command
 line builds its flags from these quickly.
 """
