@@ -362,3 +362,15 @@ def test_cli_train_with_a_teacher_records_it(small_artifact, synthetic_catalog, 
                  "--run-dir", str(tmp_path / "other")]) == 2
     assert "no-such-model not found: neither a folder nor the name of a model that ships" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.timeout(300)
+def test_fit_local_distils_from_its_teachers_too(small_artifact, synthetic_catalog):
+    """The single-process path (the GPU recipe, benchmarks) takes teachers as Ray Train's does."""
+    from fer_ray.training.local import fit_local
+
+    _, history, meta = fit_local(str(synthetic_catalog), "small_cnn", Recipe(epochs=1, **FAST), device="cpu",
+                                 teacher=(str(small_artifact),))
+    assert len(history) == 1 and meta["teacher"] == [str(small_artifact)]
+    _, _, plain = fit_local(str(synthetic_catalog), "small_cnn", Recipe(epochs=1, **FAST), device="cpu")
+    assert "teacher" not in plain
