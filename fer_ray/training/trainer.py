@@ -167,7 +167,7 @@ def _fit(cfg: TrainConfig, run: RunFolder, catalog: Catalog, resolved: dict, cal
     meta = artifact_meta(
         resolved["architecture"], resolved["input_size"], catalog, resolved["normalization"],
         cfg.recipe, state["parameters"], workers=cfg.workers, gpu=cfg.gpu, epochs_trained=len(history),
-        **({"teacher": list(cfg.teacher)} if cfg.teacher else {}),
+        teacher=cfg.teacher,
         transfer={"init_from": cfg.init_from, "freeze": cfg.freeze, "frozen_stages": state["frozen_stages"]}
         if cfg.init_from else None)
     artifact = save_cnn(str(run_dir / "artifact"), model, meta)
@@ -217,7 +217,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     run = Run(model, recipe, cfg["input_size"], Normalization(**cfg["normalization"]),
               to_device(train_images, train_labels, device), to_device(*_shard_arrays("val"), device),
               frozen=frozen, net=net, rank=rank,
-              teacher=teacher_probs(cfg["teacher"], train_images, device) if cfg.get("teacher") else None)
+              teacher=teacher_probs(cfg["teacher"], train_images, device))
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
