@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -27,8 +26,14 @@ from fer_ray.errors import FerRayError
 # Ray's own logs on the console too (``--verbose``): set by the command line before any stage runs.
 VERBOSE = False
 # A line of Ray's C++ core log ("[2026-12-03 16:56:08,274 E 2792 2849] core_worker.cc:2465: ..."),
-# which Ray's own processes write to stderr and Ray forwards to the driver's console.
-CORE_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:")
+# which Ray's worker processes write to stderr and Ray forwards to the driver's console. Such lines
+# stay in the session's log files: Ray Train's controller writes one in every run, an error about
+# the restart policy of Ray Train's own PreemptionWatcher actor. RAY_DEDUP_LOGS_SKIP_REGEX is Ray's
+# documented setting for forwarded lines not to print; Ray reads it once, when it is imported, so
+# it is set here, in the module the command line imports before any of Ray's (with --verbose too:
+# VERBOSE is not known yet). A setting of the user's own wins.
+CORE_LOG_LINE = r"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:"
+os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", CORE_LOG_LINE)
 
 
 class Terminated(KeyboardInterrupt):
@@ -180,24 +185,6 @@ def _quiet_ray_driver() -> None:
     # up when it is imported, which the serve stage has done by now; other stages never import it.
     if "ray.serve" in sys.modules:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    # Ray's core log lines stay in the session's log files. Ray Train's controller writes one in
-    # every run, an error about the restart policy of Ray Train's own PreemptionWatcher actor.
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-    forward = dict(dispatcher.handlers).get("ray_print_logs")  # absent with log_to_driver=False
-    if forward is not None:
-        dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("ray_print_logs", without_core_log_lines(forward))
-
-
-def without_core_log_lines(forward):
-    """A handler of the worker lines Ray forwards to the console that passes on all but Ray's
-    C++ core log lines."""
-    def handler(batch: dict) -> None:
-        lines = [line for line in batch["lines"] if not CORE_LOG_LINE.match(line)]
-        if lines:
-            forward({**batch, "lines": lines})
-    return handler
 
 
 def quiet_ray_worker() -> None:
@@ -278,8 +265,10 @@ def cluster_capacity() -> dict[str, float]:
     can scale up to, whichever is more.
 
     Sizing from the live nodes alone would refuse ``--gpu`` while a GPU worker group is scaled
-    to zero, and run a sweep one trial at a time on a head that takes no work. Ray has no public
-    call for this yet; Ray Train checks its worker groups against the same figure.
+    to zero, and run a sweep one trial at a time on a head that takes no work. Ray 2.60 has no
+    public call for this: the one asked for (``ray.max_cluster_resources()``, ray-project/ray#49501)
+    became the autoscaler's config in the GCS (#49568), read only through ``ray._private.state``,
+    as Ray Train (checking its worker groups against the same figure) and Ray Data read it too.
     """
     import ray
     from ray._private.state import state
