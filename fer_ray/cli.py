@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         code, line = _answer(exc, args.stage)
         print(f"fer-ray {args.stage}: {line}", file=sys.stderr)
         return code
+    finally:
+        fer_ray.runtime.wait_for_stopping_datasets()
     return 0
 
 

@@ -124,3 +124,18 @@ def test_train_workers_get_the_cpus_nobody_named(ray_session):
 
     assert [default_cpus_per_worker(n) for n in (1, 2, 3)] == [2, 1, 1]
 
+
+def test_the_command_line_waits_for_a_stopping_dataset_but_not_for_other_threads():
+    """Ray Data's executor thread still stopping when Ray shuts down at exit would make Ray's core
+    end the process with status 1 instead of the command's 130/143."""
+    import threading
+
+    from fer_ray.runtime import wait_for_stopping_datasets
+
+    stopping = threading.Thread(target=time.sleep, args=(1.0,), name="StreamingExecutor-dataset_1", daemon=True)
+    other = threading.Thread(target=time.sleep, args=(5.0,), name="ray_print_logs", daemon=True)
+    stopping.start()
+    other.start()
+    t0 = time.time()
+    wait_for_stopping_datasets(timeout=10)
+    assert not stopping.is_alive() and other.is_alive() and time.time() - t0 < 4
