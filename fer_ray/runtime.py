@@ -171,12 +171,14 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     # State API: with RAY_ADDRESS pointing at our GCS (whose port we choose) and the dashboard
     # running, it finds this Ray instead of failing with a traceback in every training run, or
     # finding another Ray on the same machine.
+    # Errors only while it starts: "Token authentication is enabled for this Ray cluster", the
+    # local Ray's default, is a warning for cluster operators; Ray's warnings come back after.
     port = free_port()
-    if not VERBOSE:  # "Token authentication is enabled for this Ray cluster": the local Ray's default
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     with environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"), \
             kept_signal_handlers(signal.SIGTERM):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, logging_level=logging.WARNING, **quiet)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                 logging_level=logging.WARNING if VERBOSE else logging.ERROR, **quiet)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     _quiet_ray_driver()
 
 

@@ -93,14 +93,17 @@ ray.shutdown()
 
 
 @pytest.mark.timeout(180)
-def test_ray_core_log_lines_are_not_forwarded_to_the_console():
-    """Ray Train's controller logs a C++ error line about its own PreemptionWatcher in every run."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DEDUP_LOGS_SKIP_REGEX")}
-    done = subprocess.run([sys.executable, "-c", FORWARDED], env=env | {"RAY_AUTH_MODE": "disabled"},
+def test_ray_core_log_lines_and_start_up_warnings_stay_off_the_console(tmp_path):
+    """Ray Train's controller logs a C++ error line about its own PreemptionWatcher in every run;
+    a local Ray in its default authentication mode (a token, made under HOME) warns that it is on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DEDUP_LOGS_SKIP_REGEX", "RAY_AUTH_MODE")}
+    done = subprocess.run([sys.executable, "-c", FORWARDED], env=env | {"HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / ".ray" / "auth_token").is_file()  # the default mode it ran in
     output = done.stdout + done.stderr
     assert "[train] epoch 1/1 loss 1.9" in output and "core_worker.cc" not in output, output
+    assert "Token authentication" not in output, output
 
 
 def test_verbose_is_a_flag_of_every_stage_that_starts_ray_and_reaches_the_runtime(monkeypatch):
