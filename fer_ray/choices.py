@@ -6,7 +6,7 @@ command, ``--help`` and ``fer-ray score`` included, would pay before doing any w
 modules that own each list import it from here, so there is still one definition.
 """
 
-MODEL_NAMES = ("vgg16", "vgg16_bn", "resnet50", "small_cnn", "fast_cnn_s", "fast_cnn", "fast_cnn_l")  # fer_ray.models.MODELS keys
+MODEL_NAMES = ("vgg16", "vgg16_bn", "resnet50", "small_cnn", "fast_cnn_s", "fast_cnn", "fast_cnn_m", "fast_cnn_l")  # fer_ray.models.MODELS keys
 TTA_MODES = ("none", "flip", "tencrop")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")

@@ -25,7 +25,8 @@ def test_registry_matches_the_names_the_cli_offers():
 @pytest.mark.parametrize("name,size,width", [("small_cnn", 48, 128), ("vgg16", 48, 4096),
                                              ("vgg16_bn", 48, 4096), ("resnet50", 48, 2048),
                                              ("resnet50", 128, 2048), ("fast_cnn_s", 48, 192),
-                                             ("fast_cnn", 48, 256), ("fast_cnn_l", 64, 384)])
+                                             ("fast_cnn", 48, 256), ("fast_cnn_m", 48, 320),
+                                             ("fast_cnn_l", 64, 384)])
 def test_registry_builds_grey_models(name, size, width):
     model = build_model(name, num_classes=7, input_size=size, in_channels=1).eval()
     x = torch.randn(2, 1, size, size)
@@ -55,8 +56,8 @@ def test_models_run_in_channels_last_layout():
 
 
 def test_fast_cnn_widths_trade_size_for_speed():
-    counts = [parameter_counts(build_model(n))["total"] for n in ("fast_cnn_s", "fast_cnn", "fast_cnn_l")]
-    assert counts == sorted(counts) and counts[1] * 4 < 10 * 1024 * 1024  # fp32 weights fit a 10 MB wheel
+    counts = [parameter_counts(build_model(n))["total"] for n in ("fast_cnn_s", "fast_cnn", "fast_cnn_m", "fast_cnn_l")]
+    assert counts == sorted(counts) and counts[2] * 4 < 10 * 1024 * 1024  # fp32 weights fit a 10 MB wheel
     model = build_model("fast_cnn")
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 8 and all(c.kernel_size == (3, 3) and c.groups == 1 for c in convs)

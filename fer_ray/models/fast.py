@@ -17,7 +17,7 @@ from torch import nn
 from fer_ray.errors import FerRayError
 from fer_ray.models.base import FERNet, conv_bn_relu, init_weights
 
-WIDTHS = {"fast_cnn_s": 24, "fast_cnn": 32, "fast_cnn_l": 48}
+WIDTHS = {"fast_cnn_s": 24, "fast_cnn": 32, "fast_cnn_m": 40, "fast_cnn_l": 48}
 
 
 def fast_cnn(num_classes: int, input_size: int = 48, in_channels: int = 1, width: int = 32,
