@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,12 +104,9 @@ def _duplicates(ok) -> dict:
 
 
 def _rejections(rejected) -> dict:
-    by_reason: dict[str, int] = {}
-    for reason in rejected["error"]:
-        key = reason.split(" (")[0].split(":")[0]
-        by_reason[key] = by_reason.get(key, 0) + 1
+    by_reason = Counter(reason.split(" (")[0].split(":")[0] for reason in rejected["error"])
     rows = [{"id": i, "reason": r} for i, r in zip(rejected["id"], rejected["error"])]
-    return {"count": len(rejected), "by_reason": by_reason, "rows": rows[:LISTED_LIMIT],
+    return {"count": len(rejected), "by_reason": dict(by_reason), "rows": rows[:LISTED_LIMIT],
             "listed": min(len(rows), LISTED_LIMIT), "all_in": "rejected.csv"}
 
 

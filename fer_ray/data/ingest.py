@@ -29,7 +29,7 @@ def image_stats(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     images = batch["image"]
     flat = images.reshape(len(images), -1)
     batch["pixel_sha1"] = np.array([hashlib.sha1(r.tobytes()).hexdigest() for r in flat], dtype=object)
-    batch["blank"] = flat.min(axis=1) == flat.max(axis=1) if len(flat) else np.zeros(0, bool)
+    batch["blank"] = flat.min(axis=1) == flat.max(axis=1)
     f = flat.astype(np.float64)
     batch["psum"] = f.sum(axis=1)
     batch["psq"] = (f * f).sum(axis=1)

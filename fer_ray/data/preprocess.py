@@ -160,17 +160,13 @@ def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)
 
 
-def center_square(grey: np.ndarray) -> np.ndarray:
-    """Crop the central square, so resizing never distorts a face's proportions."""
+def resize(grey: np.ndarray, size: int) -> np.ndarray:
+    """Resize a grey image to size x size (antialiased), cropping the central square first so
+    that resizing never distorts a face's proportions."""
     h, w = grey.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    return grey[top : top + side, left : left + side]
-
-
-def resize(grey: np.ndarray, size: int) -> np.ndarray:
-    """Resize a grey image to size x size (antialiased), cropping to a square first."""
-    grey = center_square(grey)
+    grey = grey[top : top + side, left : left + side]
     if grey.shape == (size, size):
         return grey
     return np.asarray(

@@ -60,35 +60,23 @@ class SourceError(FerRayError):
 class RowBuilder:
     """Collects rows (or rejections) of one batch and emits Ray Data's column dict."""
 
+    COLUMNS = ("image", "label", "split", "source", "subject", "id", "error", "raw_sha1")
+
     def __init__(self, size: int, source: str):
         self.size, self.source = size, source
-        self.cols: dict[str, list] = {k: [] for k in (
-            "image", "label", "split", "source", "subject", "id", "error", "raw_sha1")}
+        self.rows: list[tuple] = []  # one value per column of COLUMNS
 
-    def add(self, image, label, split, row_id, subject="", raw=b""):
-        self._append(image, label, split, row_id, subject, "", raw)
+    def add(self, image, label, split, row_id, subject="", raw=b"", error=""):
+        self.rows.append((image, label, split, self.source, subject, row_id, error, hashlib.sha1(raw).hexdigest()))
 
     def reject(self, row_id, reason, split="", subject="", raw=b""):
-        blank = np.zeros((self.size, self.size), np.uint8)
-        self._append(blank, -1, split, row_id, subject, reason, raw)
-
-    def _append(self, image, label, split, row_id, subject, error, raw):
-        c = self.cols
-        c["image"].append(image)
-        c["label"].append(label)
-        c["split"].append(split)
-        c["source"].append(self.source)
-        c["subject"].append(subject)
-        c["id"].append(row_id)
-        c["error"].append(error)
-        c["raw_sha1"].append(hashlib.sha1(raw).hexdigest())
+        self.add(np.zeros((self.size, self.size), np.uint8), -1, split, row_id, subject, raw, error=reason)
 
     def batch(self) -> dict[str, np.ndarray]:
-        images = np.stack(self.cols["image"]) if self.cols["image"] else np.zeros(
-            (0, self.size, self.size), np.uint8)
-        out = {k: np.array(v, dtype=object) for k, v in self.cols.items() if k != "image"}
-        out["image"] = images
-        out["label"] = np.array(self.cols["label"], dtype=np.int64)
+        cols = dict(zip(self.COLUMNS, zip(*self.rows))) if self.rows else dict.fromkeys(self.COLUMNS, ())
+        out = {k: np.array(v, dtype=object) for k, v in cols.items() if k != "image"}
+        out["image"] = np.stack(cols["image"]) if self.rows else np.zeros((0, self.size, self.size), np.uint8)
+        out["label"] = np.array(cols["label"], dtype=np.int64)
         return out
 
 
@@ -99,11 +87,6 @@ def _require_dir(path: str) -> Path:
     if not root.is_dir():
         raise SourceError(f"input must be a folder: {root}")
     return root
-
-
-def _items(**columns) -> list[dict]:
-    keys = list(columns)
-    return [dict(zip(keys, values)) for values in zip(*columns.values())]
 
 
 @dataclass
@@ -206,8 +189,7 @@ class Fer2013CsvSource:
             raise SourceError(f"input CSV not found: {path}")
         if not path.is_file():
             raise SourceError(f"input must be a CSV file: {path}")
-        total = path.stat().st_size
-        if total == 0:
+        if path.stat().st_size == 0:
             raise SourceError(f"input CSV is empty: {path}")
         items = []
         with open(path, "rb") as fh:
@@ -220,14 +202,9 @@ class Fer2013CsvSource:
                                   "convert it to LF or CRLF line endings")
             self.columns = _csv_header(header.decode("utf-8-sig", "replace"), path)  # Excel adds a BOM
             start, line = fh.tell(), 2
-            while start < total:
-                fh.seek(min(total, start + self.chunk_bytes))
-                fh.readline()
-                end = fh.tell() if start + self.chunk_bytes < total else total
-                fh.seek(start)
-                lines = _count_lines(fh, end - start)
-                items.append({"path": str(path), "start": start, "end": end, "first_line": line})
-                start, line = end, line + lines
+            while block := fh.read(self.chunk_bytes) + fh.readline():  # a chunk, to the end of its last line
+                items.append({"path": str(path), "start": start, "end": start + len(block), "first_line": line})
+                start, line = start + len(block), line + block.count(b"\n")
         if not items:
             raise SourceError(f"CSV has a header but no rows: {path}")
         return items
@@ -280,10 +257,10 @@ def _parse_fer_row(raw: bytes, ci: dict) -> tuple[int, np.ndarray, str]:
         raise FerRayError(f"wrong pixel count: expected {48 * 48}, got {values.size}")
     if values.min() < 0 or values.max() > 255:
         raise FerRayError("pixel values outside 0..255")
-    try:
-        split = "train" if ci["usage"] is None else _usage(fields[ci["usage"]])
-    except ValueError as exc:
-        raise FerRayError(f"unknown Usage: {exc}") from None
+    usage = "training" if ci["usage"] is None else fields[ci["usage"]]
+    split = FER_USAGE.get(usage.strip().lower())
+    if split is None:
+        raise FerRayError(f"unknown Usage: {_prefix(usage)} (expected Training, PublicTest or PrivateTest)")
     return label, values, split
 
 
@@ -307,23 +284,6 @@ def _prefix(text: str | bytes, width: int = 60) -> str:
     ~500 of them)."""
     quoted = ascii(text[:width])
     return quoted if len(quoted) <= width + 2 and len(text) <= width else quoted[:width] + "..."
-
-
-def _count_lines(fh, length: int) -> int:
-    count, left = 0, length
-    while left > 0:
-        block = fh.read(min(left, 1 << 22))
-        if not block:
-            break
-        count, left = count + block.count(b"\n"), left - len(block)
-    return count
-
-
-def _usage(value: str) -> str:
-    split = FER_USAGE.get(value.strip().lower())
-    if split is None:
-        raise FerRayError(f"{_prefix(value)} (expected Training, PublicTest or PrivateTest)")
-    return split
 
 
 @dataclass
@@ -352,20 +312,15 @@ class KdefSource:
         for entry in files_under(root):
             f = entry.path
             m = KDEF_PATTERN.match(f.name)
-            item = {"path": os.fsencode(f), "id": display_path(f.relative_to(root)), "label": -1, "subject": "",
-                    "error": entry.problem or not_a_file(f)}
-            if item["error"]:  # kept as a rejection, whatever its name
-                items.append(item)
+            error = entry.problem or not_a_file(f)  # kept as a rejection, whatever its name
+            if not error and m is None:
+                error = "file name does not follow the KDEF pattern (e.g. AF01AFS.JPG)"
+            if not error and m["angle"].upper() not in self.angles:
+                self.excluded += 1
                 continue
-            if m is None:
-                item["error"] = "file name does not follow the KDEF pattern (e.g. AF01AFS.JPG)"
-            else:
-                if m["angle"].upper() not in self.angles:
-                    self.excluded += 1
-                    continue
-                item["label"] = EMOTIONS.index(KDEF_CODES[m["code"].upper()])
-                item["subject"] = (m["sex"] + m["num"]).upper()
-            items.append(item)
+            items.append({"path": os.fsencode(f), "id": display_path(f.relative_to(root)),
+                          "label": -1 if error else EMOTIONS.index(KDEF_CODES[m["code"].upper()]),
+                          "subject": "" if error else (m["sex"] + m["num"]).upper(), "error": error})
         if not items:
             raise SourceError(f"no KDEF images found under {root} (angles {list(self.angles)})")
         return items
@@ -413,8 +368,7 @@ class SyntheticSource:
     def plan(self) -> list[dict]:
         if self.count < 7:
             raise SourceError("synthetic source needs a count of at least 7 (one face per emotion)")
-        starts = list(range(0, self.count, self.chunk))
-        return _items(start=starts, count=[min(self.chunk, self.count - s) for s in starts])
+        return [{"start": s, "count": min(self.chunk, self.count - s)} for s in range(0, self.count, self.chunk)]
 
     def describe(self) -> dict:
         return {"kind": self.name, "count": self.count, "seed": self.seed,

@@ -55,9 +55,7 @@ def by_subject(subjects: np.ndarray, fractions=PAPER_FRACTIONS, seed: int = 0) -
         n_train = min(n_train, n - n_val - 1)
     else:
         n_train, n_val = n, 0
-    split_of = {s: "train" for s in unique[:n_train]}
-    split_of.update({s: "val" for s in unique[n_train : n_train + n_val]})
-    split_of.update({s: "test" for s in unique[n_train + n_val :]})
+    split_of = dict(zip(unique, ["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val)))
     return np.array([split_of[s] for s in subjects], dtype=object)
 
 

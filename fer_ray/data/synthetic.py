@@ -114,10 +114,8 @@ def _render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     half = shape["mouth_width"] * unit
     curve = shape["mouth_curve"] * unit
     lift = 0.04 * unit if EMOTIONS[label] == "disgust" else 0.0  # one-sided sneer
-    points = []
-    for t in np.linspace(-1, 1, 17):
-        y = mouth_y - curve * (t * t) + curve * 0.5 - lift * max(0.0, t)
-        points.append((cx + t * half, y))
+    points = [(cx + t * half, mouth_y - curve * (t * t) + curve * 0.5 - lift * max(0.0, t))
+              for t in np.linspace(-1, 1, 17)]
     opening = shape["mouth_open"] * unit
     if opening > 0.02 * unit:
         draw.ellipse([cx - half * 0.8, mouth_y - opening / 2, cx + half * 0.8, mouth_y + opening / 2],
