@@ -50,11 +50,8 @@ class ArtifactError(FerRayError):
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def save_artifact(path: str, kind: str, arrays: dict, meta: dict) -> Path:
@@ -69,16 +66,15 @@ def save_artifact(path: str, kind: str, arrays: dict, meta: dict) -> Path:
     tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
                .detach().cpu().contiguous().clone() for k, v in arrays.items()}
     save_file(tensors, str(out / WEIGHTS_FILE))
-    full = {"format": FORMAT, "kind": kind, "labels": list(EMOTIONS),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **meta, "weights": WEIGHTS_FILE, "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
-    full.setdefault("metrics", {})
-    write_meta(out, full)
+    write_meta(out, {"format": FORMAT, "kind": kind, "labels": list(EMOTIONS),
+                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     **meta, "weights": WEIGHTS_FILE, "weights_sha256": file_sha256(out / WEIGHTS_FILE),
+                     "metrics": meta.get("metrics", {})})
     return out
 
 
 def write_meta(path: str | Path, meta: dict) -> None:
-    (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False))
+    (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
 class _Normalization(BaseModel):

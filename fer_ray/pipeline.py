@@ -120,11 +120,12 @@ def is_uri(path: str) -> bool:
 
 
 def upload(local: Path, uri: str) -> None:
-    """Copy a finished stage's directory to ``uri`` (s3://, gs://, file://, ...)."""
+    """Copy a finished stage's directory, or a report file, to ``uri`` (s3://, gs://, file://, ...)."""
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(root, recursive=True)
+    if local.is_dir():
+        fs.create_dir(root, recursive=True)
     pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
@@ -249,29 +250,27 @@ class Pipeline:
         from fer_ray.evaluation.report import comparison_table, recall_table
 
         split = catalog.held_out
-        rows, paper = [("linear SVM (hinge, L2; swept lambda)", svm["evaluations"][split])], [PAPER["svm"]]
+        table = [("linear SVM (hinge, L2; swept lambda)", svm["evaluations"][split], PAPER["svm"])]  # name, ours, paper
         for i, cnn in enumerate(cnns):
             architecture = read_meta(cnn["artifact"])["architecture"]
-            rows.append((f"{architecture} #{i + 1}", cnn["evaluations"][split]))
-            paper.append(PAPER.get(architecture))
-        rows.append(("soft voting (mean of CNN probabilities)", ensemble["soft_vote"][split]))
-        paper.append(None)
-        rows.append(("stacked ensemble (one-vs-rest logistic on concatenated penultimate features)",
-                     ensemble["evaluations"][split]))
-        paper.append(PAPER["ensemble"])
+            table.append((f"{architecture} #{i + 1}", cnn["evaluations"][split], PAPER.get(architecture)))
+        table += [("soft voting (mean of CNN probabilities)", ensemble["soft_vote"][split], None),
+                  ("stacked ensemble (one-vs-rest logistic on concatenated penultimate features)",
+                   ensemble["evaluations"][split], PAPER["ensemble"])]
+        rows = [(name, m) for name, m, _ in table]
         proto = catalog.protocol(split, "none")
         lines = ["# fer-ray pipeline report", "", "## The paper's table", "",
                  comparison_table(rows, proto), "", "## Recall per emotion", "", recall_table(rows), "",
                  "Paper (Savoiu & Wong, FER2013 test accuracy), for reference; comparable only when the "
                  "catalog above is FER2013:", "", "| model | paper accuracy | ours |", "|---|---|---|"]
-        for (name, m), p in zip(rows, paper):
+        for name, m, p in table:
             lines.append(f"| {name} | {'' if p is None else f'{p:.3f}'} | {m['accuracy']:.4f} |")
         summary = {"split": split, "protocol": proto,
                    "table": [{"model": n, **headline_figures(m),
                               "micro_precision": m["micro"]["precision"], "macro_precision": m["macro"]["precision"],
                               "macro_recall": m["macro"]["recall"], "paper": p,
                               "recall": {k: c["recall"] for k, c in m["per_class"].items()}}
-                             for (n, m), p in zip(rows, paper)]}
+                             for n, m, p in table]}
         if transfer:
             kdef_catalog, result = transfer
             kdef_split = kdef_catalog.held_out
@@ -285,7 +284,7 @@ class Pipeline:
         (self.work / "report.json").write_text(json.dumps(summary | {"timings": self.timings}, indent=2))
         if is_uri(self.cfg.storage):
             for name in ("report.md", "report.json"):
-                _upload_file(self.work / name, f"{self.cfg.storage.rstrip('/')}/{name}")
+                upload(self.work / name, f"{self.cfg.storage.rstrip('/')}/{name}")
         return summary
 
     def check_settings(self) -> None:
@@ -320,18 +319,8 @@ class Pipeline:
             outputs["transfer"] = transfer[1]["artifact"]
         if self.cfg.score_input:
             outputs["scores"] = self.score(ensemble["artifact"])
-        summary["outputs"] = outputs
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
-        summary["storage"] = self.cfg.storage
-        return summary
-
-
-def _upload_file(local: Path, uri: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    with fs.open_output_stream(path) as out:
-        out.write(local.read_bytes())
+        return summary | {"outputs": outputs, "seconds": round(time.perf_counter() - t0, 1),
+                          "storage": self.cfg.storage}
 
 
 def headline(summary: dict) -> str:

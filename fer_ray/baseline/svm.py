@@ -116,18 +116,6 @@ def save_svm(path: str, model: LinearSvm, info: dict, catalog: Catalog) -> Path:
     return save_artifact(path, "svm", model.arrays(), meta)
 
 
-def train_svm(catalog: Catalog | str, output: str, lam: float = DEFAULT_LAMBDA, solver: str = "liblinear",
-              max_iter: int = 1000, loss: str = "hinge", train: dict | None = None) -> tuple[Path, dict]:
-    """Fit on the catalog's train split and save the artifact to ``output``.
-
-    ``train`` may hand in the split already loaded (a sweep shares it between trials).
-    """
-    catalog = Catalog.open(catalog)
-    train = train if train is not None else catalog.load("train")
-    model, info = fit_svm(train["image"], train["label"], lam, solver, max_iter, loss=loss)
-    return save_svm(output, model, info, catalog), info
-
-
 def run_baseline(catalog: Catalog | str, run_dir: str, **settings) -> dict:
     """``fer-ray baseline``: fit, save ``run_dir/artifact``, evaluate on val and test; return
     the summary ``result.json`` keeps. ``settings`` are ``BaselineConfig``'s other fields (lam,
@@ -145,7 +133,9 @@ def run_baseline(catalog: Catalog | str, run_dir: str, **settings) -> dict:
             return run.done
         out = run.claim()  # run.json records these settings
         t0 = time.perf_counter()
-        artifact, info = train_svm(catalog, str(out / "artifact"), lam, solver, max_iter, loss)
+        train = catalog.load("train")
+        model, info = fit_svm(train["image"], train["label"], lam, solver, max_iter, loss=loss)
+        artifact = save_svm(str(out / "artifact"), model, info, catalog)
         scale = ", ".join(f"{k} {info[k]:.3g}" for k in ("C", "alpha") if k in info)
         log.info(f"baseline: {solver} {loss} lambda {lam:g} ({scale}) "
                  f"fitted on {info['train_count']} images in {info['fit_seconds']:.1f} s"

@@ -108,7 +108,7 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, **set
             return run.done
         out = run.claim()
         t0 = time.perf_counter()
-        paths = featurize([r["path"] for r in records], catalog, str(out / "features"), batch_size=cfg.batch_size,
+        paths = featurize(member_paths, catalog, str(out / "features"), batch_size=cfg.batch_size,
                           actors=cfg.actors, gpu=cfg.gpu)
         feats = {s: read_features(str(p)) for s, p in paths.items()}
         counts = ", ".join(f"{s} {len(f['label'])}" for s, f in feats.items())
@@ -124,9 +124,7 @@ def run_ensemble(members: list[str], catalog: Catalog | str, run_dir: str, **set
         # "evaluations": the stacked ensemble end to end; "soft_vote": its baseline, for reports.
         sections, summary = [], {"artifact": str(artifact), "head": choice, "splits": {}, "evaluations": {},
                                  "soft_vote": {}}
-        for split in ("val", "test"):
-            if split not in feats:
-                continue
+        for split in [s for s in ("val", "test") if s in feats]:
             f = feats[split]
             rows = [(n, classification_metrics(f["label"], f["probs"][:, i].argmax(axis=1)))
                     for i, n in enumerate(names)]

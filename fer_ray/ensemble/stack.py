@@ -92,14 +92,10 @@ def fit_head(features: np.ndarray, labels: np.ndarray, C: float, seed: int = 0) 
 
 def choose_head(train: dict, val: dict, grid=C_GRID) -> tuple[StackedHead, dict]:
     """Fit a head per C on train; keep the one with the best val accuracy (ties: smaller C)."""
-    best, by_c = None, {}
-    for C in sorted(grid):
-        head = fit_head(train["features"], train["label"], C)
-        acc = float((head.scores(val["features"]).argmax(axis=1) == val["label"]).mean())
-        by_c[C] = acc
-        if best is None or acc > by_c[best[0]]:
-            best = (C, head)
-    return best[1], {"C": best[0], "val_accuracy_by_C": {f"{c:g}": a for c, a in by_c.items()}}
+    heads = {C: fit_head(train["features"], train["label"], C) for C in sorted(grid)}
+    by_c = {C: float((h.scores(val["features"]).argmax(axis=1) == val["label"]).mean()) for C, h in heads.items()}
+    best = max(by_c, key=by_c.get)  # the first, so the smallest, of equals
+    return heads[best], {"C": best, "val_accuracy_by_C": {f"{c:g}": a for c, a in by_c.items()}}
 
 
 def soft_vote(probs: np.ndarray) -> np.ndarray:
@@ -131,14 +127,12 @@ def member_record(path: str) -> dict:
 
 def verify_members(members: list[dict]) -> list[str]:
     """Paths of the members after checking each one's weights against the recorded hash."""
-    paths = []
     for m in members:
         weights = weights_file(m["path"], read_meta(m["path"]))
         if not weights.is_file() or file_sha256(weights) != m["weights_sha256"]:
             raise ArtifactError(f"ensemble member {m['path']} is not the artifact the ensemble was fitted on "
                                 "(its weights' SHA-256 differs); refit the ensemble on the current members")
-        paths.append(m["path"])
-    return paths
+    return [m["path"] for m in members]
 
 
 class EnsembleBackend:
@@ -217,8 +211,8 @@ def read_features(path: str) -> dict[str, np.ndarray]:
 
 def _flat_tensor(col) -> np.ndarray:
     """Every value of a tensor column in row-major order, whether or not Ray's extension type is loaded."""
-    storage = getattr(col.combine_chunks(), "storage", None)
-    values = storage if storage is not None else col.combine_chunks()
+    values = col.combine_chunks()
+    values = getattr(values, "storage", values)
     while hasattr(values, "flatten"):
         values = values.flatten()
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)

@@ -24,8 +24,8 @@ def write_report(metrics: dict, output: str, title: str, protocol: str) -> Path:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics | {"protocol": protocol}, indent=2))
-    plot_confusion(metrics, out / "confusion_matrix.png", f"{title}\n{protocol}")
-    plot_per_class(metrics, out / "per_class.png", f"{title}\n{protocol}")
+    _save(confusion_figure(metrics, f"{title}\n{protocol}"), out / "confusion_matrix.png")
+    _save(per_class_figure(metrics, f"{title}\n{protocol}"), out / "per_class.png")
     lines = [
         f"# {title}", "", f"**Protocol:** {protocol}", "",
         f"Examples: {metrics['count']}", "",
@@ -39,8 +39,8 @@ def write_report(metrics: dict, output: str, title: str, protocol: str) -> Path:
         "", f"_{MICRO_NOTE}._", "",
         "## Per emotion", "", *per_class_table(metrics, 4),
         "", "## Confusion matrix (rows: true, columns: predicted)", "", *confusion_table(metrics),
+        "", "![confusion matrix](confusion_matrix.png)", "", "![per-class](per_class.png)", "",
     ]
-    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![per-class](per_class.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -64,14 +64,6 @@ def confusion_table(metrics: dict) -> list[str]:
                     for name, row in zip(labels, metrics["confusion_matrix"])]
 
 
-def plot_confusion(metrics: dict, path: Path, title: str) -> None:
-    _save(confusion_figure(metrics, title), path)
-
-
-def plot_per_class(metrics: dict, path: Path, title: str) -> None:
-    _save(per_class_figure(metrics, title), path)
-
-
 def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -89,10 +81,9 @@ def confusion_figure(metrics: dict, title: str):
     labels = metrics["labels"]
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, f"{rates[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
+    for (i, j), rate in np.ndenumerate(rates):
+        ax.text(j, i, f"{rate:.2f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
+                color="white" if rate > 0.5 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")

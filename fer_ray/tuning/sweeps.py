@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import shutil
 import signal
 import time
@@ -56,7 +55,7 @@ from fer_ray.runtime import Interrupted, environ, kept_signal_handlers
 from fer_ray.tuning.config import CnnSweep, SvmSweep
 
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved for a CNN trial's driver function (it reserves no CPU)
-RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "config", "artifact", "error")
+RESULT_FIELDS = ("trial_id", "status", "val_acc", "epochs", "seconds", "artifact", "error")  # + config's keys
 log = logging.getLogger(__name__)
 
 
@@ -111,12 +110,6 @@ def _board_name(run_dir: str) -> str:
     import hashlib
 
     return "fer-ray-sweep-stops-" + hashlib.sha1(str(run_dir).encode()).hexdigest()[:12]
-
-
-def _stop_board(run_dir: str):
-    import ray
-
-    return ray.remote(StopBoard).options(name=_board_name(run_dir), get_if_exists=True, num_cpus=0).remote()
 
 
 class TrialStopped(RuntimeError):
@@ -183,7 +176,7 @@ def sweep_svm(cfg: SvmSweep) -> dict:
             tune.with_parameters(svm_trial, settings=settings, catalog=catalog, train=catalog.load("train"),
                                  val=catalog.load("val")), {"CPU": 1})
         space = {"lambda": tune.loguniform(cfg.lambda_min, cfg.lambda_max)}
-        return _run(run, trainable, space, "svm", settings, cfg, catalog, concurrency, scheduler=None)
+        return _run(run, trainable, space, "svm", cfg, catalog, concurrency, scheduler=None)
 
 
 def sweep_cnn(cfg: CnnSweep) -> dict:
@@ -191,12 +184,9 @@ def sweep_cnn(cfg: CnnSweep) -> dict:
     import ray
     from ray import tune
 
-    from fer_ray.models import MODELS
     from fer_ray.runtime import cluster_capacity, init_ray, require_cpus
     from fer_ray.training.config import Recipe
 
-    if cfg.model not in MODELS:
-        raise FerRayError(f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
     Recipe.model_validate({**cfg.recipe, "epochs": cfg.epochs})  # fail fast on bad fixed settings
     catalog = Catalog.open(cfg.catalog).require("train", "val")  # every trial would fail without them
     settings = _settings(cfg, catalog)
@@ -223,12 +213,13 @@ def sweep_cnn(cfg: CnnSweep) -> dict:
         # the run's Ray Data reads get them. Tune refuses an all-zero request, hence a little memory.
         trainable = tune.with_resources(tune.with_parameters(cnn_trial, settings=settings),
                                         {"CPU": 0, "memory": DRIVER_MEMORY})
-        board = _stop_board(settings["run_dir"])
-        scheduler = CooperativeASHA(_board_name(settings["run_dir"]), time_attr="epoch", max_t=cfg.epochs,
+        board_name = _board_name(settings["run_dir"])
+        board = ray.remote(StopBoard).options(name=board_name, get_if_exists=True, num_cpus=0).remote()
+        scheduler = CooperativeASHA(board_name, time_attr="epoch", max_t=cfg.epochs,
                                     grace_period=min(cfg.grace_period, cfg.epochs),
                                     reduction_factor=cfg.reduction_factor)
         try:
-            return _run(run, trainable, space, "cnn", settings, cfg, catalog, concurrency, scheduler)
+            return _run(run, trainable, space, "cnn", cfg, catalog, concurrency, scheduler)
         finally:
             ray.kill(board)  # a rerun (or a resume) starts from a clean board
 
@@ -259,11 +250,13 @@ def _settings(cfg, catalog: Catalog) -> dict:
             **catalog.run_settings}
 
 
-def _run(run: Run, trainable, space: dict, kind: str, settings: dict, cfg, catalog: Catalog, concurrency: int,
-         scheduler) -> dict:
+def _run(run: Run, trainable, space: dict, kind: str, cfg, catalog: Catalog, concurrency: int, scheduler) -> dict:
     """Start or resume the Tune experiment, then tabulate trials and keep the best artifact."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from fer_ray.artifacts import update_metrics
+    from fer_ray.evaluation.evaluate import evaluate_splits
 
     # Tune would silently keep a resumed sweep's old settings: other ones were refused (open_run).
     run_dir = run.claim()
@@ -278,7 +271,7 @@ def _run(run: Run, trainable, space: dict, kind: str, settings: dict, cfg, catal
             trainable, param_space=space,
             # The random search's own limit (Tune ignores max_concurrent_trials for it).
             tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=cfg.samples, scheduler=scheduler,
-                                        search_alg=BasicVariantGenerator(random_state=settings["seed"],
+                                        search_alg=BasicVariantGenerator(random_state=cfg.seed,
                                                                          max_concurrent=concurrency)),
             run_config=tune.RunConfig(name=kind, storage_path=str(run_dir / "tune"), verbose=0))
     # Tune 2.60's new output engine prints a configuration table and a TensorBoard hint even at
@@ -296,7 +289,17 @@ def _run(run: Run, trainable, space: dict, kind: str, settings: dict, cfg, catal
                                f"(results so far in {run_dir / 'results.csv'}); rerun the same command to resume")
     best = choose_best(rows)
     seconds = round(time.time() - t0, 2)
-    return _keep_best(run, best, rows, catalog, seconds)
+    artifact = run_dir / "artifact"
+    shutil.rmtree(artifact, ignore_errors=True)
+    shutil.copytree(best["artifact"], artifact)
+    update_metrics(artifact, {"sweep": {"trial_id": best["trial_id"], "config": best["config"],
+                                        "val_acc": best["val_acc"], "trials": len(rows)}})
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "error")}
+    log.info(f"sweep: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in {seconds:.1f} s; "
+             f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
+    evals = evaluate_splits(str(artifact), catalog, run_dir, prefix="sweep: best ")
+    return run.finish({"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
+                       "evaluations": evals})
 
 
 def _row(result) -> dict:
@@ -304,9 +307,8 @@ def _row(result) -> dict:
 
     A trial is finished once its function made its ``final`` report (the last thing it does,
     after its artifact is written) or returned (Tune's ``done``). Not ``done`` alone: a Ctrl+C
-    between the final report and the return left such a trial terminated without ``done``, which
-    a resumed sweep does not run again, so every rerun said the sweep was unfinished. An
-    artifact written without the final report (interrupted in between) does not count.
+    between the final report and the return leaves a trial terminated without ``done``, which
+    a resumed sweep does not run again. An artifact without the final report does not count.
     """
     m = result.metrics or {}
     artifact = m.get("artifact")
@@ -316,10 +318,9 @@ def _row(result) -> dict:
         status = "unfinished"
     else:
         status = "complete" if artifact and Path(artifact, "model.json").exists() else "stopped"
-    complete = status == "complete"
     return {"trial_id": m.get("trial_id") or Path(result.path).name, "status": status,
             "val_acc": m.get("val_acc"), "epochs": m.get("epoch"), "seconds": m.get("time_total_s"),
-            "config": result.config, "artifact": artifact if complete else None,
+            "config": result.config, "artifact": artifact if status == "complete" else None,
             "error": None if result.error is None else str(result.error).splitlines()[0][:300]}
 
 
@@ -340,33 +341,13 @@ def _write_results(path: Path, rows: list[dict]) -> None:
     keys = sorted({k for r in rows for k in (r["config"] or {})})
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow([f for f in RESULT_FIELDS if f != "config"] + keys)
+        w.writerow(RESULT_FIELDS + tuple(keys))
         for r in sorted(rows, key=lambda r: r["trial_id"]):
-            w.writerow([r[f] for f in RESULT_FIELDS if f != "config"] + [(r["config"] or {}).get(k) for k in keys])
-
-
-def _keep_best(run: Run, best: dict, rows: list[dict], catalog: Catalog, seconds: float) -> dict:
-    from fer_ray.artifacts import update_metrics
-    from fer_ray.evaluation.evaluate import evaluate_splits
-
-    run_dir = run.path
-    artifact = run_dir / "artifact"
-    if artifact.exists():
-        shutil.rmtree(artifact)
-    shutil.copytree(best["artifact"], artifact)
-    update_metrics(artifact, {"sweep": {"trial_id": best["trial_id"], "config": best["config"],
-                                        "val_acc": best["val_acc"], "trials": len(rows)}})
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "stopped", "error")}
-    log.info(f"sweep: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in {seconds:.1f} s; "
-             f"best {best['trial_id']} {_fmt(best['config'])} val_acc {best['val_acc']:.4f}")
-    evals = evaluate_splits(str(artifact), catalog, run_dir, prefix="sweep: best ")
-    summary = {"best": best, "trials": counts, "seconds": seconds, "artifact": str(artifact),
-               "evaluations": evals}
-    return run.finish(summary)
+            w.writerow([r[f] for f in RESULT_FIELDS] + [(r["config"] or {}).get(k) for k in keys])
 
 
 def _fmt(config: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}"
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in sorted(config.items()))
 
 
