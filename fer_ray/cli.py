@@ -32,7 +32,7 @@ from fer_ray.ensemble.config import EnsembleConfig
 from fer_ray.errors import FerRayError
 from fer_ray.evaluation.config import EvaluateConfig
 from fer_ray.inference.config import PredictConfig, ScoreConfig, ServeConfig, ServerOptions
-from fer_ray.pipeline import PipelineConfig
+from fer_ray.pipeline import PipelineConfig, is_uri
 from fer_ray.runtime import Interrupted, Terminated
 from fer_ray.training.config import NO_AUGMENT, Augment, Recipe, TrainConfig
 from fer_ray.tuning.config import CnnSweep, SvmSweep
@@ -337,25 +337,18 @@ def _check_output_folders(args) -> None:
     folders = [getattr(args, "run_dir", None), getattr(args, "work_dir", None)]
     if args.stage in ("evaluate", "demo"):
         folders.append(args.output)
-    if args.stage == "prepare":  # the catalog is built beside --output, then put in its place
+    if args.stage in ("prepare", "score"):  # prepare builds the catalog beside --output, then puts it in its place
         folders.append(str(Path(args.output).parent))
-        if Path(args.output).is_dir():
-            folders.append(args.output)
-    if args.stage == "pipeline":
-        from fer_ray.pipeline import is_uri
-
-        if not is_uri(args.storage):
-            folders.append(args.storage)
-    if args.stage == "score":
-        folders.append(str(Path(args.output).parent))
+    if args.stage == "prepare" and Path(args.output).is_dir():
+        folders.append(args.output)
+    if args.stage == "pipeline" and not is_uri(args.storage):
+        folders.append(args.storage)
     for folder in filter(None, folders):
-        for path in (Path(folder), *Path(folder).parents):
-            if path.exists():
-                if not path.is_dir():
-                    raise FerRayError(f"{folder}: {path} is a file, not a folder")
-                if not os.access(path, os.W_OK | os.X_OK):
-                    raise FerRayError(f"{folder}: cannot write in {path} (read-only, or another user's)")
-                break
+        path = next(path for path in (Path(folder), *Path(folder).parents) if path.exists())  # "." or "/" at last
+        if not path.is_dir():
+            raise FerRayError(f"{folder}: {path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise FerRayError(f"{folder}: cannot write in {path} (read-only, or another user's)")
 
 
 # What to do after a stop part-way, by stage: every stage that writes a run directory keeps
@@ -405,16 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
         if fer_ray.runtime.STOPS:  # a stop whose exception was lost on the way: answered all the same
             raise Terminated() if signal.SIGTERM in fer_ray.runtime.STOPS else KeyboardInterrupt()
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl+C, or SIGTERM (Terminated)
         code, line = _answer(exc, args.stage)
         if not line:
             traceback.print_exc()
             line = ("internal error (a bug in fer-ray, not in what you gave it): please report it to fer-ray's "
                     "maintainers with the traceback above")
-        print(f"fer-ray {args.stage}: {line}", file=sys.stderr)
-        return code
-    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (Terminated)
-        code, line = _answer(exc, args.stage)
         print(f"fer-ray {args.stage}: {line}", file=sys.stderr)
         return code
     finally:

@@ -51,15 +51,13 @@ def open_run(path: str | Path, stage: str | None = None, settings: dict | None =
     path = Path(path).resolve()
     with _locked(path, lock) if lock else nullcontext():
         run = Run(path, stage, settings, overwrite, keys, flag, aside)
-        if not aside:
-            yield run
-            return
         try:
             yield run
         except BaseException:
-            shutil.rmtree(run.path, ignore_errors=True)
+            if aside:
+                shutil.rmtree(run.path, ignore_errors=True)
             raise
-        if run.path.is_dir():
+        if aside and run.path.is_dir():
             if path.exists():
                 shutil.rmtree(path)
             run.path.rename(path)

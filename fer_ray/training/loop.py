@@ -77,7 +77,6 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
     model.train()
     for m in frozen:
         m.eval()
-    channels_last = recipe.channels_last
     bs = min(recipe.batch_size, len(images))
     if steps * bs > len(images):
         raise FerRayError(f"{steps} steps of {bs} need {steps * bs} images, this worker has {len(images)}")
@@ -90,7 +89,7 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         x = to_model_input(images[idx], input_size, norm)
         if recipe.augment.active:
             x = augment_batch(x, recipe.augment, generator)
-        if channels_last:
+        if recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]
         with autocast(device, recipe.amp):
@@ -108,10 +107,9 @@ def train_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         correct += (logits.argmax(1) == y).sum()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
     n = steps * bs
     return {"train_loss": loss_sum.item() / n, "train_acc": correct.item() / n,
-            "train_images": n, "train_seconds": seconds}
+            "train_images": n, "train_seconds": time.perf_counter() - start}
 
 
 def tempered(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -163,8 +161,8 @@ class Run:
         self.model, self.net = model, net if net is not None else model
         self.recipe, self.input_size, self.norm = recipe, input_size, norm
         self.train, self.val, self.frozen = train, val, frozen
-        self.targets = None if teacher is None else tempered(teacher.to(train[0].device), recipe.distill_temperature)
         self.device = train[0].device
+        self.targets = None if teacher is None else tempered(teacher.to(self.device), recipe.distill_temperature)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         self.steps = int(all_reduce([steps_per_epoch(len(train[0]), recipe.batch_size)], "min")[0])

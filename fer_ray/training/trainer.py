@@ -96,17 +96,16 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> dict:
     """
     # trained on, validated on each epoch: checked before anything is written
     catalog = Catalog.open(cfg.catalog).require("train", "val")
-    if cfg.teacher:  # a folder or a shipped model's name; a path Ray Train's workers resolve alike
-        cfg = cfg.model_copy(update={"teacher": tuple(os.path.abspath(shipped_or_path(t)) for t in cfg.teacher)})
+    teacher = tuple(os.path.abspath(shipped_or_path(t)) for t in cfg.teacher)  # a folder or a shipped model
     resolved = _resolve(cfg, catalog)
+    # teachers as paths Ray Train's workers resolve alike; the model that trains, as config.json records it
+    cfg = cfg.model_copy(update={"teacher": teacher, "model": resolved["architecture"]})
     _check_start(cfg, resolved)
     # Rerunning the same command resumes from the last checkpoint (Ray Train restores a run by
     # name and storage path); other settings would silently mix two schedules, so they are
-    # refused, and before Ray starts.
-    cfg = cfg.model_copy(update={"model": resolved["architecture"]})  # what config.json records is what trains
-    stored = cfg.model_dump()
-    # The catalog's checksum too: one rebuilt in place would otherwise resume the old run.
-    settings = {k: stored[k] for k in (*TRAJECTORY, "name")} | {"catalog_sha256": catalog.sha256}
+    # refused, and before Ray starts. The catalog's checksum too: one rebuilt in place would
+    # otherwise resume the old run.
+    settings = cfg.model_dump(include={*TRAJECTORY, "name"}) | {"catalog_sha256": catalog.sha256}
     with open_run(cfg.run_dir, "train", settings, overwrite=cfg.overwrite) as run:
         if run.done:
             return run.done
@@ -252,7 +251,13 @@ def train_loop_per_worker(cfg: dict) -> None:
         if torch.distributed.is_initialized():
             rngs = [None] * ctx.get_world_size()
             torch.distributed.all_gather_object(rngs, run.rng_state())
-        _report(row, rank, state | {"rngs": rngs, "parameters": counts, "frozen_stages": frozen_names})
+        if rank != 0:  # every rank reports its metrics; rank 0 attaches the checkpoint
+            ray.train.report(row)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state | {"rngs": rngs, "parameters": counts, "frozen_stages": frozen_names},
+                       Path(tmp) / STATE_FILE)
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _progress(line: str) -> None:
@@ -264,15 +269,3 @@ def _progress(line: str) -> None:
     twice; writing to the real stdout (forwarded by Ray once) shows it once.
     """
     print(line, file=sys.__stdout__, flush=True)
-
-
-def _report(row: dict, rank: int, state: dict) -> None:
-    """Report metrics on every rank; rank 0 attaches the checkpoint."""
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(row)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state, Path(tmp) / STATE_FILE)
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))

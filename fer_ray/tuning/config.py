@@ -9,9 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fer_ray.baseline.config import SvmFit
 from fer_ray.choices import MODEL_NAMES
 from fer_ray.errors import FerRayError
-from fer_ray.training.config import TrainConfig
-
-FINITE = {"allow_inf_nan": False}
+from fer_ray.training.config import FINITE, TrainConfig
 
 
 def _increasing(*pairs) -> None:
