@@ -336,8 +336,6 @@ def map_batches_on_actors(ds, fn, size: int, **kwargs):
     finished parts) or redoes the stage. ``max_restarts`` is no named parameter of
     ``map_batches`` yet, and passing it as a remote argument warns of a deprecation every time.
     """
-    import warnings
-
     import ray
 
     with warnings.catch_warnings():
